@@ -1,0 +1,3 @@
+from pfs.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""Data sources behind a mount: the `Backend` contract and `open_backend`, the one way to get one.
+
+`open_backend("s3://bucket/prefix?...", BackendOptions(...))` parses and validates the URI, connects, and
+(with verify=True) checks that the root is usable, turning every problem into a one-line `UsageError`.
+Nothing here ever logs or formats a secret; use `redact_uri` to show a URI.
+"""
+
+from __future__ import annotations
+
+from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo
+from pfs.backends.location import parse_location
+from pfs.backends.options import BackendOptions, redact_uri
+
+
+def open_backend(uri: str, options: BackendOptions, verify: bool = True) -> Backend:
+    """The backend for `uri`; `options` win over what the URI's query says.
+
+    verify=True checks that the endpoint answers, the credentials work and the root is a directory (an
+    object-store prefix with nothing under it is fine: an empty mount), within `options.timeout`.
+    """
+    location = parse_location(uri)
+    # Imported here so that parsing a URI (and the CLI's --help) does not load pyarrow.
+    from pfs.backends.arrow import open_arrow_backend
+
+    return open_arrow_backend(location, options, check=verify)
+
+
+__all__ = ["Backend", "BackendOptions", "Entry", "Kind", "Reader", "SpaceInfo", "open_backend", "redact_uri"]

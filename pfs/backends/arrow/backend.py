@@ -1,0 +1,412 @@
+"""`ArrowBackend`: the `Backend` contract over a pyarrow FileSystem and a root path.
+
+One class serves every store. What differs between hierarchical stores (file://, HDFS: real directories,
+rename) and object stores (S3, BOS: keys, 'dir/' marker objects, prefixes without markers, copy + delete)
+is decided in a few places that test `Store.object_store` / `Store.move_replaces`: make_dir, the
+directory branch of rename, write_file (via transfer.py), name limits and space().
+
+Conventions every store shares:
+- Symlinks are regular objects `<name>.rclonelink` holding the target (UTF-8), the representation of
+  `rclone --links`, so rclone and pfs read each other's links. A *file* whose name ends in `.rclonelink` is
+  never shown under that name; creating one is refused (PermissionDenied).
+- `.pfs` at the top of the root is reserved for pfs's own data: hidden from listings, NotFound for stat,
+  PermissionDenied for changes. `reserved_area()` gives pfs itself a backend rooted there.
+
+Every call into pyarrow goes through `_call`: errors are translated (arrow/errors.py) and `Transient` ones
+retried under the deadline (pfs/backends/retry.py). This module must never let a pyarrow exception escape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, TypeVar
+
+import pyarrow.fs as pafs
+
+from pfs.backends.arrow import transfer
+from pfs.backends.arrow.connect import Store
+from pfs.backends.arrow.errors import translate
+from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo
+from pfs.backends.retry import retry_call
+from pfs.errors import (
+    AlreadyExists,
+    BackendError,
+    IsADirectory,
+    NameTooLong,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    PfsError,
+    Transient,
+)
+
+T = TypeVar("T")
+
+LINK_SUFFIX = ".rclonelink"
+RESERVED = ".pfs"
+MAX_NAME_BYTES = 255  # one path component, as on Linux filesystems
+MAX_KEY_BYTES = 1024  # a whole object key, as on S3
+MAX_LINK_BYTES = 4096  # PATH_MAX: a symlink target longer than this is not a symlink
+# Object stores have no capacity; report a size no real dataset reaches so that `df` and free-space checks
+# above never refuse a write (1 PiB total, all of it free).
+UNBOUNDED_BYTES = 1 << 50
+
+_FILE, _DIR = pafs.FileType.File, pafs.FileType.Directory
+
+
+def _name(path: str) -> str:
+    return path.rpartition("/")[2]
+
+
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+class ArrowBackend(Backend):
+    def __init__(self, store: Store, *, subdir: str = "", hide_reserved: bool = True) -> None:
+        self._store = store
+        self._fs = store.fs
+        self._root = f"{store.root.rstrip('/')}/{subdir}" if subdir else store.root
+        self._prefix = self._root.rstrip("/") + "/"  # '/' for file:///, so paths never start with '//'
+        self._hide_reserved = hide_reserved
+        self._tmp_dir = f"{store.root.rstrip('/')}/{RESERVED}/tmp"
+        self.id = f"{store.id}/{subdir}" if subdir else store.id
+
+    def reserved_area(self) -> ArrowBackend:
+        """A backend rooted at `<root>/.pfs`, where pfs keeps its own data (snapshots)."""
+        return ArrowBackend(self._store, subdir=RESERVED, hide_reserved=False)
+
+    # ---- plumbing -----------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T], give_up: Callable[[Transient], bool] | None = None) -> T:
+        """Run one pyarrow call: errors translated, Transient ones retried until the deadline."""
+
+        def attempt() -> T:
+            try:
+                return fn()
+            except PfsError:
+                raise
+            except Exception as exc:
+                raise translate(exc, what) from exc
+
+        return retry_call(
+            attempt, timeout=self._store.timeout, attempt_budget=self._store.attempt_budget, give_up=give_up
+        )
+
+    def _full(self, path: str) -> str:
+        return self._prefix + path if path else self._root
+
+    def _check(self, path: str, *, creating: bool = False, stored_as: str = "") -> None:
+        """Refuse paths the store cannot hold or pfs reserves. `creating`: a new name is being made;
+        `stored_as`: what the representation appends to the name (the link suffix, a marker's '/')."""
+        if not path:
+            return
+        parts = path.split("/")
+        for part in parts:
+            if part in ("", ".", ".."):
+                raise NotFound(f"{path}: invalid path")
+            if len(part.encode()) > MAX_NAME_BYTES:
+                raise NameTooLong(f"{path}: a name is longer than {MAX_NAME_BYTES} bytes")
+        if len((parts[-1] + stored_as.rstrip("/")).encode()) > MAX_NAME_BYTES:
+            raise NameTooLong(f"{path}: the name is too long to be stored as a symlink")
+        if self._store.object_store:
+            key = self._full(path).partition("/")[2] + stored_as
+            if len(key.encode()) > MAX_KEY_BYTES:
+                raise NameTooLong(f"{path}: the object key would be longer than {MAX_KEY_BYTES} bytes")
+        if self._hide_reserved and parts[0] == RESERVED:
+            raise PermissionDenied(f"{path}: reserved for pfs") if creating else NotFound(path)
+
+    def _check_new_leaf(self, path: str) -> None:
+        if _name(path).endswith(LINK_SUFFIX):
+            raise PermissionDenied(f"{path}: names ending in {LINK_SUFFIX} are reserved for symlinks")
+
+    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind) -> Entry:
+        size = (info.size or 0) if kind is not Kind.DIR else 0
+        return Entry(name, kind, size, info.mtime_ns or 0)
+
+    def _lookup(self, path: str) -> Entry | None:
+        """The entry at `path`, or None; one get_file_info call for the name and its symlink object."""
+        if not path:
+            return self._root_entry()
+        full = self._full(path)
+        name = _name(path)
+        # A name too long to carry the suffix cannot have a link object (asking for one fails on file://).
+        keys = (
+            [full, full + LINK_SUFFIX] if len(name.encode()) + len(LINK_SUFFIX) <= MAX_NAME_BYTES else [full]
+        )
+        infos = self._call(f"stat {path}", lambda: self._fs.get_file_info(keys))
+        own, link = infos[0], (infos[1] if len(infos) > 1 else None)
+        if own.type == _DIR:
+            return self._entry(name, own, Kind.DIR)
+        if own.type == _FILE and not name.endswith(LINK_SUFFIX):
+            return self._entry(name, own, Kind.FILE)
+        if link is not None and link.type == _FILE:
+            return self._entry(name, link, Kind.SYMLINK)
+        return None
+
+    def _root_entry(self) -> Entry:
+        if self._store.object_store:
+            return Entry("", Kind.DIR)  # a prefix with nothing under it yet is an empty mount, not an error
+        info = self._call("stat /", lambda: self._fs.get_file_info(self._root))
+        if info.type != _DIR:
+            raise NotFound(f"the root {self._root} is gone")
+        return self._entry("", info, Kind.DIR)
+
+    def _require_dir(self, path: str) -> Entry:
+        entry = self._lookup(path)
+        if entry is None:
+            raise NotFound(f"{path or '/'}: no such directory")
+        if entry.kind is not Kind.DIR:
+            raise NotADirectory(f"{path}: not a directory")
+        return entry
+
+    def _entries(self, infos: list[pafs.FileInfo], at_root: bool) -> dict[str, Entry]:
+        """Names of one directory -> entries: link objects become symlinks, reserved names disappear.
+        A real file or directory wins over a symlink of the same name (both can exist on object stores)."""
+        entries: dict[str, Entry] = {}
+        links: dict[str, Entry] = {}
+        for info in infos:
+            name = info.base_name
+            if at_root and self._hide_reserved and name == RESERVED:
+                continue
+            if info.type == _FILE and name.endswith(LINK_SUFFIX):
+                if len(name) > len(LINK_SUFFIX):
+                    target_name = name[: -len(LINK_SUFFIX)]
+                    links[target_name] = self._entry(target_name, info, Kind.SYMLINK)
+            elif info.type == _FILE:
+                entries[name] = self._entry(name, info, Kind.FILE)
+            elif info.type == _DIR:
+                # S3 allows a key 'a' beside keys 'a/...': stat() finds the file, so the listing shows it too.
+                entries.setdefault(name, self._entry(name, info, Kind.DIR))
+        for name, link in links.items():
+            entries.setdefault(name, link)
+        return entries
+
+    # ---- reading the namespace ----------------------------------------------------------------------
+
+    def stat(self, path: str) -> Entry:
+        self._check(path)
+        entry = self._lookup(path)
+        if entry is None:
+            raise NotFound(f"{path}: no such file or directory")
+        return entry
+
+    def list_dir(self, path: str) -> list[Entry]:
+        self._check(path)
+        # An object-store root with nothing under it yet lists as empty instead of not found.
+        selector = pafs.FileSelector(self._full(path), allow_not_found=not path and self._store.object_store)
+        try:
+            infos = self._call(f"list {path or '/'}", lambda: self._fs.get_file_info(selector))
+        except NotFound:
+            self._require_dir(path)  # NotFound or NotADirectory, unless an implicit directory just emptied
+            return []
+        return sorted(self._entries(infos, at_root=not path).values(), key=lambda e: e.name)
+
+    def walk(self, path: str) -> Iterator[tuple[str, Entry]]:
+        self._check(path)
+        if path:
+            self._require_dir(path)
+        selector = pafs.FileSelector(self._full(path), recursive=True, allow_not_found=True)
+        infos = self._call(f"walk {path or '/'}", lambda: self._fs.get_file_info(selector))
+        by_dir: dict[str, list[pafs.FileInfo]] = {}
+        for info in infos:
+            rel = info.path[len(self._prefix) :]
+            if self._hide_reserved and (rel == RESERVED or rel.startswith(RESERVED + "/")):
+                continue
+            by_dir.setdefault(_parent(rel), []).append(info)
+        found = []
+        for parent, group in by_dir.items():
+            for name, entry in self._entries(group, at_root=not parent).items():
+                found.append((f"{parent}/{name}" if parent else name, entry))
+        yield from sorted(found, key=lambda item: item[0])
+
+    def read_symlink(self, path: str) -> str:
+        self._check(path)
+        key = self._full(path) + LINK_SUFFIX
+
+        def read() -> bytes:
+            with self._fs.open_input_stream(key, compression=None) as f:
+                data = f.read(MAX_LINK_BYTES + 1)
+            if len(data) > MAX_LINK_BYTES:
+                raise BackendError(f"readlink {path}: {key} is too large to be a symlink")
+            return data
+
+        return self._call(f"readlink {path}", read).decode("utf-8", "surrogateescape")
+
+    def open_reader(self, path: str, size: int) -> Reader:
+        self._check(path)
+        return transfer.ArrowReader(self._fs, self._call, path, self._full(path), size)
+
+    def space(self) -> SpaceInfo:
+        if isinstance(self._fs, pafs.LocalFileSystem):
+            st = os.statvfs(self._root)
+            return SpaceInfo(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
+        # Object stores have no capacity, and pyarrow offers no HDFS capacity query.
+        return SpaceInfo(UNBOUNDED_BYTES, UNBOUNDED_BYTES)
+
+    # ---- changing the namespace ---------------------------------------------------------------------
+
+    def _publish(self, path: str, key: str, source: BinaryIO, size: int) -> None:
+        """Write `size` bytes of `source` under `key` atomically; retried from the start if `source` can
+        seek back, else tried once."""
+        start = source.tell() if source.seekable() else None
+
+        def once() -> None:
+            if start is not None:
+                source.seek(start)
+            if self._store.object_store:
+                transfer.upload_object(self._fs, key, source, size, path)
+            else:
+                replace_first = not self._store.move_replaces
+                transfer.write_via_temp(self._fs, self._tmp_dir, key, source, size, path, replace_first)
+
+        if start is None:
+            self._call(f"write {path}", once, give_up=lambda exc: True)
+        else:
+            self._call(f"write {path}", once)
+
+    def _stat_key(self, path: str, key: str, kind: Kind) -> Entry:
+        info = self._call(f"stat {path}", lambda: self._fs.get_file_info(key))
+        if info.type != _FILE:
+            raise NotFound(f"{path}: vanished right after it was written")
+        return self._entry(_name(path), info, kind)
+
+    def write_file(self, path: str, source: BinaryIO, size: int) -> Entry:
+        self._check(path, creating=True)
+        self._check_new_leaf(path)
+        existing = self._lookup(path)
+        if existing is not None and existing.kind is Kind.DIR:
+            raise IsADirectory(f"{path}: is a directory")
+        full = self._full(path)
+        self._publish(path, full, source, size)
+        if existing is not None and existing.kind is Kind.SYMLINK:
+            self._call(f"write {path}", lambda: self._fs.delete_file(full + LINK_SUFFIX))
+        return self._stat_key(path, full, Kind.FILE)
+
+    def write_symlink(self, path: str, target: str) -> Entry:
+        self._check(path, creating=True, stored_as=LINK_SUFFIX)
+        self._check_new_leaf(path)
+        if self._lookup(path) is not None:
+            raise AlreadyExists(f"{path}: already exists")
+        data = target.encode("utf-8", "surrogateescape")
+        if not data or len(data) > MAX_LINK_BYTES:
+            raise NameTooLong(f"{path}: a symlink target must be 1 to {MAX_LINK_BYTES} bytes")
+        key = self._full(path) + LINK_SUFFIX
+        self._publish(path, key, io.BytesIO(data), len(data))
+        return self._stat_key(path, key, Kind.SYMLINK)
+
+    def make_dir(self, path: str) -> None:
+        if not path:
+            raise AlreadyExists("/: the root exists")
+        self._check(path, creating=True, stored_as="/")
+        if self._lookup(path) is not None:
+            raise AlreadyExists(f"{path}: already exists")
+        self._require_dir(_parent(path))
+        # Object stores: a 'path/' marker object; recursive also writes a missing marker for the mount's
+        # own prefix. Hierarchical stores: exactly one mkdir, the parent was checked above.
+        full = self._full(path)
+        recursive = self._store.object_store
+        self._call(f"mkdir {path}", lambda: self._fs.create_dir(full, recursive=recursive))
+
+    def remove_file(self, path: str) -> None:
+        self._check(path)
+        entry = self._lookup(path)
+        if entry is None:
+            raise NotFound(f"{path}: no such file")
+        if entry.kind is Kind.DIR:
+            raise IsADirectory(f"{path}: is a directory")
+        key = self._full(path) + (LINK_SUFFIX if entry.kind is Kind.SYMLINK else "")
+        # On object stores pyarrow re-creates the parent's marker when its last object goes, so the
+        # directory stays (checked with SeaweedFS).
+        self._call(f"unlink {path}", lambda: self._fs.delete_file(key))
+
+    def remove_dir(self, path: str) -> None:
+        if not path:
+            raise PermissionDenied("/: the root cannot be removed")
+        self._check(path)
+        self._require_dir(path)
+        # pyarrow's delete_dir removes a whole tree: refuse unless the directory is empty.
+        if self.list_dir(path):
+            raise NotEmpty(f"{path}: directory not empty")
+        self._call(f"rmdir {path}", lambda: self._fs.delete_dir(self._full(path)))
+
+    def rename(self, src: str, dst: str) -> None:
+        self._check(src)
+        self._check(dst, creating=True)
+        if not src or not dst:
+            raise PermissionDenied("the root cannot be renamed or replaced")
+        source = self._lookup(src)
+        if source is None:
+            raise NotFound(f"{src}: no such file or directory")
+        if src == dst:
+            return
+        if dst.startswith(src + "/"):
+            raise PermissionDenied(f"cannot move {src} into itself")
+        if source.kind is not Kind.DIR:
+            self._check_new_leaf(dst)
+        if source.kind is Kind.SYMLINK:
+            self._check(dst, creating=True, stored_as=LINK_SUFFIX)
+        target = self._lookup(dst)
+        self._require_dir(_parent(dst))
+        if target is not None:
+            if source.kind is Kind.DIR and target.kind is not Kind.DIR:
+                raise NotADirectory(f"{dst}: not a directory")
+            if source.kind is not Kind.DIR and target.kind is Kind.DIR:
+                raise IsADirectory(f"{dst}: is a directory")
+            if target.kind is Kind.DIR and self.list_dir(dst):
+                raise NotEmpty(f"{dst}: directory not empty")
+        if source.kind is Kind.DIR:
+            self._rename_dir(src, dst, target)
+        else:
+            self._rename_leaf(src, dst, source, target)
+
+    def move_to_reserved(self, path: str, reserved_path: str) -> None:
+        self._check(path)
+        entry = self._lookup(path)
+        if entry is None:
+            raise NotFound(f"{path}: no such file")
+        if entry.kind is not Kind.FILE:
+            raise IsADirectory(f"{path}: only files can be moved to the reserved area")
+        area = self.reserved_area()
+        dest = area._full(reserved_path)
+        if not self._store.object_store:  # a rename needs its target directory to exist
+            parent = _parent(dest)
+            self._call(f"mkdir {parent}", lambda: self._fs.create_dir(parent, recursive=True))
+        self._call(f"rename {path}", lambda: self._fs.move(self._full(path), dest))
+
+    def _rename_leaf(self, src: str, dst: str, source: Entry, target: Entry | None) -> None:
+        suffix = LINK_SUFFIX if source.kind is Kind.SYMLINK else ""
+        old, new = self._full(src) + suffix, self._full(dst) + suffix
+        if target is not None:
+            other = self._full(dst) + (LINK_SUFFIX if target.kind is Kind.SYMLINK else "")
+            if other != new or not self._store.move_replaces:
+                # A file replacing a symlink (or the reverse) leaves the other object behind; HDFS refuses
+                # to move onto an existing file. Either way the old destination must go first.
+                self._call(f"rename {src}", lambda: self._fs.delete_file(other))
+        self._call(f"rename {src}", lambda: self._fs.move(old, new))
+
+    def _rename_dir(self, src: str, dst: str, target: Entry | None) -> None:
+        old, new = self._full(src), self._full(dst)
+        if not self._store.object_store:
+            if target is not None and not self._store.move_replaces:
+                self._call(f"rename {src}", lambda: self._fs.delete_dir(new))
+            self._call(f"rename {src}", lambda: self._fs.move(old, new))  # rename(2) replaces an empty dir
+            return
+        # Object stores have no directories to rename: copy + delete every object, then the markers.
+        # Not atomic: a failure half-way leaves the tree split between src and dst (both readable), and
+        # each object is copied by the server in one request (AWS refuses that above 5 GiB).
+        selector = pafs.FileSelector(old, recursive=True, allow_not_found=True)
+        infos = self._call(f"rename {src}", lambda: self._fs.get_file_info(selector))
+        self._call(f"rename {src}", lambda: self._fs.create_dir(new, recursive=True))
+        for info in sorted(infos, key=lambda i: i.path):
+            dest = new + info.path[len(old) :]
+            if info.type == _DIR:
+                self._call(f"rename {src}", lambda dest=dest: self._fs.create_dir(dest, recursive=True))
+            elif info.type == _FILE:
+                self._call(f"rename {src}", lambda info=info, dest=dest: self._fs.move(info.path, dest))
+        with contextlib.suppress(NotFound):  # nothing left: the source was a prefix without a marker
+            self._call(f"rename {src}", lambda: self._fs.delete_dir(old))

@@ -1,0 +1,117 @@
+"""The contract every backend fulfils; the filesystem layers above know only this.
+
+Paths are relative to the mounted root: '' is the root, components are joined with '/', no leading or
+trailing slash. All methods block (they do network or disk I/O): callers on the trio loop run them in a
+worker thread. Every method raises only `pfs.errors` types; transient failures are retried inside the
+backend until its deadline and then raised as `Transient`.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+
+class Kind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What a listing or a stat knows about one name."""
+
+    name: str
+    kind: Kind
+    size: int = 0  # bytes of a file; length of a symlink's target; 0 for directories
+    mtime_ns: int = 0  # 0 when the backend does not say (object-store directories)
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceInfo:
+    total_bytes: int
+    free_bytes: int
+
+
+class Reader(ABC):
+    """An open object for positional reads; cheap to call from several threads at once."""
+
+    @abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to `length` bytes at `offset` (fewer only at the end of the object)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Backend(ABC):
+    #: Identifies the data source without secrets, e.g. 's3://127.0.0.1:9000/bucket/prefix'. Used in logs
+    #: and as the first part of cache keys, so it must not depend on credentials or mount options.
+    id: str
+
+    @abstractmethod
+    def stat(self, path: str) -> Entry:
+        """The entry at `path`; NotFound if there is none. stat('') is the root directory."""
+
+    @abstractmethod
+    def list_dir(self, path: str) -> list[Entry]:
+        """The entries of a directory, reserved names hidden; NotFound / NotADirectory."""
+
+    @abstractmethod
+    def walk(self, path: str) -> Iterator[tuple[str, Entry]]:
+        """Every entry below `path`, recursively, as (relative path from the mounted root, entry)."""
+
+    @abstractmethod
+    def open_reader(self, path: str, size: int) -> Reader:
+        """Open a file of known `size` for positional reads (no extra metadata request where avoidable)."""
+
+    @abstractmethod
+    def write_file(self, path: str, source: BinaryIO, size: int) -> Entry:
+        """Publish `size` bytes read from `source` as the file at `path`, atomically: readers see either
+        the old object or the whole new one, never a partial one. Large files are streamed (multipart on
+        object stores), never held in memory. Returns the new entry."""
+
+    @abstractmethod
+    def read_symlink(self, path: str) -> str: ...
+
+    @abstractmethod
+    def write_symlink(self, path: str, target: str) -> Entry: ...
+
+    @abstractmethod
+    def make_dir(self, path: str) -> None:
+        """Create one directory that persists while empty; AlreadyExists if the name is taken."""
+
+    @abstractmethod
+    def remove_file(self, path: str) -> None:
+        """Remove a file or symlink; NotFound if absent; the parent directory keeps existing."""
+
+    @abstractmethod
+    def remove_dir(self, path: str) -> None:
+        """Remove an empty directory; NotEmpty if it has entries."""
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Move a file, symlink or directory tree to `dst`, replacing a file or empty directory there.
+        Atomic on file://. On HDFS atomic unless it replaces something (HDFS cannot rename over an existing
+        name, so that is deleted first). On object stores a server-side copy then delete per object: each
+        object appears whole, but a tree is not moved atomically (and AWS copies at most 5 GiB at once).
+        """
+
+    @abstractmethod
+    def space(self) -> SpaceInfo: ...
+
+    @abstractmethod
+    def reserved_area(self) -> Backend:
+        """A backend rooted at the reserved `.pfs` directory, where pfs keeps its own data; nothing hidden."""
+
+    @abstractmethod
+    def move_to_reserved(self, path: str, reserved_path: str) -> None:
+        """Move the file at `path` out of the namespace to `reserved_path` inside `reserved_area()`, where it
+        stays readable (open_reader) and removable (remove_file) through that backend."""
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
+        pass

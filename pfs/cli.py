@@ -1,0 +1,151 @@
+"""The `pfs` command line. User mistakes are one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from pfs import control, lifecycle
+from pfs.backends import BackendOptions
+from pfs.errors import UsageError
+from pfs.options import MountOptions, apply_o
+
+URI_HELP = """\b
+URI forms:
+  file:///abs/dir                       a local or NFS directory
+  s3://bucket/prefix                    AWS S3 or any S3-compatible store
+  s3://bucket/p?endpoint_override=127.0.0.1:9000&scheme=http
+  bos://bucket/prefix?region=bj         Baidu BOS (S3-compatible endpoint of the region)
+  hdfs://namenode:8020/path             HDFS (needs a JVM and libhdfs)
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="pfs")
+def cli() -> None:
+    """pfs: a shared POSIX filesystem for ML training data on object storage, HDFS or local disk.
+
+    Mount a bucket, use it like a directory:
+
+    \b
+      pfs mount s3://datasets/imagenet /mnt/imagenet
+      ls /mnt/imagenet
+      pfs umount /mnt/imagenet
+    """
+
+
+@cli.command(epilog=URI_HELP)
+@click.argument("uri")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option(
+    "-o",
+    "options",
+    multiple=True,
+    metavar="OPT[,OPT...]",
+    help="Mount options: ro, allow_other, uid=N, gid=N, umask=022, metadata_ttl=S, timeout=S, "
+    "endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, anonymous, threads=N, "
+    "readahead_kb=N, staging_dir=DIR, log_file=FILE, debug.",
+)
+@click.option(
+    "-f", "--foreground", is_flag=True, help="Serve in this process (logs to stderr) until unmounted."
+)
+@click.option("--read-only", is_flag=True, help="Refuse every change (EROFS).")
+@click.option(
+    "--metadata-ttl",
+    type=float,
+    metavar="S",
+    help="Seconds attributes and listings are trusted before asking the backend again [1].",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    metavar="S",
+    help="Give up on an unanswered backend request after S seconds (EIO) [30].",
+)
+@click.option("--endpoint", metavar="HOST:PORT", help="S3-compatible endpoint (http://... for plain HTTP).")
+@click.option("--region", help="Object-store region.")
+@click.option(
+    "--credentials",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="AWS-style credentials file (default: the usual AWS_* environment variables).",
+)
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Daemon log [/var/tmp/pfs/logs/...].")
+@click.option("--debug", is_flag=True, help="Log every request.")
+def mount(
+    uri: str,
+    mountpoint: str,
+    options: tuple[str, ...],
+    foreground: bool,
+    read_only: bool,
+    metadata_ttl: float | None,
+    timeout: float | None,
+    endpoint: str | None,
+    region: str | None,
+    credentials: str | None,
+    log_file: str | None,
+    debug: bool,
+) -> None:
+    """Mount URI at MOUNTPOINT (returns once the mount answers)."""
+    mount_options, backend_options = MountOptions(), BackendOptions()
+    for text in options:
+        apply_o(text, mount_options, backend_options)
+    mount_options.read_only |= read_only
+    mount_options.debug |= debug
+    for target, name, value in [
+        (mount_options, "metadata_ttl", metadata_ttl),
+        (mount_options, "log_file", log_file),
+        (backend_options, "timeout", timeout),
+        (backend_options, "endpoint", endpoint),
+        (backend_options, "region", region),
+        (backend_options, "credentials_file", credentials),
+    ]:
+        if value is not None:
+            setattr(target, name, value)
+    pid = lifecycle.start(uri, mountpoint, mount_options, backend_options, foreground)
+    if pid:
+        click.echo(f"pfs: mounted at {mountpoint} (daemon pid {pid}, log {mount_options.log_file})")
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path())
+@click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are open; finish when they close.")
+def umount(mountpoint: str, lazy: bool) -> None:
+    """Upload pending writes, unmount MOUNTPOINT and wait for its daemon to exit."""
+    lifecycle.stop(mountpoint, lazy=lazy)
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw counters as JSON.")
+def stats(mountpoint: str, as_json: bool) -> None:
+    """Show the counters of a running mount."""
+    try:
+        data = control.stats(mountpoint)
+    except OSError:
+        raise UsageError(f"{mountpoint} is not a pfs mount") from None
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
+        click.echo(f"{key:>16}  {value}")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except UsageError as exc:
+        click.echo(f"pfs: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("pfs: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

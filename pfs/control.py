@@ -1,0 +1,28 @@
+"""The control surface of a running mount: extended attributes on its root directory.
+
+Read with `getfattr -n NAME MOUNTPOINT` or `os.getxattr`; the CLI (`pfs umount`, `pfs stats`) and the CSI
+plugin use exactly these, so whatever a tool can do to a mount, a person can do by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+PID = b"user.pfs.pid"  # the daemon's process id
+BACKEND = b"user.pfs.backend"  # the backend id (no secrets)
+STATS = b"user.pfs.stats"  # JSON counters
+FLUSH = b"user.pfs.flush"  # write anything: upload every pending write now
+READABLE = (PID, BACKEND, STATS)
+
+
+def daemon_pid(mountpoint: str) -> int:
+    return int(os.getxattr(mountpoint, PID))
+
+
+def stats(mountpoint: str) -> dict:
+    return json.loads(os.getxattr(mountpoint, STATS))
+
+
+def flush(mountpoint: str) -> None:
+    os.setxattr(mountpoint, FLUSH, b"1")

@@ -1,0 +1,150 @@
+"""The mount daemon: serves one FUSE mount until it is unmounted or told to stop.
+
+Run in the foreground (`pfs mount -f`) or as a detached background process started by `pfs.lifecycle`,
+which hands it its configuration, credentials included, on stdin: never on the command line or in a log.
+SIGTERM and SIGINT upload pending writes, then unmount.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+
+import pyfuse3
+import trio
+
+from pfs import mounter
+from pfs.backends import BackendOptions, open_backend
+from pfs.errors import PfsError
+from pfs.fs.operations import Operations
+from pfs.options import MountOptions
+
+log = logging.getLogger("pfs.daemon")
+
+
+def serve(
+    uri: str,
+    mountpoint: str,
+    mount: MountOptions,
+    backend: BackendOptions,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Mount `uri` at `mountpoint` and serve requests until unmounted (blocks)."""
+    store = open_backend(uri, backend, verify=True)
+    os.makedirs(mount.staging_dir, mode=0o700, exist_ok=True)
+    operations = Operations(store, mount)
+    pyfuse3.init(operations, mountpoint, _fuse_options(store.id, mount))
+    unmounted = False
+    try:
+        trio.run(_run, operations, mountpoint, on_ready)
+        unmounted = mounter.mount_at(mountpoint) is None
+    finally:
+        pyfuse3.close(unmount=not unmounted)
+        store.close()
+        log.info("unmounted %s", mountpoint)
+
+
+def _fuse_options(fsname: str, mount: MountOptions) -> set[str]:
+    options = {
+        "fsname=" + fsname.replace(",", "_"),
+        "subtype=pfs",
+        "default_permissions",
+    }
+    if mount.read_only:
+        options.add("ro")
+    if mount.allow_other:
+        options.add("allow_other")
+    if mount.debug:
+        options.add("debug")
+    return options
+
+
+async def _run(operations: Operations, mountpoint: str, on_ready: Callable[[], None]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, operations)
+        nursery.start_soon(_when_answering, operations, mountpoint, on_ready)
+        await pyfuse3.main(min_tasks=4, max_tasks=max(8, operations.options.threads * 2))
+        nursery.cancel_scope.cancel()
+
+
+async def _when_answering(operations: Operations, mountpoint: str, on_ready: Callable[[], None]) -> None:
+    """Once the kernel has finished FUSE_INIT (the first stat is answered), tune the mount and report ready.
+
+    Setting readahead earlier is undone by the INIT reply, which caps it at what libfuse announces."""
+    inode = (await trio.to_thread.run_sync(os.stat, mountpoint)).st_ino
+    if inode != pyfuse3.ROOT_INODE:
+        raise RuntimeError(f"{mountpoint} answers with inode {inode}, not the root of this mount")
+    try:
+        await trio.to_thread.run_sync(mounter.set_readahead, mountpoint, operations.options.readahead_kb)
+    except OSError as exc:
+        log.warning("could not raise the readahead of %s: %s", mountpoint, exc)
+    log.info("mounted %s at %s", operations.backend.id, mountpoint)
+    on_ready()
+
+
+async def _stop_on_signal(operations: Operations) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: uploading pending writes, then unmounting", signal.Signals(signum).name)
+            try:
+                await operations.flush_all()
+            except PfsError as exc:
+                log.error("pending writes could not be uploaded: %s", exc)
+            pyfuse3.terminate()
+            return
+
+
+def setup_logging(log_file: str | None, debug: bool) -> None:
+    handler: logging.Handler
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
+
+
+def main() -> None:
+    """Entry of the background process: configuration on stdin, one status line on stdout."""
+    parser = argparse.ArgumentParser(prog="pfs-daemon")
+    parser.add_argument("--mountpoint", required=True)  # only to make `ps` output readable
+    parser.parse_args()
+    config = json.loads(sys.stdin.read())
+    mount = MountOptions(**config["mount"])
+    backend = BackendOptions(**config["backend"])
+    setup_logging(mount.log_file, mount.debug)
+    status = os.fdopen(os.dup(1), "w")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(devnull, fd)
+
+    def ready() -> None:
+        status.write("ready\n")
+        status.close()
+
+    try:
+        serve(config["uri"], config["mountpoint"], mount, backend, on_ready=ready)
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, PfsError) else f"{type(exc).__name__}: {exc}"
+        log.error("mount failed: %s", message)
+        if not status.closed:
+            status.write(f"error: {message}\n")
+            status.close()
+        sys.exit(1)
+
+
+def config_for(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOptions) -> str:
+    return json.dumps(
+        {"uri": uri, "mountpoint": mountpoint, "mount": asdict(mount), "backend": asdict(backend)}
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Typed errors of pfs and the one table that maps them to errno.
+
+Backends raise these (never raw pyarrow exceptions); the FUSE layer turns them into errno through
+`errno_of`; the CLI prints `UsageError` as one line without a traceback. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class PfsError(Exception):
+    """Base of every error pfs raises on purpose."""
+
+
+class NotFound(PfsError):
+    pass
+
+
+class AlreadyExists(PfsError):
+    pass
+
+
+class NotEmpty(PfsError):
+    pass
+
+
+class IsADirectory(PfsError):
+    pass
+
+
+class NotADirectory(PfsError):
+    pass
+
+
+class PermissionDenied(PfsError):
+    pass
+
+
+class NameTooLong(PfsError):
+    pass
+
+
+class ReadOnly(PfsError):
+    pass
+
+
+class Unsupported(PfsError):
+    pass
+
+
+class Stale(PfsError):
+    """The object changed on the backend under an open handle or a pinned snapshot."""
+
+
+class Transient(PfsError):
+    """The backend did not answer (network, timeout, throttling, 5xx); retried until the deadline."""
+
+
+class BackendError(PfsError):
+    """The backend answered with an error pfs has no better name for."""
+
+
+class UsageError(PfsError):
+    """A user mistake: the CLI prints the message as one line and exits with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+_ERRNO: dict[type[PfsError], int] = {
+    NotFound: errno.ENOENT,
+    AlreadyExists: errno.EEXIST,
+    NotEmpty: errno.ENOTEMPTY,
+    IsADirectory: errno.EISDIR,
+    NotADirectory: errno.ENOTDIR,
+    PermissionDenied: errno.EACCES,
+    NameTooLong: errno.ENAMETOOLONG,
+    ReadOnly: errno.EROFS,
+    Unsupported: errno.EOPNOTSUPP,
+    Stale: errno.ESTALE,
+    Transient: errno.EIO,
+    BackendError: errno.EIO,
+    UsageError: errno.EINVAL,
+}
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a FUSE request fails with for `exc`; anything unexpected is EIO."""
+    for cls in type(exc).__mro__:
+        if cls in _ERRNO:
+            return _ERRNO[cls]
+    return errno.EIO

@@ -1,0 +1,153 @@
+"""Inode numbers, paths and kernel lookup counts: the namespace of a live mount.
+
+The kernel holds references to inodes (lookup counts); an inode may be forgotten only when its count drops
+to zero and nothing of this mount still uses it (open handles, staged writes). Inode numbers are never reused
+within a mount, so a generation number of 0 is enough. Pure bookkeeping: no I/O, no awaits, so callers on the
+trio loop can rely on every method running without a checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from pfs.backends import Entry, Kind
+from pfs.fs.staging import StagedFile
+
+
+@dataclass
+class Overrides:
+    """chmod/chown/utimens results, kept for the mount's lifetime (object stores have no place for them)."""
+
+    mode: int | None = None  # permission bits only
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(eq=False)
+class Inode:
+    ino: int
+    path: str
+    kind: Kind
+    size: int = 0
+    mtime_ns: int = 0
+    attrs_at: float = 0.0  # monotonic time the attributes were read from the backend
+    lookups: int = 0
+    open_handles: int = 0
+    on_backend: bool = True  # False for a created file not uploaded yet
+    detached: bool = False  # unlinked while open: its data lives under a hidden name until the last close
+    staged: StagedFile | None = None
+    symlink_target: str | None = None
+    overrides: Overrides = field(default_factory=Overrides)
+    # (size, mtime_ns) at the last open: unchanged means the kernel's page cache is still valid.
+    opened_version: tuple[int, int] | None = None
+    # Held across an upload so a second flush waits for the first instead of returning before it is durable.
+    upload_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (self.size, self.mtime_ns)
+
+    def fresh(self, ttl: float) -> bool:
+        return self.staged is not None or not self.on_backend or time.monotonic() - self.attrs_at < ttl
+
+    def update(self, entry: Entry) -> None:
+        """Take the backend's view of this inode's attributes unless local writes are authoritative."""
+        if self.staged is None:
+            self.size = entry.size
+            self.mtime_ns = entry.mtime_ns
+        self.attrs_at = time.monotonic()
+        self.on_backend = True
+
+
+class InodeTable:
+    def __init__(self, root_mtime_ns: int) -> None:
+        root = Inode(pyfuse3.ROOT_INODE, "", Kind.DIR, mtime_ns=root_mtime_ns, lookups=1)
+        self._by_ino: dict[int, Inode] = {root.ino: root}
+        self._by_path: dict[str, Inode] = {"": root}
+        self._overrides: dict[str, Overrides] = {}
+        self._next_ino = root.ino + 1
+
+    def __getitem__(self, ino: int) -> Inode:
+        return self._by_ino[ino]
+
+    def __iter__(self):
+        return iter(list(self._by_ino.values()))
+
+    def at(self, path: str) -> Inode | None:
+        return self._by_path.get(path)
+
+    def add(self, path: str, entry: Entry) -> Inode:
+        """The inode for `path`, created or refreshed from `entry`; a changed kind gets a new inode."""
+        inode = self._by_path.get(path)
+        if inode is not None and inode.kind is entry.kind:
+            inode.update(entry)
+            return inode
+        if inode is not None:
+            self._unbind(inode)
+        inode = Inode(
+            self._next_ino, path, entry.kind, overrides=self._overrides.setdefault(path, Overrides())
+        )
+        self._next_ino += 1
+        inode.update(entry)
+        self._by_ino[inode.ino] = inode
+        self._by_path[path] = inode
+        return inode
+
+    def remove_path(self, path: str) -> None:
+        """The name is gone; its inode lives on while the kernel or a handle still references it."""
+        inode = self._by_path.pop(path, None)
+        self._overrides.pop(path, None)
+        if inode is not None:
+            self._drop_if_unused(inode)
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename `src` (and, for a directory, everything below it) to `dst`."""
+        self.remove_path(dst)
+        prefix = src + "/"
+        for path in [p for p in self._by_path if p == src or p.startswith(prefix)]:
+            new_path = dst + path[len(src) :]
+            inode = self._by_path.pop(path)
+            inode.path = new_path
+            self._by_path[new_path] = inode
+        for path in [p for p in self._overrides if p == src or p.startswith(prefix)]:
+            self._overrides[dst + path[len(src) :]] = self._overrides.pop(path)
+
+    def children(self, dir_path: str) -> list[Inode]:
+        """Inodes known directly below `dir_path` (for files created here but not uploaded yet)."""
+        prefix = dir_path + "/" if dir_path else ""
+        return [
+            inode
+            for path, inode in self._by_path.items()
+            if path and path.startswith(prefix) and "/" not in path[len(prefix) :]
+        ]
+
+    def forget(self, ino: int, count: int) -> None:
+        inode = self._by_ino.get(ino)
+        if inode is None or ino == pyfuse3.ROOT_INODE:
+            return
+        inode.lookups -= count
+        self._drop_if_unused(inode)
+
+    def prune(self, inode: Inode) -> None:
+        """Forget `inode` if neither the kernel nor this mount references it any more."""
+        self._drop_if_unused(inode)
+
+    def _drop_if_unused(self, inode: Inode) -> None:
+        named = self._by_path.get(inode.path) is inode
+        if inode.lookups > 0 or inode.open_handles > 0 or inode.staged is not None:
+            return
+        if not named or inode.on_backend:
+            self._by_ino.pop(inode.ino, None)
+            if named:
+                del self._by_path[inode.path]
+
+    def _unbind(self, inode: Inode) -> None:
+        if self._by_path.get(inode.path) is inode:
+            del self._by_path[inode.path]
+        self._drop_if_unused(inode)

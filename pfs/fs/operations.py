@@ -1,0 +1,581 @@
+"""The pyfuse3 request handlers of a live mount.
+
+Thin by design: each handler resolves inodes, runs blocking backend or staging work in a worker thread
+(never on the trio loop) and turns pfs errors into errno in exactly one place (`_errors`). Consistency is
+close-to-open: attributes are trusted for `metadata_ttl` seconds, a file written here is uploaded on
+flush/fsync/close, and `keep_cache` is granted only when a file's version is unchanged since its last open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import json
+import logging
+import os
+import stat
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyfuse3
+import trio
+
+from pfs import control
+from pfs.backends import Backend, Entry, Kind, Reader
+from pfs.errors import (
+    AlreadyExists,
+    IsADirectory,
+    NameTooLong,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    PfsError,
+    ReadOnly,
+    Stale,
+    Unsupported,
+    errno_of,
+)
+from pfs.fs.inodes import Inode, InodeTable
+from pfs.fs.staging import StagedFile
+from pfs.options import MountOptions
+from pfs.stats import Stats
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+RESERVED_ROOT_NAME = ".pfs"  # the backend's own area (snapshots, temporary and detached objects)
+
+
+@contextmanager
+def _errors(op: str):
+    """The one place where exceptions become errno for the kernel."""
+    try:
+        yield
+    except pyfuse3.FUSEError:
+        raise
+    except PfsError as exc:
+        code = errno_of(exc)
+        if code == errno.EIO:
+            log.warning("%s failed: %s", op, exc)
+        raise pyfuse3.FUSEError(code) from None
+    except Exception:
+        log.exception("%s failed unexpectedly", op)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+
+
+def handler(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        self.stats.count(fn.__name__)
+        with _errors(fn.__name__):
+            return await fn(self, *args)
+
+    return wrapper
+
+
+@dataclass(eq=False)
+class Handle:
+    inode: Inode
+    writable: bool
+    reader: Reader | None = None
+
+
+@dataclass(eq=False)
+class DirHandle:
+    inode: Inode
+    entries: list[Entry] = field(default_factory=list)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, backend: Backend, options: MountOptions) -> None:
+        super().__init__()
+        self.backend = backend
+        self.reserved = backend.reserved_area()  # holds files unlinked while open, as detached/<id>
+        self.options = options
+        self.stats = Stats()
+        self._mounted_at_ns = time.time_ns()
+        self.inodes = InodeTable(root_mtime_ns=self._mounted_at_ns)
+        self._limiter = trio.CapacityLimiter(options.threads)
+        self._handles: dict[int, Handle | DirHandle] = {}
+        self._next_fh = 1
+        self._mount_id = uuid.uuid4().hex[:12]
+
+    # ---- plumbing ---------------------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _child_path(self, parent: Inode, name: bytes) -> str:
+        text = os.fsdecode(name)
+        if len(name) > NAME_MAX:
+            raise NameTooLong(text[:40] + "...")
+        if parent.kind is not Kind.DIR:
+            raise NotADirectory(parent.path)
+        if not parent.path and text == RESERVED_ROOT_NAME:
+            raise PermissionDenied(f"{RESERVED_ROOT_NAME} is reserved")
+        return f"{parent.path}/{text}" if parent.path else text
+
+    def _check_writable(self) -> None:
+        if self.options.read_only:
+            raise ReadOnly("mounted read-only")
+
+    def _attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        ov = inode.overrides
+        if inode.kind is Kind.DIR:
+            mode = stat.S_IFDIR | (0o777 & ~self.options.umask)
+        elif inode.kind is Kind.SYMLINK:
+            mode = stat.S_IFLNK | 0o777
+        else:
+            mode = stat.S_IFREG | (0o666 & ~self.options.umask)
+        if ov.mode is not None:
+            mode = stat.S_IFMT(mode) | ov.mode
+        size = inode.staged.size if inode.staged is not None else inode.size
+        mtime = ov.mtime_ns if ov.mtime_ns is not None else inode.mtime_ns or self._mounted_at_ns
+        attrs.st_ino = inode.ino
+        attrs.generation = 0
+        attrs.st_mode = mode
+        attrs.st_nlink = 2 if inode.kind is Kind.DIR else 1
+        attrs.st_uid = ov.uid if ov.uid is not None else self.options.uid
+        attrs.st_gid = ov.gid if ov.gid is not None else self.options.gid
+        attrs.st_size = size
+        attrs.st_blksize = 1 << 20
+        attrs.st_blocks = (size + 511) // 512
+        attrs.st_mtime_ns = mtime
+        attrs.st_ctime_ns = mtime
+        attrs.st_atime_ns = ov.atime_ns if ov.atime_ns is not None else mtime
+        attrs.entry_timeout = self.options.metadata_ttl
+        attrs.attr_timeout = self.options.metadata_ttl
+        return attrs
+
+    async def _refresh(self, inode: Inode) -> Inode:
+        """`inode` with attributes no older than the metadata TTL (the root and detached files are local)."""
+        if inode.ino == pyfuse3.ROOT_INODE or inode.detached:
+            return inode
+        return await self._stat(inode.path)
+
+    async def _stat(self, path: str) -> Inode:
+        """The inode at `path`, from the table while fresh, else from the backend."""
+        inode = self.inodes.at(path)
+        if inode is not None and inode.fresh(self.options.metadata_ttl):
+            return inode
+        try:
+            entry = await self._run(self.backend.stat, path)
+        except NotFound:
+            if inode is not None and inode.open_handles:
+                return inode  # another writer removed it; our open handles keep their view
+            self.inodes.remove_path(path)
+            raise
+        return self.inodes.add(path, entry)
+
+    def _new_fh(self, handle: Handle | DirHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    def _file_handle(self, fh: int) -> Handle:
+        handle = self._handles[fh]
+        assert isinstance(handle, Handle)
+        return handle
+
+    # ---- metadata ---------------------------------------------------------------------------------------
+
+    @handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext):
+        parent = self.inodes[parent_inode]
+        try:
+            inode = await self._stat(self._child_path(parent, name))
+        except PermissionDenied:  # the reserved name simply does not exist for lookups
+            raise NotFound(os.fsdecode(name)) from None
+        inode.lookups += 1
+        return self._attrs(inode)
+
+    @handler
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext):
+        return self._attrs(await self._refresh(self.inodes[inode]))
+
+    @handler
+    async def setattr(self, inode: int, attr, fields, fh, ctx: pyfuse3.RequestContext):
+        node = self.inodes[inode]
+        if fields.update_size:
+            self._check_writable()
+            if node.kind is Kind.DIR:
+                raise IsADirectory(node.path)
+            async with self._pinned(node):
+                staged = await self._stage(node)
+                await self._run(staged.truncate, attr.st_size)
+                if node.open_handles == 1:  # a truncate(2) of a file nobody has open: publish now
+                    await self._upload(node)
+        ov = node.overrides
+        if fields.update_mode:
+            self._check_writable()
+            ov.mode = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            self._check_writable()
+            ov.uid = attr.st_uid
+        if fields.update_gid:
+            self._check_writable()
+            ov.gid = attr.st_gid
+        if fields.update_mtime:
+            self._check_writable()
+            ov.mtime_ns = attr.st_mtime_ns
+        if fields.update_atime:
+            ov.atime_ns = attr.st_atime_ns
+        return self._attrs(node)
+
+    @handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext):
+        node = self.inodes[inode]
+        if node.symlink_target is None:
+            node.symlink_target = await self._run(self.backend.read_symlink, node.path)
+        return os.fsencode(node.symlink_target)
+
+    @handler
+    async def statfs(self, ctx: pyfuse3.RequestContext):
+        space = await self._run(self.backend.space)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_blocks = space.total_bytes // 4096
+        data.f_bfree = data.f_bavail = space.free_bytes // 4096
+        data.f_files = data.f_ffree = data.f_favail = 1 << 40
+        data.f_namemax = NAME_MAX
+        return data
+
+    # ---- directories ------------------------------------------------------------------------------------
+
+    @handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext):
+        node = self.inodes[inode]
+        if node.kind is not Kind.DIR:
+            raise NotADirectory(node.path)
+        return self._new_fh(DirHandle(node))
+
+    async def _list(self, node: Inode) -> list[Entry]:
+        entries = {e.name: e for e in await self._run(self.backend.list_dir, node.path)}
+        for child in self.inodes.children(node.path):
+            if not child.on_backend:  # created here, not uploaded yet
+                entries[child.path.rpartition("/")[2]] = Entry(child.path.rpartition("/")[2], child.kind)
+        return sorted(entries.values(), key=lambda e: e.name)
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token):
+        handle = self._handles[fh]
+        assert isinstance(handle, DirHandle)
+        if start_id == 0:  # first call, or rewinddir: take a fresh listing; offsets index into it
+            handle.entries = await self._list(handle.inode)
+        prefix = handle.inode.path + "/" if handle.inode.path else ""
+        for index in range(start_id, len(handle.entries)):
+            entry = handle.entries[index]
+            path = prefix + entry.name
+            inode = self.inodes.at(path)
+            if inode is None or inode.on_backend:
+                inode = self.inodes.add(path, entry)
+            if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), self._attrs(inode), index + 1):
+                break
+            inode.lookups += 1
+
+    @handler
+    async def releasedir(self, fh: int):
+        del self._handles[fh]
+
+    @handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext):
+        self._check_writable()
+        path = self._child_path(self.inodes[parent_inode], name)
+        await self._run(self.backend.make_dir, path)
+        inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
+        inode.lookups += 1
+        return self._attrs(inode)
+
+    @handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext):
+        self._check_writable()
+        path = self._child_path(self.inodes[parent_inode], name)
+        inode = await self._stat(path)
+        if inode.kind is not Kind.DIR:
+            raise NotADirectory(path)
+        if any(not child.on_backend for child in self.inodes.children(path)):
+            raise NotEmpty(path)
+        await self._run(self.backend.remove_dir, path)
+        self.inodes.remove_path(path)
+
+    # ---- names ------------------------------------------------------------------------------------------
+
+    @handler
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext):
+        self._check_writable()
+        path = self._child_path(self.inodes[parent_inode], name)
+        entry = await self._run(self.backend.write_symlink, path, os.fsdecode(target))
+        inode = self.inodes.add(path, entry)
+        inode.symlink_target = os.fsdecode(target)
+        inode.lookups += 1
+        return self._attrs(inode)
+
+    @handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext):
+        self._check_writable()
+        path = self._child_path(self.inodes[parent_inode], name)
+        inode = await self._stat(path)
+        if inode.kind is Kind.DIR:
+            raise IsADirectory(path)
+        await self._remove(inode)
+
+    async def _remove(self, inode: Inode) -> None:
+        """Remove a file's name; an open file stays readable (under a hidden name) until its last close."""
+        path = inode.path
+        if inode.on_backend and inode.open_handles:
+            await self._detach(inode)
+        elif inode.on_backend:
+            await self._run(self.backend.remove_file, path)
+        else:
+            inode.detached = True  # never uploaded: its staged bytes serve the open handles, then vanish
+        self.inodes.remove_path(path)
+
+    async def _detach(self, inode: Inode) -> None:
+        hidden = f"detached/{self._mount_id}-{inode.ino}"
+        await self._run(self.backend.move_to_reserved, inode.path, hidden)
+        self.inodes.remove_path(inode.path)
+        inode.path = hidden
+        inode.detached = True
+        await self._repoint(inode)
+
+    async def _repoint(self, inode: Inode) -> None:
+        """After the object moved, reopen readers lazily at its new path."""
+        for handle in self._handles.values():
+            if isinstance(handle, Handle) and handle.inode is inode and handle.reader is not None:
+                reader, handle.reader = handle.reader, None
+                await self._run(reader.close)
+        if inode.staged is not None and inode.on_backend:
+            inode.staged.rebase(self._base_opener(inode))
+
+    @handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._check_writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise Unsupported("RENAME_EXCHANGE")
+        src = self._child_path(self.inodes[parent_inode_old], name_old)
+        dst = self._child_path(self.inodes[parent_inode_new], name_new)
+        inode = await self._stat(src)
+        try:
+            target: Inode | None = await self._stat(dst)
+        except NotFound:
+            target = None
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise AlreadyExists(dst)
+            if target is inode:
+                return
+            if target.kind is Kind.DIR and inode.kind is not Kind.DIR:
+                raise IsADirectory(dst)
+            if target.kind is not Kind.DIR and inode.kind is Kind.DIR:
+                raise NotADirectory(dst)
+            if target.kind is not Kind.DIR and target.open_handles and target.on_backend:
+                await self._detach(target)
+        if inode.kind is Kind.DIR and any(not i.on_backend for i in self.inodes.children(src)):
+            await self.flush_all()  # files created inside and not uploaded yet must move with the tree
+        if inode.on_backend:
+            await self._run(self.backend.rename, src, dst)
+        elif target is not None and target.on_backend:
+            await self._run(self.backend.remove_file, dst)
+        self.inodes.move(src, dst)
+        for moved in self.inodes:
+            if moved.path == dst or moved.path.startswith(dst + "/"):
+                await self._repoint(moved)
+
+    # ---- files ------------------------------------------------------------------------------------------
+
+    def _store_of(self, inode: Inode) -> Backend:
+        return self.reserved if inode.detached else self.backend
+
+    def _base_opener(self, inode: Inode) -> Callable[[], Reader]:
+        store, path, size = self._store_of(inode), inode.path, inode.size
+        return lambda: store.open_reader(path, size)
+
+    async def _stage(self, inode: Inode) -> StagedFile:
+        if inode.staged is None:
+            opener = self._base_opener(inode) if inode.on_backend and inode.size else None
+            inode.staged = StagedFile(self.options.staging_dir, inode.size if opener else 0, opener)
+        return inode.staged
+
+    @contextlib.asynccontextmanager
+    async def _pinned(self, inode: Inode):
+        """Count as an open handle while staging, so a concurrent release cannot unstage under us."""
+        inode.open_handles += 1
+        try:
+            yield
+        finally:
+            inode.open_handles -= 1
+            await self._unstage_if_idle(inode)
+
+    async def _unstage_if_idle(self, inode: Inode) -> None:
+        staged = inode.staged
+        if staged is not None and inode.open_handles == 0 and (not staged.modified or inode.detached):
+            inode.staged = None
+            await self._run(staged.close)
+
+    async def _upload(self, inode: Inode) -> None:
+        async with inode.upload_lock:
+            staged = inode.staged
+            if staged is None or not staged.modified or inode.detached:
+                return
+            staged.modified = False  # writes landing during the upload set it again
+            try:
+                entry = await self._run(self.backend.write_file, inode.path, staged.source(), staged.size)
+            except BaseException:
+                staged.modified = True
+                raise
+        inode.size, inode.mtime_ns = entry.size, entry.mtime_ns
+        inode.on_backend = True
+        inode.attrs_at = time.monotonic()
+        inode.opened_version = inode.version
+        self.stats.add("bytes_uploaded", entry.size)
+
+    async def flush_all(self) -> None:
+        """Upload every file with writes not yet on the backend (umount, SIGTERM, the control xattr)."""
+        for inode in self.inodes:
+            await self._upload(inode)
+
+    def _file_info(self, inode: Inode, fh: int) -> pyfuse3.FileInfo:
+        keep = inode.staged is None and inode.opened_version == inode.version
+        inode.opened_version = inode.version
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
+
+    @handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext):
+        node = self.inodes[inode]
+        if node.kind is Kind.DIR:
+            raise IsADirectory(node.path)
+        node = await self._refresh(node)
+        writable = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if writable:
+            self._check_writable()
+            async with self._pinned(node):
+                staged = await self._stage(node)
+                if flags & os.O_TRUNC:
+                    await self._run(staged.truncate, 0)
+                node.open_handles += 1  # before the pin ends: the staged file must stay
+            return self._file_info(node, self._new_fh(Handle(node, writable=True)))
+        # Close-to-open: the object is opened (one HEAD) now, so the version read is the current one.
+        reader = await self._open_reader(node)
+        node.open_handles += 1
+        return self._file_info(node, self._new_fh(Handle(node, writable=False, reader=reader)))
+
+    async def _open_reader(self, inode: Inode) -> Reader:
+        store = self._store_of(inode)
+        try:
+            return await self._run(store.open_reader, inode.path, inode.size)
+        except Stale:
+            if inode.detached:
+                raise
+        # Replaced by another writer since our attributes were read: take the new version whole.
+        inode.update(await self._run(self.backend.stat, inode.path))
+        return await self._run(store.open_reader, inode.path, inode.size)
+
+    @handler
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
+        self._check_writable()
+        path = self._child_path(self.inodes[parent_inode], name)
+        inode = self.inodes.at(path)
+        if inode is not None and flags & os.O_EXCL:
+            raise AlreadyExists(path)
+        if inode is None:
+            inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.FILE, 0, time.time_ns()))
+            inode.on_backend = False
+            inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
+        async with self._pinned(inode):
+            staged = await self._stage(inode)
+            await self._run(staged.truncate, 0)  # also marks it modified: an empty new file is published too
+            inode.open_handles += 1
+        inode.lookups += 1
+        fh = self._new_fh(Handle(inode, writable=True))
+        return self._file_info(inode, fh), self._attrs(inode)
+
+    @handler
+    async def read(self, fh: int, off: int, size: int):
+        handle = self._file_handle(fh)
+        inode = handle.inode
+        if inode.staged is not None:
+            data = await self._run(inode.staged.read, off, size)
+        else:
+            if handle.reader is None:  # moved since it was opened (rename, unlink)
+                handle.reader = await self._open_reader(inode)
+            data = await self._run(handle.reader.read, off, size)
+        self.stats.add("bytes_read", len(data))
+        return data
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes):
+        handle = self._file_handle(fh)
+        if not handle.writable:
+            raise PermissionDenied("file not open for writing")
+        staged = await self._stage(handle.inode)
+        written = await self._run(staged.write, off, buf)
+        self.stats.add("bytes_written", written)
+        return written
+
+    @handler
+    async def flush(self, fh: int):
+        await self._upload(self._file_handle(fh).inode)
+
+    @handler
+    async def fsync(self, fh: int, datasync: bool):
+        await self._upload(self._file_handle(fh).inode)
+
+    @handler
+    async def release(self, fh: int):
+        handle = self._handles.pop(fh)
+        assert isinstance(handle, Handle)
+        inode = handle.inode
+        try:
+            await self._upload(inode)  # a failure keeps the bytes staged; flush_all retries at unmount
+        finally:
+            inode.open_handles -= 1
+            if handle.reader is not None:
+                await self._run(handle.reader.close)
+            await self._unstage_if_idle(inode)
+            if inode.detached and inode.on_backend and inode.open_handles == 0:
+                inode.on_backend = False
+                await self._run(self.reserved.remove_file, inode.path)
+            self.inodes.prune(inode)
+
+    # ---- control surface (xattrs on the root) -----------------------------------------------------------
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext):
+        if inode == pyfuse3.ROOT_INODE:
+            if name == control.PID:
+                return str(os.getpid()).encode()
+            if name == control.BACKEND:
+                return self.backend.id.encode()
+            if name == control.STATS:
+                return json.dumps(self.stats.snapshot(pending_uploads=self._pending_uploads())).encode()
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext):
+        return list(control.READABLE) if inode == pyfuse3.ROOT_INODE else []
+
+    @handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext):
+        if inode == pyfuse3.ROOT_INODE and name == control.FLUSH:
+            await self.flush_all()
+            return
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    def _pending_uploads(self) -> int:
+        return sum(1 for i in self.inodes if i.staged is not None and i.staged.modified)

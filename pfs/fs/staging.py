@@ -1,0 +1,159 @@
+"""Local staging of a file being written, layered over the object it replaces.
+
+A `StagedFile` holds only the bytes written through the mount, in a sparse, already-unlinked temporary file at
+the same offsets as in the file. Every other byte comes from the base object (the version on the backend when
+the file was opened for writing) or is a zero from truncate-then-extend. So opening a 10 GiB object to append
+a line costs no download: the base ranges are streamed through only when the file is uploaded.
+
+All methods block (disk and backend I/O): call them from worker threads. A `StagedFile` is shared by every
+handle of one inode; `lock` serialises the interval bookkeeping against concurrent writers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import BinaryIO
+
+from pfs.backends import Reader
+
+
+class StagedFile:
+    def __init__(self, staging_dir: str, base_size: int, open_base: Callable[[], Reader] | None) -> None:
+        # Unlinked at once: a crash leaves nothing behind.
+        self._file: BinaryIO = tempfile.TemporaryFile(dir=staging_dir, prefix="pfs-staged-")  # noqa: SIM115
+        self._fd = self._file.fileno()
+        self._open_base = open_base
+        self._base: Reader | None = None
+        # Bytes of the base object still visible: a truncate below it hides the rest for good.
+        self._base_visible = base_size if open_base is not None else 0
+        self.size = base_size
+        # Sorted, disjoint, non-adjacent [start, end) ranges that hold written bytes in the staging file.
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self.modified = False
+        self.lock = threading.Lock()
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self.lock:
+            written = os.pwrite(self._fd, data, offset)
+            self._add_range(offset, offset + written)
+            self.size = max(self.size, offset + written)
+            self.modified = True
+            return written
+
+    def truncate(self, length: int) -> None:
+        with self.lock:
+            self._base_visible = min(self._base_visible, length)
+            self._clip_ranges(length)
+            os.ftruncate(self._fd, length)
+            self.size = length
+            self.modified = True
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self.size)
+        parts: list[bytes] = []
+        pos = offset
+        while pos < end:
+            piece_end, source = self._source_at(pos, end)
+            if source == "staged":
+                parts.append(os.pread(self._fd, piece_end - pos, pos))
+            elif source == "base":
+                parts.append(self._base_reader().read(pos, piece_end - pos))
+            else:
+                parts.append(bytes(piece_end - pos))
+            pos = piece_end
+        return b"".join(parts)
+
+    def source(self) -> BinaryIO:
+        """A sequential reader of the whole content, for `Backend.write_file`."""
+        return _ComposedReader(self)
+
+    def rebase(self, open_base: Callable[[], Reader] | None) -> None:
+        """Point base reads at the object's new location (after a rename or detach)."""
+        with self.lock:
+            if self._base is not None:
+                self._base.close()
+            self._base = None
+            if open_base is None:
+                self._base_visible = 0
+            self._open_base = open_base
+
+    def close(self) -> None:
+        if self._base is not None:
+            self._base.close()
+            self._base = None
+        self._file.close()
+
+    def _base_reader(self) -> Reader:
+        if self._base is None:
+            assert self._open_base is not None
+            self._base = self._open_base()
+        return self._base
+
+    def _source_at(self, pos: int, end: int) -> tuple[int, str]:
+        """How far from `pos` (up to `end`) one source serves, and which one."""
+        i = bisect.bisect_right(self._starts, pos) - 1
+        if i >= 0 and pos < self._ends[i]:
+            return min(end, self._ends[i]), "staged"
+        next_start = self._starts[i + 1] if i + 1 < len(self._starts) else end
+        limit = min(end, next_start)
+        if pos < self._base_visible:
+            return min(limit, self._base_visible), "base"
+        return limit, "zeros"
+
+    def _add_range(self, start: int, end: int) -> None:
+        if start >= end:
+            return
+        lo = bisect.bisect_left(self._ends, start)  # first range that ends at or after start
+        hi = bisect.bisect_right(self._starts, end)  # ranges before hi start at or before end
+        if lo < hi:
+            start = min(start, self._starts[lo])
+            end = max(end, self._ends[hi - 1])
+        self._starts[lo:hi] = [start]
+        self._ends[lo:hi] = [end]
+
+    def _clip_ranges(self, length: int) -> None:
+        i = bisect.bisect_left(self._starts, length)
+        del self._starts[i:], self._ends[i:]
+        if self._ends and self._ends[-1] > length:
+            self._ends[-1] = length
+
+
+class _ComposedReader(io.RawIOBase):
+    """Seekable file-like view of a StagedFile (what an upload streams, and rewinds to retry)."""
+
+    def __init__(self, staged: StagedFile) -> None:
+        super().__init__()
+        self._staged = staged
+        self._pos = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        remaining = self._staged.size - self._pos
+        n = remaining if n is None or n < 0 else min(n, remaining)
+        data = self._staged.read(self._pos, n) if n > 0 else b""
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._staged.size}[whence]
+        self._pos = base + offset
+        return self._pos

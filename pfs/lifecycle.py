@@ -1,0 +1,80 @@
+"""Starting and stopping mounts: what `pfs mount`, `pfs umount` and `mount.pfs` do.
+
+`start` validates everything it can in the calling process (mountpoint, URI, endpoint, credentials) so that
+mistakes are one-line errors, then starts the daemon detached (its own session, so the caller, a shell or
+the CSI plugin, can exit or restart without taking the mount down) and returns once the mount answers.
+`stop` uploads pending writes, unmounts and waits until the daemon has exited.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+
+from pfs import control, daemon, mounter
+from pfs.backends import BackendOptions, open_backend
+from pfs.errors import UsageError
+from pfs.options import DEFAULT_STATE_DIR, MountOptions
+
+START_TIMEOUT = 60.0
+
+
+def default_log_file(mountpoint: str) -> str:
+    return f"{DEFAULT_STATE_DIR}/logs/{mountpoint.strip('/').replace('/', '_') or 'root'}.log"
+
+
+def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOptions, foreground: bool) -> int:
+    """Mount and return the daemon's pid (in the foreground: serve, and return 0 once unmounted)."""
+    mountpoint = mounter.check_mountpoint(mountpoint)
+    open_backend(uri, backend, verify=True).close()
+    if foreground:
+        daemon.setup_logging(mount.log_file, mount.debug)
+        daemon.serve(uri, mountpoint, mount, backend)
+        return 0
+    if mount.log_file is None:
+        mount.log_file = default_log_file(mountpoint)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pfs.daemon", "--mountpoint", mountpoint],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+        cwd="/",
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(daemon.config_for(uri, mountpoint, mount, backend))
+    process.stdin.close()
+    # The daemon writes one line and closes the pipe once it is mounted or has failed.
+    answered, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
+    status = process.stdout.readline().strip() if answered else ""
+    if status != "ready":
+        if process.poll() is None:
+            process.kill()
+        reason = status.removeprefix("error: ") or f"the daemon exited (see {mount.log_file})"
+        raise UsageError(f"cannot mount {mountpoint}: {reason}")
+    mounter.wait_until_answering(mountpoint, START_TIMEOUT, alive=lambda: process.poll() is None)
+    return process.pid
+
+
+def stop(mountpoint: str, lazy: bool = False, timeout: float = 300.0) -> None:
+    path = os.path.abspath(mountpoint)
+    if mounter.is_stale(path):
+        mounter.unmount(path, lazy=True)  # the daemon is gone; only the kernel's entry is left
+        return
+    entry = mounter.mount_at(path)
+    if entry is None or entry.fstype != "fuse.pfs":
+        raise UsageError(f"{mountpoint} is not a pfs mount")
+    pid = control.daemon_pid(path)
+    try:
+        control.flush(path)
+    except OSError as exc:
+        raise UsageError(
+            f"pending writes on {mountpoint} could not be uploaded ({os.strerror(exc.errno or 5)}); "
+            "not unmounting so nothing is lost: check the backend and retry"
+        ) from None
+    mounter.unmount(path, lazy=lazy)
+    if not lazy and not mounter.wait_for_exit(pid, timeout):
+        raise UsageError(f"unmounted {mountpoint}, but its daemon (pid {pid}) is still running")

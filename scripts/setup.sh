@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install pfs and everything its tests and demo need, on a fresh Debian 12 machine, as root. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq fuse3 libfuse3-dev pkg-config gcc attr procps >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+
+# mount(8) looks for /sbin/mount.<type>: this makes `mount -t fuse.pfs` and fstab lines work.
+helper="$(python3 -c 'import shutil; print(shutil.which("mount.pfs"))')"
+ln -sf "$helper" /sbin/mount.fuse.pfs
+ln -sf "$helper" /sbin/mount.pfs
+echo "pfs installed: $(command -v pfs)"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the whole test suite (installs what it needs first): lint, then every test against real mounts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export AWS_EC2_METADATA_DISABLED=true
+ruff check pfs tests scripts benchmarks
+ruff format --check pfs tests scripts benchmarks
+python3 -m pytest -q -ra "$@"

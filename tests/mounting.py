@@ -1,0 +1,88 @@
+"""Mount and unmount pfs in tests exactly as a user does: through the `pfs` command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from pfs import control, mounter
+
+
+def run_pfs(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pfs", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class Mount:
+    uri: str
+    path: str
+    env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    log_file: str = ""
+    pid: int = 0
+
+    def __post_init__(self) -> None:
+        self.log_file = self.log_file or f"{self.path}.log"
+
+    def start(self) -> Mount:
+        os.makedirs(self.path, exist_ok=True)
+        result = run_pfs("mount", self.uri, self.path, "--log-file", self.log_file, *self.args, env=self.env)
+        if result.returncode != 0:
+            raise AssertionError(f"pfs mount failed: {result.stderr.strip()}")
+        self.pid = control.daemon_pid(self.path)
+        return self
+
+    def stop(self) -> None:
+        result = run_pfs("umount", self.path)
+        if result.returncode != 0:
+            raise AssertionError(f"pfs umount failed: {result.stderr.strip()}")
+
+    def cleanup(self) -> None:
+        """Best effort after a failed test: unmount lazily, then end our daemon by its pid."""
+        if mounter.mount_at(self.path) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True)
+        if self.pid and not mounter.wait_for_exit(self.pid, 10):
+            os.kill(self.pid, signal.SIGKILL)
+            mounter.wait_for_exit(self.pid, 10)
+
+    def remount(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Mount:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if mounter.mount_at(self.path) is not None:
+                self.stop()
+        finally:
+            self.cleanup()
+
+    def log(self) -> str:
+        try:
+            with open(self.log_file) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

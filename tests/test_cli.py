@@ -1,0 +1,202 @@
+"""The mount lifecycle and bad input, through the command line a person uses."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from pfs import control, mounter
+from tests.mounting import Mount, run_pfs
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pfs: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def mountpoint(tmp_path):
+    path = tmp_path / "m"
+    path.mkdir()
+    yield str(path)
+    assert mounter.mount_at(str(path)) is None, "a failed mount must leave nothing mounted"
+
+
+def s3_uri(server, bucket: str, prefix: str = "") -> str:
+    return f"s3://{bucket}/{prefix}?endpoint_override={server.endpoint}&scheme=http"
+
+
+def s3_env(server, secret: str | None = None) -> dict[str, str]:
+    return {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": secret or server.secret_key}
+
+
+@pytest.mark.parametrize(
+    ("uri", "fragment"),
+    [
+        ("ftp://host/x", "ftp"),
+        ("file://relative/dir", "file://"),
+        ("s3://", "bucket"),
+        ("/no/scheme", "/no/scheme"),
+    ],
+)
+def test_invalid_uris_are_one_line_errors(uri, fragment, mountpoint):
+    assert_one_line_error(run_pfs("mount", uri, mountpoint), fragment)
+
+
+def test_missing_local_directory(tmp_path, mountpoint):
+    assert_one_line_error(run_pfs("mount", f"file://{tmp_path}/absent", mountpoint), "absent")
+
+
+def test_missing_bucket(s3_server, mountpoint):
+    result = run_pfs("mount", s3_uri(s3_server, "no-such-bucket"), mountpoint, env=s3_env(s3_server))
+    assert_one_line_error(result, "no-such-bucket")
+
+
+def test_wrong_credentials_never_echo_the_secret(s3_server, s3_bucket, mountpoint):
+    secret = "wrong-" + uuid.uuid4().hex
+    result = run_pfs("mount", s3_uri(s3_server, s3_bucket), mountpoint, env=s3_env(s3_server, secret))
+    assert_one_line_error(result)
+    assert secret not in result.stderr + result.stdout
+
+
+def test_unreachable_endpoint_fails_quickly(mountpoint):
+    uri = "s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http"
+    env = {"AWS_ACCESS_KEY_ID": "pfsaccesskey", "AWS_SECRET_ACCESS_KEY": "pfssecretkey123"}
+    result = run_pfs("mount", uri, mountpoint, "--timeout", "3", env=env, timeout=30)
+    assert_one_line_error(result, "127.0.0.1:9")
+
+
+def test_missing_mountpoint(tmp_path):
+    assert_one_line_error(run_pfs("mount", f"file://{tmp_path}", f"{tmp_path}/nowhere"), "nowhere")
+
+
+def test_unknown_mount_option(tmp_path, mountpoint):
+    assert_one_line_error(run_pfs("mount", f"file://{tmp_path}", mountpoint, "-o", "bogus=1"), "bogus")
+
+
+def test_umount_of_something_else(tmp_path):
+    assert_one_line_error(run_pfs("umount", str(tmp_path)), "not a pfs mount")
+
+
+def test_mount_twice_on_the_same_mountpoint(tmp_path):
+    (tmp_path / "data").mkdir()
+    with Mount(f"file://{tmp_path}/data", str(tmp_path / "m")) as mount:
+        assert_one_line_error(run_pfs("mount", f"file://{tmp_path}/data", mount.path), "already")
+
+
+def test_read_only_mount_refuses_changes(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(b"original")
+    with Mount(f"file://{data}", str(tmp_path / "m"), args=("-o", "ro")) as mount:
+        assert open(f"{mount.path}/f", "rb").read() == b"original"
+        for attempt in (
+            lambda: open(f"{mount.path}/f", "wb"),
+            lambda: open(f"{mount.path}/new", "wb"),
+            lambda: os.mkdir(f"{mount.path}/dir"),
+            lambda: os.unlink(f"{mount.path}/f"),
+            lambda: os.rename(f"{mount.path}/f", f"{mount.path}/g"),
+            lambda: os.symlink("f", f"{mount.path}/link"),
+        ):
+            with pytest.raises(OSError) as exc:
+                attempt()
+            assert exc.value.errno == errno.EROFS
+    assert sorted(os.listdir(data)) == ["f"]
+    assert (data / "f").read_bytes() == b"original"
+
+
+def test_umount_uploads_pending_writes_and_waits_for_the_daemon(tmp_path):
+    (tmp_path / "data").mkdir()
+    mount = Mount(f"file://{tmp_path}/data", str(tmp_path / "m")).start()
+    try:
+        with open(f"{mount.path}/f", "wb") as f:
+            f.write(b"written")
+        pid = mount.pid
+        mount.stop()
+        assert mounter.wait_for_exit(pid, 0)
+        assert (tmp_path / "data" / "f").read_bytes() == b"written"
+    finally:
+        mount.cleanup()
+
+
+def test_sigterm_uploads_open_files_and_unmounts(tmp_path):
+    (tmp_path / "data").mkdir()
+    mount = Mount(f"file://{tmp_path}/data", str(tmp_path / "m")).start()
+    try:
+        f = open(f"{mount.path}/open-at-exit", "wb")
+        f.write(b"still open")
+        f.flush()
+        os.kill(mount.pid, 15)
+        assert mounter.wait_for_exit(mount.pid, 30)
+        assert (tmp_path / "data" / "open-at-exit").read_bytes() == b"still open"
+        assert mounter.mount_at(mount.path) is None
+    finally:
+        mount.cleanup()
+
+
+def test_dead_daemon_leaves_a_mount_that_umount_clears(tmp_path):
+    (tmp_path / "data").mkdir()
+    mount = Mount(f"file://{tmp_path}/data", str(tmp_path / "m")).start()
+    try:
+        os.kill(mount.pid, 9)
+        assert mounter.wait_for_exit(mount.pid, 10)
+        assert mounter.is_stale(mount.path)
+        result = run_pfs("mount", f"file://{tmp_path}/data", mount.path)
+        assert_one_line_error(result, "pfs umount")
+        assert run_pfs("umount", mount.path).returncode == 0
+        assert mounter.mount_at(mount.path) is None
+    finally:
+        mount.cleanup()
+
+
+def test_control_surface(tmp_path):
+    (tmp_path / "data").mkdir()
+    with Mount(f"file://{tmp_path}/data", str(tmp_path / "m")) as mount:
+        assert control.daemon_pid(mount.path) == mount.pid
+        assert control.stats(mount.path)["ops"]["getxattr"] >= 1
+        result = run_pfs("stats", mount.path, "--json")
+        assert result.returncode == 0 and '"ops"' in result.stdout
+
+
+def test_secrets_stay_out_of_ps_and_logs(s3_server, s3_bucket, tmp_path):
+    mount = Mount(s3_uri(s3_server, s3_bucket), str(tmp_path / "m"), env=s3_env(s3_server), args=("--debug",))
+    with mount:
+        with open(f"{mount.path}/f", "wb") as f:
+            f.write(b"x")
+        with open(f"/proc/{mount.pid}/cmdline", "rb") as f:
+            cmdline = f.read().decode()
+        ps = subprocess.run(["ps", "auxww"], capture_output=True, text=True).stdout
+    for text in (cmdline, ps, mount.log()):
+        assert s3_server.secret_key not in text
+    assert "mounted" in mount.log()
+
+
+def test_mount_t_fuse_pfs(tmp_path):
+    helper = shutil.which("mount.fuse.pfs", path="/sbin:/usr/sbin")
+    assert helper, "the setup installs /sbin/mount.fuse.pfs; run the README's first command"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_bytes(b"via mount(8)")
+    target = tmp_path / "m"
+    target.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "fuse.pfs", f"file://{tmp_path}/data", str(target), "-o", "ro,metadata_ttl=5"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    try:
+        assert (target / "f").read_bytes() == b"via mount(8)"
+        entry = mounter.mount_at(str(target))
+        assert entry is not None and entry.fstype == "fuse.pfs"
+    finally:
+        assert run_pfs("umount", str(target)).returncode == 0
