@@ -49,7 +49,7 @@ def mount_at(path: str) -> MountEntry | None:
 def is_stale(path: str) -> bool:
     """True when a FUSE mount is still in the table but its daemon is gone ("not connected")."""
     try:
-        os.stat(path)
+        os.statvfs(path)  # unlike stat, never answered from the kernel's attribute cache
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
@@ -117,11 +117,11 @@ def _stat_ino(path: str, timeout: float) -> int | None:
 
 def wait_for_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _running(pid):
-            return True
+    while _running(pid):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    return False
+    return True
 
 
 def _running(pid: int) -> bool:

@@ -175,8 +175,9 @@ def test_secrets_stay_out_of_ps_and_logs(s3_server, s3_bucket, tmp_path):
             f.write(b"x")
         with open(f"/proc/{mount.pid}/cmdline", "rb") as f:
             cmdline = f.read().decode()
-        ps = subprocess.run(["ps", "auxww"], capture_output=True, text=True).stdout
-    for text in (cmdline, ps, mount.log()):
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        pfs_processes = "\n".join(line for line in ps.splitlines() if "pfs" in line)
+    for text in (cmdline, pfs_processes, mount.log()):
         assert s3_server.secret_key not in text
     assert "mounted" in mount.log()
 
