@@ -127,6 +127,8 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
 def _running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie has exited
+            state = f.read().rpartition(")")[2].split()[0]
+        # A zombie leader may still have threads finishing their exit (holding its files, /dev/fuse too).
+        return state != "Z" or len(os.listdir(f"/proc/{pid}/task")) > 1
     except FileNotFoundError:
         return False

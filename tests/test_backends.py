@@ -28,7 +28,7 @@ from pfs.errors import (
     UsageError,
 )
 from pfs.testserver import free_port, start_s3_server
-from tests.conftest import BackendCase, unique
+from tests.conftest import BACKENDS, HDFS_SKIP_REASON, HDFS_URI_ENV, BackendCase, unique
 
 MiB = 1 << 20
 
@@ -632,3 +632,9 @@ def test_paused_server_gives_transient_within_the_deadline_then_recovers(pausabl
     assert reader.read(0, 1000) == data[:1000]
     assert b.stat("f").size == len(data)
     reader.close()
+
+
+@pytest.mark.skipif(not os.environ.get(HDFS_URI_ENV), reason=HDFS_SKIP_REASON)
+def test_hdfs_cluster_is_configured():
+    """Stands for the HDFS runs of every backend and mount suite, which join only when this passes."""
+    assert "hdfs" in BACKENDS
