@@ -13,6 +13,10 @@ import time
 
 import pyarrow.fs as pafs
 
+# pyarrow's default aws-chunked uploads with checksum trailers are refused by rclone serve s3 (HTTP 411).
+os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
+os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")
+
 from pfs.testserver import start_s3_server
 
 MiB = 1 << 20
@@ -31,7 +35,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the server and the mount running")
     args = parser.parse_args()
 
-    server = start_s3_server("rclone", f"{STATE}/s3")
+    server = start_s3_server("seaweedfs", f"{STATE}/s3")
     env = {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
     try:
         server.create_bucket("demo")

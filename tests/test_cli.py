@@ -163,6 +163,10 @@ def test_control_surface(tmp_path):
     (tmp_path / "data").mkdir()
     with Mount(f"file://{tmp_path}/data", str(tmp_path / "m")) as mount:
         assert control.daemon_pid(mount.path) == mount.pid
+        entry = mounter.mount_at(mount.path)
+        assert entry is not None
+        with open(f"/sys/class/bdi/{entry.device}/read_ahead_kb") as f:
+            assert f.read().strip() == "1024"  # the kernel sends 1 MiB reads, not 128 KiB
         assert control.stats(mount.path)["ops"]["getxattr"] >= 1
         result = run_pfs("stats", mount.path, "--json")
         assert result.returncode == 0 and '"ops"' in result.stdout

@@ -3,15 +3,19 @@ and the mount recovers by itself once the server is back."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
+import threading
 import time
 
 import pyarrow.fs as pafs
 import pytest
 
+from pfs import mounter
 from pfs.testserver import start_s3_server
-from tests.mounting import Mount
+from tests.mounting import Mount, run_pfs
 
 TIMEOUT = 3.0
 # A failed readahead is retried once by the kernel as a plain read, and each try may use the whole deadline.
@@ -41,8 +45,13 @@ def raw(server):
 def mount(server, tmp_path):
     env = {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
     uri = f"s3://faults?endpoint_override={server.endpoint}&scheme=http"
-    with Mount(uri, str(tmp_path / "m"), env=env, args=("--timeout", str(TIMEOUT))) as m:
+    m = Mount(uri, str(tmp_path / "m"), env=env, args=("--timeout", str(TIMEOUT))).start()
+    try:
         yield m
+    finally:
+        if mounter.mount_at(m.path) is not None and not mounter.is_stale(m.path):
+            m.stop()
+        m.cleanup()
 
 
 def outage(server, kind: str):
@@ -83,6 +92,26 @@ def test_reads_fail_with_eio_in_bounded_time_then_recover(server, raw, mount, ki
         assert os.pread(f.fileno(), MiB, 40 * MiB) == data[40 * MiB : 41 * MiB]
     with open(path, "rb") as f:
         assert f.read() == data
+
+
+def test_killed_daemon_never_publishes_a_partial_object(server, raw, mount):
+    data = os.urandom(96 * MiB)
+    f = open(f"{mount.path}/crash", "wb")
+    f.write(data)
+
+    def close() -> None:
+        with contextlib.suppress(OSError):  # the daemon dies under it
+            f.close()
+
+    closing = threading.Thread(target=close)
+    closing.start()  # close() uploads; kill the daemon while that upload is under way
+    time.sleep(0.3)
+    os.kill(mount.pid, signal.SIGKILL)
+    closing.join(30)
+    assert mounter.wait_for_exit(mount.pid, 10)
+    info = raw.get_file_info("faults/crash")
+    assert info.type == pafs.FileType.NotFound or info.size == len(data)
+    assert run_pfs("umount", mount.path).returncode == 0  # clears the dead mount
 
 
 @pytest.mark.parametrize("kind", ["paused", "stopped"])
