@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export AWS_EC2_METADATA_DISABLED=true
-python3 scripts/demo.py "$@"
+python3 -u scripts/demo.py "$@"
