@@ -293,3 +293,72 @@ def test_two_mounts_see_each_others_closed_files(backend_case, tmp_path):
         assert wait_until(lambda: read(f"{a.path}/{name}") == b"rewritten by b", timeout=5)
         os.unlink(f"{a.path}/{name}")
         assert wait_until(lambda: not os.path.exists(f"{b.path}/{name}"), timeout=5)
+
+
+def rel(mnt: Mount, path: str) -> str:
+    """`path` inside the mount as the backend names it."""
+    return os.path.relpath(path, mnt.path)
+
+
+def test_fsync_publishes_before_close(mnt, backend_case, d):
+    with open(f"{d}/ckpt", "wb") as f:
+        f.write(b"step 1")
+        f.flush()
+        os.fsync(f.fileno())
+        assert backend_case.raw.get(rel(mnt, f"{d}/ckpt")) == b"step 1"
+        f.write(b", step 2")
+    assert backend_case.raw.get(rel(mnt, f"{d}/ckpt")) == b"step 1, step 2"
+
+
+def test_nothing_is_published_before_close(mnt, backend_case, d):
+    with open(f"{d}/partial", "wb") as f:
+        f.write(b"x" * MiB)
+        assert not backend_case.raw.exists(rel(mnt, f"{d}/partial"))
+
+
+def test_files_written_by_other_clients_appear(mnt, backend_case, d):
+    backend_case.raw.put(rel(mnt, f"{d}/implicit/dir/obj"), b"from elsewhere")
+    assert os.listdir(d) == ["implicit"]
+    assert read(f"{d}/implicit/dir/obj") == b"from elsewhere"
+
+
+def test_append_to_a_large_object(mnt, backend_case, d):
+    data = os.urandom(32 * MiB)
+    backend_case.raw.put(rel(mnt, f"{d}/big"), data)
+    write(f"{d}/big", b"tail\n", mode="ab")
+    assert backend_case.raw.get(rel(mnt, f"{d}/big")) == data + b"tail\n"
+
+
+def test_rename_while_open_for_reading(d):
+    data = os.urandom(4 * MiB)
+    write(f"{d}/a", data)
+    with open(f"{d}/a", "rb", buffering=0) as f:
+        head = f.read(MiB)
+        os.rename(f"{d}/a", f"{d}/b")
+        assert head + f.read() == data
+    assert os.listdir(d) == ["b"]
+
+
+def test_rename_before_the_first_close_publishes_under_the_new_name(mnt, backend_case, d):
+    with open(f"{d}/tmp-ckpt", "wb") as f:
+        f.write(b"weights")
+        os.rename(f"{d}/tmp-ckpt", f"{d}/ckpt")
+    assert os.listdir(d) == ["ckpt"]
+    assert backend_case.raw.get(rel(mnt, f"{d}/ckpt")) == b"weights"
+    assert not backend_case.raw.exists(rel(mnt, f"{d}/tmp-ckpt"))
+
+
+def test_unlink_while_writing_publishes_nothing(mnt, backend_case, d):
+    with open(f"{d}/scratch", "wb") as f:
+        f.write(b"temporary")
+        os.unlink(f"{d}/scratch")
+        f.write(b" and more")
+    assert os.listdir(d) == []
+    assert not backend_case.raw.exists(rel(mnt, f"{d}/scratch"))
+
+
+def test_write_through_one_handle_read_through_another(d):
+    with open(f"{d}/f", "wb") as w, open(f"{d}/f", "rb") as r:
+        w.write(b"shared")
+        w.flush()
+        assert r.read() == b"shared"

@@ -286,6 +286,7 @@ class Operations(pyfuse3.Operations):
             if inode is None or inode.on_backend:
                 inode = self.inodes.add(path, entry)
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), self._attrs(inode), index + 1):
+                self.inodes.prune(inode)  # not handed to the kernel: the next readdir call starts here
                 break
             inode.lookups += 1
 
@@ -393,6 +394,8 @@ class Operations(pyfuse3.Operations):
         elif target is not None and target.on_backend:
             await self._run(self.backend.remove_file, dst)
         self.inodes.move(src, dst)
+        if target is not None:
+            self.inodes.prune(target)
         for moved in self.inodes:
             if moved.path == dst or moved.path.startswith(dst + "/"):
                 await self._repoint(moved)
@@ -470,6 +473,9 @@ class Operations(pyfuse3.Operations):
                     await self._run(staged.truncate, 0)
                 node.open_handles += 1  # before the pin ends: the staged file must stay
             return self._file_info(node, self._new_fh(Handle(node, writable=True)))
+        if node.staged is not None:  # being written here: reads see the staged bytes
+            node.open_handles += 1
+            return self._file_info(node, self._new_fh(Handle(node, writable=False)))
         # Close-to-open: the object is opened (one HEAD) now, so the version read is the current one.
         reader = await self._open_reader(node)
         node.open_handles += 1
