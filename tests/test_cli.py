@@ -205,3 +205,18 @@ def test_mount_t_fuse_pfs(tmp_path):
         assert entry is not None and entry.fstype == "fuse.pfs"
     finally:
         assert run_pfs("umount", str(target)).returncode == 0
+
+
+def test_credentials_file_beats_the_environment(s3_server, s3_bucket, tmp_path):
+    creds = tmp_path / "creds"
+    creds.write_text(
+        f"[training]\naws_access_key_id = {s3_server.access_key}\n"
+        f"aws_secret_access_key = {s3_server.secret_key}\n"
+    )
+    creds.chmod(0o600)
+    wrong = s3_env(s3_server, secret="not-the-secret-" + uuid.uuid4().hex)
+    options = ("-o", f"credentials={creds},profile=training")
+    with Mount(s3_uri(s3_server, s3_bucket), str(tmp_path / "m"), env=wrong, args=options) as mount:
+        with open(f"{mount.path}/with-file-credentials", "wb") as f:
+            f.write(b"ok")
+        assert "with-file-credentials" in os.listdir(mount.path)
