@@ -153,6 +153,18 @@ class S3Server:
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
 
+    def raw_client(self):
+        """A plain pyarrow S3 client of this server, for generating and checking data around pfs."""
+        import pyarrow.fs as pafs
+
+        # pyarrow's default aws-chunked uploads with checksum trailers are refused by rclone (HTTP 411).
+        os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
+        os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")
+        return pafs.S3FileSystem(
+            endpoint_override=self.endpoint, scheme="http", region="us-east-1",
+            access_key=self.access_key, secret_key=self.secret_key,
+        )  # fmt: skip
+
     def _command(self) -> list[str]:
         store = os.path.join(self.data_dir, "data")
         if self.kind == "rclone":

@@ -32,13 +32,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def raw(server):
-    return pafs.S3FileSystem(
-        endpoint_override=server.endpoint,
-        scheme="http",
-        region="us-east-1",
-        access_key=server.access_key,
-        secret_key=server.secret_key,
-    )
+    return server.raw_client()
 
 
 @pytest.fixture
