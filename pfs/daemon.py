@@ -8,6 +8,7 @@ SIGTERM and SIGINT upload pending writes, then unmount.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -116,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="pfs-daemon")
     parser.add_argument("--mountpoint", required=True)  # only to make `ps` output readable
     parser.parse_args()
+    faulthandler.enable()  # a hard crash still leaves a stack in the log (stderr is the log file)
     config = json.loads(sys.stdin.read())
     mount = MountOptions(**config["mount"])
     backend = BackendOptions(**config["backend"])
@@ -132,8 +134,12 @@ def main() -> None:
     try:
         serve(config["uri"], config["mountpoint"], mount, backend, on_ready=ready)
     except Exception as exc:
-        message = str(exc) if isinstance(exc, PfsError) else f"{type(exc).__name__}: {exc}"
-        log.error("mount failed: %s", message)
+        if isinstance(exc, PfsError):
+            message = str(exc)
+            log.error("mount failed: %s", message)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+            log.exception("mount failed")
         if not status.closed:
             status.write(f"error: {message}\n")
             status.close()

@@ -36,15 +36,17 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
         return 0
     if mount.log_file is None:
         mount.log_file = default_log_file(mountpoint)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pfs.daemon", "--mountpoint", mountpoint],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        text=True,
-        cwd="/",
-    )
+    os.makedirs(os.path.dirname(os.path.abspath(mount.log_file)), exist_ok=True)
+    with open(mount.log_file, "a") as log:  # anything the daemon prints (a crash dump too) lands there
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pfs.daemon", "--mountpoint", mountpoint],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+            text=True,
+            cwd="/",
+        )
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(daemon.config_for(uri, mountpoint, mount, backend))
     process.stdin.close()

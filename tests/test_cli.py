@@ -220,3 +220,20 @@ def test_credentials_file_beats_the_environment(s3_server, s3_bucket, tmp_path):
         with open(f"{mount.path}/with-file-credentials", "wb") as f:
             f.write(b"ok")
         assert "with-file-credentials" in os.listdir(mount.path)
+
+
+def test_umount_with_open_files_is_refused_unless_lazy(tmp_path):
+    (tmp_path / "data").mkdir()
+    mount = Mount(f"file://{tmp_path}/data", str(tmp_path / "m")).start()
+    try:
+        f = open(f"{mount.path}/held", "wb")
+        f.write(b"held open")
+        f.flush()  # to the mount; the upload happens only at umount
+        assert_one_line_error(run_pfs("umount", mount.path), "busy")
+        assert run_pfs("umount", "--lazy", mount.path).returncode == 0
+        assert (tmp_path / "data" / "held").read_bytes() == b"held open"  # flushed before detaching
+        assert mounter.mount_at(mount.path) is None
+        f.close()
+        assert mounter.wait_for_exit(mount.pid, 10)
+    finally:
+        mount.cleanup()
