@@ -76,9 +76,6 @@ class InodeTable:
     def __getitem__(self, ino: int) -> Inode:
         return self._by_ino[ino]
 
-    def __iter__(self):
-        return iter(list(self._by_ino.values()))
-
     def at(self, path: str) -> Inode | None:
         return self._by_path.get(path)
 
@@ -106,26 +103,25 @@ class InodeTable:
         if inode is not None:
             self._drop_if_unused(inode)
 
-    def move(self, src: str, dst: str) -> None:
-        """Rename `src` (and, for a directory, everything below it) to `dst`."""
+    def move(self, src: str, dst: str, tree: bool) -> list[Inode]:
+        """Rename `src` to `dst` (with `tree`, everything below it too); returns the inodes moved.
+
+        Only a directory's rename walks the table; a file's touches two entries."""
         self.remove_path(dst)
         prefix = src + "/"
-        for path in [p for p in self._by_path if p == src or p.startswith(prefix)]:
-            new_path = dst + path[len(src) :]
-            inode = self._by_path.pop(path)
-            inode.path = new_path
-            self._by_path[new_path] = inode
-        for path in [p for p in self._overrides if p == src or p.startswith(prefix)]:
-            self._overrides[dst + path[len(src) :]] = self._overrides.pop(path)
-
-    def children(self, dir_path: str) -> list[Inode]:
-        """Inodes known directly below `dir_path` (for files created here but not uploaded yet)."""
-        prefix = dir_path + "/" if dir_path else ""
-        return [
-            inode
-            for path, inode in self._by_path.items()
-            if path and path.startswith(prefix) and "/" not in path[len(prefix) :]
-        ]
+        paths = [p for p in self._by_path if p == src or p.startswith(prefix)] if tree else [src]
+        moved = []
+        for path in paths:
+            inode = self._by_path.pop(path, None)
+            if inode is not None:
+                inode.path = dst + path[len(src) :]
+                self._by_path[inode.path] = inode
+                moved.append(inode)
+        overrides = [p for p in self._overrides if p == src or p.startswith(prefix)] if tree else [src]
+        for path in overrides:
+            if path in self._overrides:
+                self._overrides[dst + path[len(src) :]] = self._overrides.pop(path)
+        return moved
 
     def forget(self, ino: int, count: int) -> None:
         inode = self._by_ino.get(ino)

@@ -106,6 +106,8 @@ class Operations(pyfuse3.Operations):
         self.inodes = InodeTable(root_mtime_ns=self._mounted_at_ns)
         self._limiter = trio.CapacityLimiter(options.threads)
         self._handles: dict[int, Handle | DirHandle] = {}
+        # Inodes with a staged file: the only ones whose content or existence the backend may not know yet.
+        self._staged: set[Inode] = set()
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
 
@@ -267,9 +269,9 @@ class Operations(pyfuse3.Operations):
 
     async def _list(self, node: Inode) -> list[Entry]:
         entries = {e.name: e for e in await self._run(self.backend.list_dir, node.path)}
-        for child in self.inodes.children(node.path):
-            if not child.on_backend:  # created here, not uploaded yet
-                entries[child.path.rpartition("/")[2]] = Entry(child.path.rpartition("/")[2], child.kind)
+        for child in self._unpublished_below(node.path, direct=True):
+            name = child.path.rpartition("/")[2]
+            entries[name] = Entry(name, child.kind)
         return sorted(entries.values(), key=lambda e: e.name)
 
     @handler
@@ -310,7 +312,7 @@ class Operations(pyfuse3.Operations):
         inode = await self._stat(path)
         if inode.kind is not Kind.DIR:
             raise NotADirectory(path)
-        if any(not child.on_backend for child in self.inodes.children(path)):
+        if self._unpublished_below(path, direct=True):
             raise NotEmpty(path)
         await self._run(self.backend.remove_dir, path)
         self.inodes.remove_path(path)
@@ -387,18 +389,17 @@ class Operations(pyfuse3.Operations):
                 raise NotADirectory(dst)
             if target.kind is not Kind.DIR and target.open_handles and target.on_backend:
                 await self._detach(target)
-        if inode.kind is Kind.DIR and any(not i.on_backend for i in self.inodes.children(src)):
+        if inode.kind is Kind.DIR and self._unpublished_below(src, direct=False):
             await self.flush_all()  # files created inside and not uploaded yet must move with the tree
         if inode.on_backend:
             await self._run(self.backend.rename, src, dst)
         elif target is not None and target.on_backend:
             await self._run(self.backend.remove_file, dst)
-        self.inodes.move(src, dst)
+        moved = self.inodes.move(src, dst, tree=inode.kind is Kind.DIR)
         if target is not None:
             self.inodes.prune(target)
-        for moved in self.inodes:
-            if moved.path == dst or moved.path.startswith(dst + "/"):
-                await self._repoint(moved)
+        for node in moved:
+            await self._repoint(node)
 
     # ---- files ------------------------------------------------------------------------------------------
 
@@ -409,10 +410,23 @@ class Operations(pyfuse3.Operations):
         store, path, size = self._store_of(inode), inode.path, inode.size
         return lambda: store.open_reader(path, size)
 
+    def _unpublished_below(self, dir_path: str, direct: bool) -> list[Inode]:
+        """Files created under `dir_path` (directly, or anywhere below) that are not uploaded yet."""
+        prefix = dir_path + "/" if dir_path else ""
+        return [
+            inode
+            for inode in self._staged
+            if not inode.on_backend
+            and not inode.detached
+            and inode.path.startswith(prefix)
+            and not (direct and "/" in inode.path[len(prefix) :])
+        ]
+
     async def _stage(self, inode: Inode) -> StagedFile:
         if inode.staged is None:
             opener = self._base_opener(inode) if inode.on_backend and inode.size else None
             inode.staged = StagedFile(self.options.staging_dir, inode.size if opener else 0, opener)
+            self._staged.add(inode)
         return inode.staged
 
     @contextlib.asynccontextmanager
@@ -429,6 +443,7 @@ class Operations(pyfuse3.Operations):
         staged = inode.staged
         if staged is not None and inode.open_handles == 0 and (not staged.modified or inode.detached):
             inode.staged = None
+            self._staged.discard(inode)
             await self._run(staged.close)
 
     async def _upload(self, inode: Inode) -> None:
@@ -450,7 +465,7 @@ class Operations(pyfuse3.Operations):
 
     async def flush_all(self) -> None:
         """Upload every file with writes not yet on the backend (umount, SIGTERM, the control xattr)."""
-        for inode in self.inodes:
+        for inode in list(self._staged):
             await self._upload(inode)
 
     def _file_info(self, inode: Inode, fh: int) -> pyfuse3.FileInfo:
@@ -584,4 +599,4 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     def _pending_uploads(self) -> int:
-        return sum(1 for i in self.inodes if i.staged is not None and i.staged.modified)
+        return sum(1 for inode in self._staged if inode.staged is not None and inode.staged.modified)
