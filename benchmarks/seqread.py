@@ -91,7 +91,7 @@ def main() -> None:
 
     rates = {name: size / MiB / statistics.median(times) for name, times in results.items()}
     print(
-        f"sequential read of a {args.size_mib} MiB object from {args.server} serve s3, "
+        f"sequential read of a {args.size_mib} MiB object from a loopback {args.server} S3 server, "
         f"median of {args.rounds} rounds"
     )
     for name, rate in rates.items():
