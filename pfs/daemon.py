@@ -94,7 +94,7 @@ async def _stop_on_signal(operations: Operations) -> None:
         async for signum in signals:
             log.info("%s: uploading pending writes, then unmounting", signal.Signals(signum).name)
             try:
-                await operations.flush_all()
+                await operations.writes.flush_all()
             except PfsError as exc:
                 log.error("pending writes could not be uploaded: %s", exc)
             pyfuse3.terminate()

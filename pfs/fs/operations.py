@@ -8,7 +8,6 @@ flush/fsync/close, and `keep_cache` is granted only when a file's version is unc
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import json
@@ -42,7 +41,7 @@ from pfs.errors import (
     errno_of,
 )
 from pfs.fs.inodes import Inode, InodeTable
-from pfs.fs.staging import StagedFile
+from pfs.fs.writeback import WriteBack
 from pfs.options import MountOptions
 from pfs.stats import Stats
 
@@ -106,8 +105,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = InodeTable(root_mtime_ns=self._mounted_at_ns)
         self._limiter = trio.CapacityLimiter(options.threads)
         self._handles: dict[int, Handle | DirHandle] = {}
-        # Inodes with a staged file: the only ones whose content or existence the backend may not know yet.
-        self._staged: set[Inode] = set()
+        self.writes = WriteBack(backend, self._store_of, options.staging_dir, self._run, self.stats)
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
 
@@ -218,11 +216,11 @@ class Operations(pyfuse3.Operations):
             self._check_writable()
             if node.kind is Kind.DIR:
                 raise IsADirectory(node.path)
-            async with self._pinned(node):
-                staged = await self._stage(node)
+            async with self.writes.pinned(node):
+                staged = await self.writes.stage(node)
                 await self._run(staged.truncate, attr.st_size)
                 if node.open_handles == 1:  # a truncate(2) of a file nobody has open: publish now
-                    await self._upload(node)
+                    await self.writes.upload(node)
         ov = node.overrides
         if fields.update_mode:
             self._check_writable()
@@ -269,7 +267,7 @@ class Operations(pyfuse3.Operations):
 
     async def _list(self, node: Inode) -> list[Entry]:
         entries = {e.name: e for e in await self._run(self.backend.list_dir, node.path)}
-        for child in self._unpublished_below(node.path, direct=True):
+        for child in self.writes.unpublished_below(node.path, direct=True):
             name = child.path.rpartition("/")[2]
             entries[name] = Entry(name, child.kind)
         return sorted(entries.values(), key=lambda e: e.name)
@@ -312,7 +310,7 @@ class Operations(pyfuse3.Operations):
         inode = await self._stat(path)
         if inode.kind is not Kind.DIR:
             raise NotADirectory(path)
-        if self._unpublished_below(path, direct=True):
+        if self.writes.unpublished_below(path, direct=True):
             raise NotEmpty(path)
         await self._run(self.backend.remove_dir, path)
         self.inodes.remove_path(path)
@@ -363,8 +361,7 @@ class Operations(pyfuse3.Operations):
             if isinstance(handle, Handle) and handle.inode is inode and handle.reader is not None:
                 reader, handle.reader = handle.reader, None
                 await self._run(reader.close)
-        if inode.staged is not None and inode.on_backend:
-            inode.staged.rebase(self._base_opener(inode))
+        self.writes.rebase(inode)
 
     @handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
@@ -389,8 +386,8 @@ class Operations(pyfuse3.Operations):
                 raise NotADirectory(dst)
             if target.kind is not Kind.DIR and target.open_handles and target.on_backend:
                 await self._detach(target)
-        if inode.kind is Kind.DIR and self._unpublished_below(src, direct=False):
-            await self.flush_all()  # files created inside and not uploaded yet must move with the tree
+        if inode.kind is Kind.DIR and self.writes.unpublished_below(src, direct=False):
+            await self.writes.flush_all()  # files created inside and not uploaded yet must move with the tree
         if inode.on_backend:
             await self._run(self.backend.rename, src, dst)
         elif target is not None and target.on_backend:
@@ -406,68 +403,6 @@ class Operations(pyfuse3.Operations):
     def _store_of(self, inode: Inode) -> Backend:
         return self.reserved if inode.detached else self.backend
 
-    def _base_opener(self, inode: Inode) -> Callable[[], Reader]:
-        store, path, size = self._store_of(inode), inode.path, inode.size
-        return lambda: store.open_reader(path, size)
-
-    def _unpublished_below(self, dir_path: str, direct: bool) -> list[Inode]:
-        """Files created under `dir_path` (directly, or anywhere below) that are not uploaded yet."""
-        prefix = dir_path + "/" if dir_path else ""
-        return [
-            inode
-            for inode in self._staged
-            if not inode.on_backend
-            and not inode.detached
-            and inode.path.startswith(prefix)
-            and not (direct and "/" in inode.path[len(prefix) :])
-        ]
-
-    async def _stage(self, inode: Inode) -> StagedFile:
-        if inode.staged is None:
-            opener = self._base_opener(inode) if inode.on_backend and inode.size else None
-            inode.staged = StagedFile(self.options.staging_dir, inode.size if opener else 0, opener)
-            self._staged.add(inode)
-        return inode.staged
-
-    @contextlib.asynccontextmanager
-    async def _pinned(self, inode: Inode):
-        """Count as an open handle while staging, so a concurrent release cannot unstage under us."""
-        inode.open_handles += 1
-        try:
-            yield
-        finally:
-            inode.open_handles -= 1
-            await self._unstage_if_idle(inode)
-
-    async def _unstage_if_idle(self, inode: Inode) -> None:
-        staged = inode.staged
-        if staged is not None and inode.open_handles == 0 and (not staged.modified or inode.detached):
-            inode.staged = None
-            self._staged.discard(inode)
-            await self._run(staged.close)
-
-    async def _upload(self, inode: Inode) -> None:
-        async with inode.upload_lock:
-            staged = inode.staged
-            if staged is None or not staged.modified or inode.detached:
-                return
-            staged.modified = False  # writes landing during the upload set it again
-            try:
-                entry = await self._run(self.backend.write_file, inode.path, staged.source(), staged.size)
-            except BaseException:
-                staged.modified = True
-                raise
-        inode.size, inode.mtime_ns = entry.size, entry.mtime_ns
-        inode.on_backend = True
-        inode.attrs_at = time.monotonic()
-        inode.opened_version = inode.version
-        self.stats.add("bytes_uploaded", entry.size)
-
-    async def flush_all(self) -> None:
-        """Upload every file with writes not yet on the backend (umount, SIGTERM, the control xattr)."""
-        for inode in list(self._staged):
-            await self._upload(inode)
-
     def _file_info(self, inode: Inode, fh: int) -> pyfuse3.FileInfo:
         keep = inode.staged is None and inode.opened_version == inode.version
         inode.opened_version = inode.version
@@ -482,8 +417,8 @@ class Operations(pyfuse3.Operations):
         writable = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if writable:
             self._check_writable()
-            async with self._pinned(node):
-                staged = await self._stage(node)
+            async with self.writes.pinned(node):
+                staged = await self.writes.stage(node)
                 if flags & os.O_TRUNC:
                     await self._run(staged.truncate, 0)
                 node.open_handles += 1  # before the pin ends: the staged file must stay
@@ -518,8 +453,8 @@ class Operations(pyfuse3.Operations):
             inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.FILE, 0, time.time_ns()))
             inode.on_backend = False
             inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
-        async with self._pinned(inode):
-            staged = await self._stage(inode)
+        async with self.writes.pinned(inode):
+            staged = await self.writes.stage(inode)
             await self._run(staged.truncate, 0)  # also marks it modified: an empty new file is published too
             inode.open_handles += 1
         inode.lookups += 1
@@ -544,18 +479,18 @@ class Operations(pyfuse3.Operations):
         handle = self._file_handle(fh)
         if not handle.writable:
             raise PermissionDenied("file not open for writing")
-        staged = await self._stage(handle.inode)
+        staged = await self.writes.stage(handle.inode)
         written = await self._run(staged.write, off, buf)
         self.stats.add("bytes_written", written)
         return written
 
     @handler
     async def flush(self, fh: int):
-        await self._upload(self._file_handle(fh).inode)
+        await self.writes.upload(self._file_handle(fh).inode)
 
     @handler
     async def fsync(self, fh: int, datasync: bool):
-        await self._upload(self._file_handle(fh).inode)
+        await self.writes.upload(self._file_handle(fh).inode)
 
     @handler
     async def release(self, fh: int):
@@ -563,12 +498,12 @@ class Operations(pyfuse3.Operations):
         assert isinstance(handle, Handle)
         inode = handle.inode
         try:
-            await self._upload(inode)  # a failure keeps the bytes staged; flush_all retries at unmount
+            await self.writes.upload(inode)  # a failure keeps the bytes staged; flush_all retries at unmount
         finally:
             inode.open_handles -= 1
             if handle.reader is not None:
                 await self._run(handle.reader.close)
-            await self._unstage_if_idle(inode)
+            await self.writes.unstage_if_idle(inode)
             if inode.detached and inode.on_backend and inode.open_handles == 0:
                 inode.on_backend = False
                 await self._run(self.reserved.remove_file, inode.path)
@@ -584,7 +519,7 @@ class Operations(pyfuse3.Operations):
             if name == control.BACKEND:
                 return self.backend.id.encode()
             if name == control.STATS:
-                return json.dumps(self.stats.snapshot(pending_uploads=self._pending_uploads())).encode()
+                return json.dumps(self.stats.snapshot(pending_uploads=self.writes.pending())).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @handler
@@ -594,9 +529,6 @@ class Operations(pyfuse3.Operations):
     @handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext):
         if inode == pyfuse3.ROOT_INODE and name == control.FLUSH:
-            await self.flush_all()
+            await self.writes.flush_all()
             return
         raise pyfuse3.FUSEError(errno.ENOTSUP)
-
-    def _pending_uploads(self) -> int:
-        return sum(1 for inode in self._staged if inode.staged is not None and inode.staged.modified)

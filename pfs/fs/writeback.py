@@ -1,0 +1,103 @@
+"""Write-back of files written through a mount: staged locally, published whole on flush, fsync or close.
+
+Owns every inode's `StagedFile` from the first write-open until the last handle is gone and nothing is
+left to upload. Uploads of one inode are serialised by its upload lock, so a second close() waits until the
+first upload is durable instead of returning early. A failed upload keeps the bytes staged; `flush_all`
+(unmount, SIGTERM, the control xattr) retries them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from pfs.backends import Backend, Reader
+from pfs.fs.inodes import Inode
+from pfs.fs.staging import StagedFile
+from pfs.stats import Stats
+
+Run = Callable[..., Awaitable[Any]]  # runs a blocking call in a worker thread under the mount's limiter
+
+
+class WriteBack:
+    def __init__(
+        self, backend: Backend, store_of: Callable[[Inode], Backend], staging_dir: str, run: Run, stats: Stats
+    ) -> None:
+        self._backend = backend
+        self._store_of = store_of
+        self._staging_dir = staging_dir
+        self._run = run
+        self._stats = stats
+        # The only inodes whose content or existence the backend may not know yet.
+        self._staged: set[Inode] = set()
+
+    def base_opener(self, inode: Inode) -> Callable[[], Reader]:
+        store, path, size = self._store_of(inode), inode.path, inode.size
+        return lambda: store.open_reader(path, size)
+
+    async def stage(self, inode: Inode) -> StagedFile:
+        if inode.staged is None:
+            opener = self.base_opener(inode) if inode.on_backend and inode.size else None
+            inode.staged = StagedFile(self._staging_dir, inode.size if opener else 0, opener)
+            self._staged.add(inode)
+        return inode.staged
+
+    @contextlib.asynccontextmanager
+    async def pinned(self, inode: Inode) -> AsyncIterator[None]:
+        """Count as an open handle while staging, so a concurrent release cannot unstage under us."""
+        inode.open_handles += 1
+        try:
+            yield
+        finally:
+            inode.open_handles -= 1
+            await self.unstage_if_idle(inode)
+
+    async def unstage_if_idle(self, inode: Inode) -> None:
+        staged = inode.staged
+        if staged is not None and inode.open_handles == 0 and (not staged.modified or inode.detached):
+            inode.staged = None
+            self._staged.discard(inode)
+            await self._run(staged.close)
+
+    def rebase(self, inode: Inode) -> None:
+        """The object moved (rename, detach): base reads follow it."""
+        if inode.staged is not None and inode.on_backend:
+            inode.staged.rebase(self.base_opener(inode))
+
+    async def upload(self, inode: Inode) -> None:
+        async with inode.upload_lock:
+            staged = inode.staged
+            if staged is None or not staged.modified or inode.detached:
+                return
+            staged.modified = False  # writes landing during the upload set it again
+            try:
+                entry = await self._run(self._backend.write_file, inode.path, staged.source(), staged.size)
+            except BaseException:
+                staged.modified = True
+                raise
+        inode.size, inode.mtime_ns = entry.size, entry.mtime_ns
+        inode.on_backend = True
+        inode.attrs_at = time.monotonic()
+        inode.opened_version = inode.version
+        self._stats.add("bytes_uploaded", entry.size)
+
+    async def flush_all(self) -> None:
+        for inode in list(self._staged):
+            await self.upload(inode)
+
+    def unpublished_below(self, dir_path: str, direct: bool) -> list[Inode]:
+        """Files created under `dir_path` (directly, or anywhere below) that are not uploaded yet."""
+        prefix = dir_path + "/" if dir_path else ""
+        return [
+            inode
+            for inode in self._staged
+            if not inode.on_backend
+            and not inode.detached
+            and inode.path.startswith(prefix)
+            and not (direct and "/" in inode.path[len(prefix) :])
+        ]
+
+    def pending(self) -> int:
+        return sum(1 for inode in self._staged if inode.staged is not None and inode.staged.modified)
