@@ -6,12 +6,13 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 
 import pytest
 
 from pfs import control, mounter
-from tests.mounting import Mount, run_pfs
+from tests.mounting import Mount, run_pfs, wait_until
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -237,3 +238,25 @@ def test_umount_with_open_files_is_refused_unless_lazy(tmp_path):
         assert mounter.wait_for_exit(mount.pid, 10)
     finally:
         mount.cleanup()
+
+
+def test_foreground_mount_serves_until_unmounted(tmp_path):
+    (tmp_path / "data").mkdir()
+    target = tmp_path / "m"
+    target.mkdir()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "pfs", "mount", "-f", f"file://{tmp_path}/data", str(target)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: mounter.mount_at(str(target)) is not None, timeout=30)
+        (target / "f").write_bytes(b"foreground")
+        assert run_pfs("umount", str(target)).returncode == 0
+        assert daemon.wait(timeout=30) == 0
+        assert "mounted" in daemon.stderr.read()  # logs go to stderr in the foreground
+        assert (tmp_path / "data" / "f").read_bytes() == b"foreground"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(target)], capture_output=True)

@@ -130,3 +130,38 @@ def test_writes_fail_with_eio_and_publish_nothing_partial(server, raw, mount, ki
     mount.stop()
     with raw.open_input_file(f"faults/{name}") as f:
         assert f.read() == data
+
+
+def test_a_hung_backend_call_does_not_block_other_requests(server, raw, mount):
+    with raw.open_output_stream("faults/slow") as f:
+        f.write(os.urandom(8 * MiB))
+    with open(f"{mount.path}/slow", "rb", buffering=0) as f:
+        server.pause()
+        try:
+            stuck = threading.Thread(target=lambda: timed(lambda: os.pread(f.fileno(), MiB, 4 * MiB)))
+            stuck.start()
+            time.sleep(0.2)  # the read is now waiting on the paused server
+            start = time.monotonic()
+            os.statvfs(mount.path)  # answered by the daemon without the backend
+            assert time.monotonic() - start < 0.5
+            stuck.join(BOUND)
+        finally:
+            server.resume()
+
+
+def test_umount_keeps_the_mount_while_pending_writes_cannot_be_uploaded(server, raw, mount):
+    f = open(f"{mount.path}/pending", "wb")
+    f.write(b"must not be lost")
+    f.flush()
+    server.pause()
+    try:
+        result = run_pfs("umount", mount.path)
+        assert result.returncode != 0
+        assert "not unmounting" in result.stderr
+        assert mounter.mount_at(mount.path) is not None
+    finally:
+        server.resume()
+    f.close()
+    mount.stop()
+    with raw.open_input_file("faults/pending") as g:
+        assert g.read() == b"must not be lost"
