@@ -158,10 +158,14 @@ class Operations(pyfuse3.Operations):
         return attrs
 
     async def _refresh(self, inode: Inode) -> Inode:
-        """`inode` with attributes no older than the metadata TTL (the root and detached files are local)."""
+        """`inode` with attributes no older than the metadata TTL (the root and detached files are local).
+
+        Stale when its name now holds something else (replaced by a rename, or by another kind of entry)."""
         if inode.ino == pyfuse3.ROOT_INODE or inode.detached:
             return inode
-        return await self._stat(inode.path)
+        if await self._stat(inode.path) is not inode:
+            raise Stale(inode.path)
+        return inode
 
     async def _stat(self, path: str) -> Inode:
         """The inode at `path`, from the table while fresh, else from the backend."""
