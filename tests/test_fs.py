@@ -362,3 +362,19 @@ def test_write_through_one_handle_read_through_another(d):
         w.write(b"shared")
         w.flush()
         assert r.read() == b"shared"
+
+
+def test_rename_over_a_file_being_written_keeps_the_renamed_one(d):
+    pending = open(f"{d}/ckpt", "wb")
+    pending.write(b"old writer")
+    pending.flush()
+    write(f"{d}/new", b"new checkpoint")
+    os.rename(f"{d}/new", f"{d}/ckpt")
+    pending.close()
+    assert os.listdir(d) == ["ckpt"]
+    assert read(f"{d}/ckpt") == b"new checkpoint"
+
+
+def test_mkdir_mode_is_honoured(d):
+    os.mkdir(f"{d}/private", 0o700)
+    assert stat.S_IMODE(os.stat(f"{d}/private").st_mode) == 0o700

@@ -59,6 +59,8 @@ class Inode:
     def update(self, entry: Entry) -> None:
         """Take the backend's view of this inode's attributes unless local writes are authoritative."""
         if self.staged is None:
+            if (entry.size, entry.mtime_ns) != self.version:
+                self.symlink_target = None  # rewritten elsewhere: read the link again
             self.size = entry.size
             self.mtime_ns = entry.mtime_ns
         self.attrs_at = time.monotonic()

@@ -304,6 +304,7 @@ class Operations(pyfuse3.Operations):
         path = self._child_path(self.inodes[parent_inode], name)
         await self._run(self.backend.make_dir, path)
         inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
+        inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
         inode.lookups += 1
         return self._attrs(inode)
 
@@ -390,12 +391,14 @@ class Operations(pyfuse3.Operations):
                 raise NotADirectory(dst)
             if target.kind is not Kind.DIR and target.open_handles and target.on_backend:
                 await self._detach(target)
+            elif not target.on_backend:
+                target.detached = True  # its pending bytes must never land on the new file
         if inode.kind is Kind.DIR and self.writes.unpublished_below(src, direct=False):
             await self.writes.flush_all()  # files created inside and not uploaded yet must move with the tree
-        if inode.on_backend:
-            await self._run(self.backend.rename, src, dst)
-        elif target is not None and target.on_backend:
-            await self._run(self.backend.remove_file, dst)
+        if not inode.on_backend:
+            # Publish first, so that the backend renames (atomically on file://) over the old target.
+            await self.writes.upload(inode)
+        await self._run(self.backend.rename, src, dst)
         moved = self.inodes.move(src, dst, tree=inode.kind is Kind.DIR)
         if target is not None:
             self.inodes.prune(target)
