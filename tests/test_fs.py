@@ -378,3 +378,11 @@ def test_rename_over_a_file_being_written_keeps_the_renamed_one(d):
 def test_mkdir_mode_is_honoured(d):
     os.mkdir(f"{d}/private", 0o700)
     assert stat.S_IMODE(os.stat(f"{d}/private").st_mode) == 0o700
+
+
+def test_same_size_rewrite_by_another_client_is_seen(mnt, backend_case, d):
+    write(f"{d}/f", b"version-1")
+    assert read(f"{d}/f") == b"version-1"
+    assert read(f"{d}/f") == b"version-1"  # unchanged: served from the page cache
+    backend_case.raw.put(rel(mnt, f"{d}/f"), b"version-2")  # same size, likely the same second
+    assert wait_until(lambda: read(f"{d}/f") == b"version-2", timeout=5)

@@ -38,7 +38,14 @@ class SpaceInfo:
 
 
 class Reader(ABC):
-    """An open object for positional reads; cheap to call from several threads at once."""
+    """An open object for positional reads; cheap to call from several threads at once.
+
+    Every byte it returns comes from one version of the object: if the object is replaced while the reader
+    is open, reads fail with Stale rather than mix versions."""
+
+    #: What identifies the content it reads (the ETag on object stores); '' where the backend has none,
+    #: and then size and modification time do.
+    version: str = ""
 
     @abstractmethod
     def read(self, offset: int, length: int) -> bytes:

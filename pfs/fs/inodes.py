@@ -44,14 +44,17 @@ class Inode:
     staged: StagedFile | None = None
     symlink_target: str | None = None
     overrides: Overrides = field(default_factory=Overrides)
-    # (size, mtime_ns) at the last open: unchanged means the kernel's page cache is still valid.
-    opened_version: tuple[int, int] | None = None
+    # What identifies the content: the reader's version token (ETag) where the backend gives one.
+    etag: str = ""
+    # The version at the last open: unchanged means the kernel's page cache is still valid.
+    opened_version: tuple[int, int, str] | None = None
     # Held across an upload so a second flush waits for the first instead of returning before it is durable.
     upload_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
-    def version(self) -> tuple[int, int]:
-        return (self.size, self.mtime_ns)
+    def version(self) -> tuple[int, int, str]:
+        # S3's modification times have 1 s resolution: the ETag tells same-size rewrites apart.
+        return (self.size, self.mtime_ns, self.etag)
 
     def fresh(self, ttl: float) -> bool:
         return self.staged is not None or not self.on_backend or time.monotonic() - self.attrs_at < ttl
@@ -59,8 +62,9 @@ class Inode:
     def update(self, entry: Entry) -> None:
         """Take the backend's view of this inode's attributes unless local writes are authoritative."""
         if self.staged is None:
-            if (entry.size, entry.mtime_ns) != self.version:
+            if (entry.size, entry.mtime_ns) != self.version[:2]:
                 self.symlink_target = None  # rewritten elsewhere: read the link again
+                self.etag = ""  # unknown until the next open
             self.size = entry.size
             self.mtime_ns = entry.mtime_ns
         self.attrs_at = time.monotonic()

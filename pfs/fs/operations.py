@@ -435,6 +435,7 @@ class Operations(pyfuse3.Operations):
             return self._file_info(node, self._new_fh(Handle(node, writable=False)))
         # Close-to-open: the object is opened (one HEAD) now, so the version read is the current one.
         reader = await self._open_reader(node)
+        node.etag = reader.version
         node.open_handles += 1
         return self._file_info(node, self._new_fh(Handle(node, writable=False, reader=reader)))
 

@@ -77,7 +77,7 @@ class WriteBack:
             except BaseException:
                 staged.modified = True
                 raise
-        inode.size, inode.mtime_ns = entry.size, entry.mtime_ns
+        inode.size, inode.mtime_ns, inode.etag = entry.size, entry.mtime_ns, ""
         inode.on_backend = True
         inode.attrs_at = time.monotonic()
         inode.opened_version = inode.version

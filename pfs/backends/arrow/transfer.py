@@ -131,6 +131,11 @@ def write_via_temp(
         raise
 
 
+def _etag(f: pafs.NativeFile) -> str:
+    """The object's ETag from the metadata its open already fetched; '' for files (they have none)."""
+    return (f.metadata() or {}).get("ETag", b"").decode("ascii", "replace").strip('"')
+
+
 class ArrowReader(Reader):
     """Positional reads of one object through a pyarrow RandomAccessFile kept open between reads.
 
@@ -144,7 +149,9 @@ class ArrowReader(Reader):
         self._fs, self._call, self._path, self._full, self._size = fs, call, path, full, size
         self._lock = threading.Lock()
         self._closed = False
+        self.version = ""
         self._file: pafs.NativeFile | None = call(f"open {path}", self._open)
+        self.version = _etag(self._file)
 
     def _open(self) -> pafs.NativeFile:
         f = self._fs.open_input_file(self._full)
@@ -152,6 +159,9 @@ class ArrowReader(Reader):
             actual = f.size()
             f.close()
             raise Stale(f"{self._path} changed: {actual} bytes now, {self._size} when looked up")
+        if self.version and _etag(f) != self.version:  # reopened after a failure: same version only
+            f.close()
+            raise Stale(f"{self._path} was replaced while it was being read")
         return f
 
     def _current(self) -> pafs.NativeFile:
