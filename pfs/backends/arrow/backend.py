@@ -129,24 +129,22 @@ class ArrowBackend(Backend):
         return Entry(name, kind, size, info.mtime_ns or 0)
 
     def _lookup(self, path: str) -> Entry | None:
-        """The entry at `path`, or None; one get_file_info call for the name and its symlink object."""
+        """The entry at `path`, or None. The name itself is asked first: files and directories, the common
+        case, then cost one request (one HEAD on S3) instead of also probing for a link object."""
         if not path:
             return self._root_entry()
         full = self._full(path)
         name = _name(path)
-        # A name too long to carry the suffix cannot have a link object (asking for one fails on file://).
-        keys = (
-            [full, full + LINK_SUFFIX] if len(name.encode()) + len(LINK_SUFFIX) <= MAX_NAME_BYTES else [full]
-        )
-        infos = self._call(f"stat {path}", lambda: self._fs.get_file_info(keys))
-        own, link = infos[0], (infos[1] if len(infos) > 1 else None)
+        own = self._call(f"stat {path}", lambda: self._fs.get_file_info(full))
         if own.type == _DIR:
             return self._entry(name, own, Kind.DIR)
         if own.type == _FILE and not name.endswith(LINK_SUFFIX):
             return self._entry(name, own, Kind.FILE)
-        if link is not None and link.type == _FILE:
-            return self._entry(name, link, Kind.SYMLINK)
-        return None
+        # A name too long to carry the suffix cannot have a link object (asking for one fails on file://).
+        if len(name.encode()) + len(LINK_SUFFIX) > MAX_NAME_BYTES:
+            return None
+        link = self._call(f"stat {path}", lambda: self._fs.get_file_info(full + LINK_SUFFIX))
+        return self._entry(name, link, Kind.SYMLINK) if link.type == _FILE else None
 
     def _root_entry(self) -> Entry:
         if self._store.object_store:
