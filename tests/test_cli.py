@@ -260,3 +260,18 @@ def test_foreground_mount_serves_until_unmounted(tmp_path):
         if daemon.poll() is None:
             daemon.kill()
         subprocess.run(["fusermount3", "-u", "-z", str(target)], capture_output=True)
+
+
+def test_fstab_line(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_bytes(b"via fstab")
+    target = tmp_path / "m"
+    target.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"file://{tmp_path}/data  {target}  fuse.pfs  ro,noauto,_netdev,metadata_ttl=2  0 0\n")
+    result = subprocess.run(["mount", "--fstab", str(fstab), str(target)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    try:
+        assert (target / "f").read_bytes() == b"via fstab"
+    finally:
+        assert run_pfs("umount", str(target)).returncode == 0
