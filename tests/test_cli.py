@@ -33,6 +33,15 @@ def mountpoint(tmp_path):
     assert mounter.mount_at(str(path)) is None, "a failed mount must leave nothing mounted"
 
 
+@pytest.fixture
+def local_mount(tmp_path):
+    """A mount of a fresh local directory (tmp_path/data) that the test may unmount or kill itself."""
+    (tmp_path / "data").mkdir()
+    mount = Mount(f"file://{tmp_path}/data", str(tmp_path / "m")).start()
+    yield mount
+    mount.cleanup()
+
+
 def s3_uri(server, bucket: str, prefix: str = "") -> str:
     return f"s3://{bucket}/{prefix}?endpoint_override={server.endpoint}&scheme=http"
 
@@ -116,48 +125,36 @@ def test_read_only_mount_refuses_changes(tmp_path):
     assert (data / "f").read_bytes() == b"original"
 
 
-def test_umount_uploads_pending_writes_and_waits_for_the_daemon(tmp_path):
-    (tmp_path / "data").mkdir()
-    mount = Mount(f"file://{tmp_path}/data", str(tmp_path / "m")).start()
-    try:
-        with open(f"{mount.path}/f", "wb") as f:
-            f.write(b"written")
-        pid = mount.pid
-        mount.stop()
-        assert mounter.wait_for_exit(pid, 0)
-        assert (tmp_path / "data" / "f").read_bytes() == b"written"
-    finally:
-        mount.cleanup()
+def test_umount_uploads_pending_writes_and_waits_for_the_daemon(local_mount, tmp_path):
+    mount = local_mount
+    with open(f"{mount.path}/f", "wb") as f:
+        f.write(b"written")
+    pid = mount.pid
+    mount.stop()
+    assert mounter.wait_for_exit(pid, 0)
+    assert (tmp_path / "data" / "f").read_bytes() == b"written"
 
 
-def test_sigterm_uploads_open_files_and_unmounts(tmp_path):
-    (tmp_path / "data").mkdir()
-    mount = Mount(f"file://{tmp_path}/data", str(tmp_path / "m")).start()
-    try:
-        f = open(f"{mount.path}/open-at-exit", "wb")
-        f.write(b"still open")
-        f.flush()
-        os.kill(mount.pid, 15)
-        assert mounter.wait_for_exit(mount.pid, 30)
-        assert (tmp_path / "data" / "open-at-exit").read_bytes() == b"still open"
-        assert mounter.mount_at(mount.path) is None
-    finally:
-        mount.cleanup()
+def test_sigterm_uploads_open_files_and_unmounts(local_mount, tmp_path):
+    mount = local_mount
+    f = open(f"{mount.path}/open-at-exit", "wb")
+    f.write(b"still open")
+    f.flush()
+    os.kill(mount.pid, 15)
+    assert mounter.wait_for_exit(mount.pid, 30)
+    assert (tmp_path / "data" / "open-at-exit").read_bytes() == b"still open"
+    assert mounter.mount_at(mount.path) is None
 
 
-def test_dead_daemon_leaves_a_mount_that_umount_clears(tmp_path):
-    (tmp_path / "data").mkdir()
-    mount = Mount(f"file://{tmp_path}/data", str(tmp_path / "m")).start()
-    try:
-        os.kill(mount.pid, 9)
-        assert mounter.wait_for_exit(mount.pid, 10)
-        assert mounter.is_stale(mount.path)
-        result = run_pfs("mount", f"file://{tmp_path}/data", mount.path)
-        assert_one_line_error(result, "pfs umount")
-        assert run_pfs("umount", mount.path).returncode == 0
-        assert mounter.mount_at(mount.path) is None
-    finally:
-        mount.cleanup()
+def test_dead_daemon_leaves_a_mount_that_umount_clears(local_mount, tmp_path):
+    mount = local_mount
+    os.kill(mount.pid, 9)
+    assert mounter.wait_for_exit(mount.pid, 10)
+    assert mounter.is_stale(mount.path)
+    result = run_pfs("mount", f"file://{tmp_path}/data", mount.path)
+    assert_one_line_error(result, "pfs umount")
+    assert run_pfs("umount", mount.path).returncode == 0
+    assert mounter.mount_at(mount.path) is None
 
 
 def test_control_surface(tmp_path):
@@ -223,21 +220,17 @@ def test_credentials_file_beats_the_environment(s3_server, s3_bucket, tmp_path):
         assert "with-file-credentials" in os.listdir(mount.path)
 
 
-def test_umount_with_open_files_is_refused_unless_lazy(tmp_path):
-    (tmp_path / "data").mkdir()
-    mount = Mount(f"file://{tmp_path}/data", str(tmp_path / "m")).start()
-    try:
-        f = open(f"{mount.path}/held", "wb")
-        f.write(b"held open")
-        f.flush()  # to the mount; the upload happens only at umount
-        assert_one_line_error(run_pfs("umount", mount.path), "busy")
-        assert run_pfs("umount", "--lazy", mount.path).returncode == 0
-        assert (tmp_path / "data" / "held").read_bytes() == b"held open"  # flushed before detaching
-        assert mounter.mount_at(mount.path) is None
-        f.close()
-        assert mounter.wait_for_exit(mount.pid, 10)
-    finally:
-        mount.cleanup()
+def test_umount_with_open_files_is_refused_unless_lazy(local_mount, tmp_path):
+    mount = local_mount
+    f = open(f"{mount.path}/held", "wb")
+    f.write(b"held open")
+    f.flush()  # to the mount; the upload happens only at umount
+    assert_one_line_error(run_pfs("umount", mount.path), "busy")
+    assert run_pfs("umount", "--lazy", mount.path).returncode == 0
+    assert (tmp_path / "data" / "held").read_bytes() == b"held open"  # flushed before detaching
+    assert mounter.mount_at(mount.path) is None
+    f.close()
+    assert mounter.wait_for_exit(mount.pid, 10)
 
 
 def test_foreground_mount_serves_until_unmounted(tmp_path):
