@@ -38,6 +38,8 @@ class WriteBack:
         return lambda: store.open_reader(path, size)
 
     async def stage(self, inode: Inode) -> StagedFile:
+        # Created on the loop on purpose: one local open(O_TMPFILE), and no checkpoint between the check
+        # and the assignment means two concurrent writers can never stage the same inode twice.
         if inode.staged is None:
             opener = self.base_opener(inode) if inode.on_backend and inode.size else None
             inode.staged = StagedFile(self._staging_dir, inode.size if opener else 0, opener)
