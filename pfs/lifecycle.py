@@ -58,8 +58,7 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
             process.kill()
         reason = status.removeprefix("error: ") or f"the daemon exited (see {mount.log_file})"
         raise UsageError(f"cannot mount {mountpoint}: {reason}")
-    mounter.wait_until_answering(mountpoint, START_TIMEOUT, alive=lambda: process.poll() is None)
-    return process.pid
+    return process.pid  # "ready" is sent only once the root answered the daemon's stat as inode 1
 
 
 def stop(mountpoint: str, lazy: bool = False, timeout: float = 300.0) -> None:
@@ -74,9 +73,7 @@ def stop(mountpoint: str, lazy: bool = False, timeout: float = 300.0) -> None:
     try:
         control.flush(path)
     except OSError as exc:
-        if exc.errno == errno.EROFS:  # a read-only mount has nothing to upload (and refuses setxattr)
-            pass
-        else:
+        if exc.errno != errno.EROFS:  # a read-only mount has nothing to upload (and refuses setxattr)
             raise UsageError(
                 f"pending writes on {mountpoint} could not be uploaded ({os.strerror(exc.errno or 5)}); "
                 "not unmounting so nothing is lost: check the backend and retry"

@@ -6,11 +6,9 @@ from the system (is it mounted, is it stale, unmount it, tune it, wait for it) i
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 
@@ -88,31 +86,6 @@ def set_readahead(mountpoint: str, kilobytes: int) -> None:
         raise OSError(f"{mountpoint} is not mounted")
     with open(f"/sys/class/bdi/{entry.device}/read_ahead_kb", "w") as f:
         f.write(str(kilobytes))
-
-
-def wait_until_answering(path: str, timeout: float, alive=lambda: True) -> None:
-    """Wait until the mount at `path` answers with its root inode (1); a hung mount cannot hang us."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive():
-            raise UsageError(f"the pfs daemon for {path} exited during start-up")
-        if _stat_ino(path, max(0.1, deadline - time.monotonic())) == 1:
-            return
-        time.sleep(0.05)
-    raise UsageError(f"the mount at {path} did not answer within {timeout:.0f} s")
-
-
-def _stat_ino(path: str, timeout: float) -> int | None:
-    result: list[int] = []
-
-    def probe() -> None:
-        with contextlib.suppress(OSError):
-            result.append(os.stat(path).st_ino)
-
-    worker = threading.Thread(target=probe, daemon=True)  # a stat of a hung FUSE mount never returns
-    worker.start()
-    worker.join(timeout)
-    return result[0] if result else None
 
 
 def wait_for_exit(pid: int, timeout: float) -> bool:
