@@ -1,15 +1,11 @@
-"""The `pfs` command line. User mistakes are one line on stderr and a non-zero exit, never a traceback."""
+"""`pfs mount` and `pfs umount`."""
 
 from __future__ import annotations
 
-import json
-import sys
-
 import click
 
-from pfs import control, lifecycle
+from pfs import lifecycle
 from pfs.backends import BackendOptions
-from pfs.errors import UsageError
 from pfs.options import MountOptions, apply_o
 
 URI_HELP = """\b
@@ -22,21 +18,7 @@ URI forms:
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="pfs")
-def cli() -> None:
-    """pfs: a shared POSIX filesystem for ML training data on object storage, HDFS or local disk.
-
-    Mount a bucket, use it like a directory:
-
-    \b
-      pfs mount s3://datasets/imagenet /mnt/imagenet
-      ls /mnt/imagenet
-      pfs umount /mnt/imagenet
-    """
-
-
-@cli.command(epilog=URI_HELP)
+@click.command(epilog=URI_HELP)
 @click.argument("uri")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option(
@@ -109,43 +91,9 @@ def mount(
         click.echo(f"pfs: mounted at {mountpoint} (daemon pid {pid}, log {mount_options.log_file})")
 
 
-@cli.command()
+@click.command()
 @click.argument("mountpoint", type=click.Path())
 @click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are open; finish when they close.")
 def umount(mountpoint: str, lazy: bool) -> None:
     """Upload pending writes, unmount MOUNTPOINT and wait for its daemon to exit."""
     lifecycle.stop(mountpoint, lazy=lazy)
-
-
-@cli.command()
-@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the raw counters as JSON.")
-def stats(mountpoint: str, as_json: bool) -> None:
-    """Show the counters of a running mount."""
-    try:
-        data = control.stats(mountpoint)
-    except OSError:
-        raise UsageError(f"{mountpoint} is not a pfs mount") from None
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    for key, value in data.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
-        click.echo(f"{key:>16}  {value}")
-
-
-def main() -> None:
-    try:
-        cli(standalone_mode=False)
-    except UsageError as exc:
-        click.echo(f"pfs: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("pfs: interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)

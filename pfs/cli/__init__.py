@@ -1,0 +1,47 @@
+"""The `pfs` command line: one module per command family, registered here.
+
+User mistakes are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pfs.cli import mount, stats
+from pfs.errors import UsageError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="pfs")
+def cli() -> None:
+    """pfs: a shared POSIX filesystem for ML training data on object storage, HDFS or local disk.
+
+    Mount a bucket, use it like a directory:
+
+    \b
+      pfs mount s3://datasets/imagenet /mnt/imagenet
+      ls /mnt/imagenet
+      pfs umount /mnt/imagenet
+    """
+
+
+for command in (mount.mount, mount.umount, stats.stats):
+    cli.add_command(command)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except UsageError as exc:
+        click.echo(f"pfs: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("pfs: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
