@@ -15,6 +15,13 @@ STATS = b"user.pfs.stats"  # JSON counters
 FLUSH = b"user.pfs.flush"  # write anything: upload every pending write now
 READABLE = (PID, BACKEND, STATS)
 
+# Commands on one file, read with getxattr (so they work on read-only mounts too); each answers
+# 'CACHED_BYTES SIZE'. They are not listed by listxattr: they are commands, not attributes.
+WARMUP = b"user.pfs.warmup"  # fetch every block of the file into the disk cache
+CACHED = b"user.pfs.cached"  # how much of the file is cached
+EVICT = b"user.pfs.evict"  # drop the file's blocks from the cache
+FILE_COMMANDS = (WARMUP, CACHED, EVICT)
+
 
 def daemon_pid(mountpoint: str) -> int:
     return int(os.getxattr(mountpoint, PID))
@@ -22,6 +29,12 @@ def daemon_pid(mountpoint: str) -> int:
 
 def stats(mountpoint: str) -> dict:
     return json.loads(os.getxattr(mountpoint, STATS))
+
+
+def file_command(path: str, command: bytes) -> tuple[int, int]:
+    """Run a file command; returns (cached bytes, file size)."""
+    cached, size = os.getxattr(path, command).split()
+    return int(cached), int(size)
 
 
 def flush(mountpoint: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 import pyfuse3
 import trio
 
-from pfs import mounter
+from pfs import metrics, mounter
 from pfs.backends import BackendOptions, open_backend
 from pfs.errors import PfsError
 from pfs.fs.operations import Operations
@@ -47,6 +47,7 @@ def serve(
         unmounted = mounter.mount_at(mountpoint) is None
     finally:
         pyfuse3.close(unmount=not unmounted)
+        operations.close()
         store.close()
         log.info("unmounted %s", mountpoint)
 
@@ -68,6 +69,9 @@ def _fuse_options(fsname: str, mount: MountOptions) -> set[str]:
 
 async def _run(operations: Operations, mountpoint: str, on_ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
+        operations.cache.attach(nursery)
+        if operations.options.metrics_port:
+            nursery.start_soon(metrics.serve, operations.options.metrics_port, operations.counters)
         nursery.start_soon(_stop_on_signal, operations)
         nursery.start_soon(_when_answering, operations, mountpoint, on_ready)
         await pyfuse3.main(min_tasks=4, max_tasks=max(8, operations.options.threads * 2))

@@ -14,7 +14,7 @@ import select
 import subprocess
 import sys
 
-from pfs import control, daemon, mounter
+from pfs import control, daemon, mounter, options
 from pfs.backends import BackendOptions, open_backend
 from pfs.errors import UsageError
 from pfs.options import DEFAULT_STATE_DIR, MountOptions
@@ -28,6 +28,7 @@ def default_log_file(mountpoint: str) -> str:
 
 def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOptions, foreground: bool) -> int:
     """Mount and return the daemon's pid (in the foreground: serve, and return 0 once unmounted)."""
+    options.check(mount)
     mountpoint = mounter.check_mountpoint(mountpoint)
     open_backend(uri, backend, verify=True).close()
     if foreground:

@@ -9,6 +9,19 @@ from pfs.backends import BackendOptions
 from pfs.errors import UsageError
 
 DEFAULT_STATE_DIR = "/var/tmp/pfs"
+DEFAULT_CACHE_DIR = "/var/cache/pfs"
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '4M', '10G', '512KiB' or a plain number; ValueError otherwise."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    number = float(value[: len(value) - len(unit)])
+    if number < 0:
+        raise ValueError(text)
+    return int(number * _UNITS[unit])
 
 
 @dataclass
@@ -18,10 +31,19 @@ class MountOptions:
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     umask: int = 0o022
-    metadata_ttl: float = 1.0  # seconds attributes and entries are trusted, here and in the kernel
+    # Seconds attributes, listings and negative lookups are trusted, here and in the kernel: another
+    # client's change is seen within this time.
+    metadata_ttl: float = 10.0
     threads: int = 32  # backend calls in flight at once
     readahead_kb: int = 1024  # the mount's kernel readahead: 1 MiB reads instead of 128 KiB ones
     staging_dir: str = f"{DEFAULT_STATE_DIR}/staging"
+    cache_dir: str = DEFAULT_CACHE_DIR  # the disk tier, shared by every mount on the node
+    cache_size: int = 20 << 30  # bytes of the disk tier; 0 turns it off
+    free_space_ratio: float = 0.1  # the disk tier shrinks to keep this share of its file system free
+    memory_limit: int = 256 << 20  # every cached or in-flight block of this mount, however many files
+    block_size: int = 4 << 20
+    prefetch: int = 32 << 20  # how far ahead of a sequential reader blocks are fetched
+    metrics_port: int = 0  # serve Prometheus metrics on 127.0.0.1:PORT (0: off)
     log_file: str | None = None
     debug: bool = False
 
@@ -43,6 +65,13 @@ _MOUNT_VALUES = {
     "readahead_kb": int,
     "staging_dir": str,
     "log_file": str,
+    "cache_dir": str,
+    "cache_size": parse_size,
+    "free_space_ratio": float,
+    "memory_limit": parse_size,
+    "block_size": parse_size,
+    "prefetch": parse_size,
+    "metrics_port": int,
 }
 _BACKEND_VALUES = {
     "endpoint": str,
@@ -59,18 +88,23 @@ def apply_o(text: str, mount: MountOptions, backend: BackendOptions) -> None:
     """Apply a comma-separated `-o` string to both option sets; unknown or malformed options are errors."""
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, has_value, value = item.partition("=")
-        if key in _IGNORED or key.startswith("x-"):
-            continue
-        if not has_value and key in _FLAGS:
-            setattr(mount, _FLAGS[key], True)
-        elif not has_value and key in _BACKEND_FLAGS:
-            setattr(backend, _BACKEND_FLAGS[key], True)
-        elif has_value and key in _MOUNT_VALUES:
-            setattr(mount, key, _convert(key, value, _MOUNT_VALUES[key]))
-        elif has_value and key in _BACKEND_VALUES:
-            setattr(backend, _BACKEND_FIELD.get(key, key), _convert(key, value, _BACKEND_VALUES[key]))
-        else:
-            raise UsageError(f"unknown mount option '{key}' (see 'pfs mount --help')")
+        set_option(key, value if has_value else None, mount, backend)
+
+
+def set_option(key: str, value: str | None, mount: MountOptions, backend: BackendOptions) -> None:
+    """Set one option by its `-o` name (`value` None for a flag)."""
+    if key in _IGNORED or key.startswith("x-"):
+        return
+    if value is None and key in _FLAGS:
+        setattr(mount, _FLAGS[key], True)
+    elif value is None and key in _BACKEND_FLAGS:
+        setattr(backend, _BACKEND_FLAGS[key], True)
+    elif value is not None and key in _MOUNT_VALUES:
+        setattr(mount, key, _convert(key, value, _MOUNT_VALUES[key]))
+    elif value is not None and key in _BACKEND_VALUES:
+        setattr(backend, _BACKEND_FIELD.get(key, key), _convert(key, value, _BACKEND_VALUES[key]))
+    else:
+        raise UsageError(f"unknown mount option '{key}' (see 'pfs mount --help')")
 
 
 def _convert(key: str, value: str, kind):
@@ -78,6 +112,20 @@ def _convert(key: str, value: str, kind):
         return kind(value)
     except ValueError:
         raise UsageError(f"bad value for mount option '{key}': {value!r}") from None
+
+
+def check(options: MountOptions) -> None:
+    """Reject values no mount can work with, before anything starts."""
+    if options.metadata_ttl < 0:
+        raise UsageError("metadata_ttl must be >= 0")
+    if not 0 <= options.free_space_ratio < 1:
+        raise UsageError("free_space_ratio must be between 0 and 1")
+    if options.block_size < 64 << 10 or options.block_size > 64 << 20:
+        raise UsageError("block_size must be between 64K and 64M")
+    if options.memory_limit < 4 * options.block_size:
+        raise UsageError("memory_limit must hold at least 4 blocks")
+    if options.threads < 1:
+        raise UsageError("threads must be >= 1")
 
 
 def to_dict(options: MountOptions) -> dict:

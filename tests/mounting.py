@@ -31,14 +31,17 @@ class Mount:
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
     log_file: str = ""
+    cache_dir: str = ""  # a private disk cache unless given (tests sharing one pass the same directory)
     pid: int = 0
 
     def __post_init__(self) -> None:
         self.log_file = self.log_file or f"{self.path}.log"
+        self.cache_dir = self.cache_dir or f"{self.path}.cache"
 
     def start(self) -> Mount:
         os.makedirs(self.path, exist_ok=True)
-        result = run_pfs("mount", self.uri, self.path, "--log-file", self.log_file, *self.args, env=self.env)
+        options = ("--log-file", self.log_file, "--cache-dir", self.cache_dir, *self.args)
+        result = run_pfs("mount", self.uri, self.path, *options, env=self.env)
         if result.returncode != 0:
             raise AssertionError(f"pfs mount failed: {result.stderr.strip()}")
         self.pid = control.daemon_pid(self.path)

@@ -14,11 +14,13 @@ import pytest
 from tests.mounting import Mount, wait_until
 
 MiB = 1 << 20
+# Changes made by another client are seen within the metadata TTL; a short one keeps these tests quick.
+SHORT_TTL = ("-o", "metadata_ttl=1")
 
 
 @pytest.fixture(scope="module")
 def mnt(backend_case, tmp_path_factory):
-    mount = Mount(backend_case.uri, str(tmp_path_factory.mktemp("mnt") / "m"), env=backend_case.env)
+    mount = Mount(backend_case.uri, str(tmp_path_factory.mktemp("mnt") / "m"), env=backend_case.env, args=SHORT_TTL)
     with mount:
         yield mount
 
@@ -266,7 +268,7 @@ def test_concurrent_readers_and_writers(d):
 
 
 def test_everything_survives_a_remount(backend_case, tmp_path):
-    with Mount(backend_case.uri, str(tmp_path / "m"), env=backend_case.env) as mount:
+    with Mount(backend_case.uri, str(tmp_path / "m"), env=backend_case.env, args=SHORT_TTL) as mount:
         base = f"{mount.path}/persist-{uuid.uuid4().hex[:8]}"
         os.makedirs(f"{base}/empty/dir")
         write(f"{base}/file", b"data")
@@ -282,8 +284,8 @@ def test_everything_survives_a_remount(backend_case, tmp_path):
 
 def test_two_mounts_see_each_others_closed_files(backend_case, tmp_path):
     with (
-        Mount(backend_case.uri, str(tmp_path / "a"), env=backend_case.env) as a,
-        Mount(backend_case.uri, str(tmp_path / "b"), env=backend_case.env) as b,
+        Mount(backend_case.uri, str(tmp_path / "a"), env=backend_case.env, args=SHORT_TTL) as a,
+        Mount(backend_case.uri, str(tmp_path / "b"), env=backend_case.env, args=SHORT_TTL) as b,
     ):
         name = f"shared-{uuid.uuid4().hex[:8]}"
         write(f"{a.path}/{name}", b"from a")

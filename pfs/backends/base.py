@@ -56,6 +56,8 @@ class Reader(ABC):
 
 
 class Backend(ABC):
+    #: Opening a file costs no network round trip (a local directory): callers may revalidate on every open.
+    cheap_open: bool = False
     #: Identifies the data source without secrets, e.g. 's3://127.0.0.1:9000/bucket/prefix'. Used in logs
     #: and as the first part of cache keys, so it must not depend on credentials or mount options.
     id: str
@@ -71,6 +73,12 @@ class Backend(ABC):
     @abstractmethod
     def walk(self, path: str) -> Iterator[tuple[str, Entry]]:
         """Every entry below `path`, recursively, as (relative path from the mounted root, entry)."""
+
+    def known_version(self, path: str, size: int, mtime_ns: int) -> str | None:
+        """The version token of a file with these attributes when it can be told without a request, or None
+        when only opening the file tells (object stores: the ETag). Where modification times are exact
+        (file systems), size and modification time identify the content."""
+        return f"{size}:{mtime_ns}"
 
     @abstractmethod
     def open_reader(self, path: str, size: int) -> Reader:

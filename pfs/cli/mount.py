@@ -6,7 +6,7 @@ import click
 
 from pfs import lifecycle
 from pfs.backends import BackendOptions
-from pfs.options import MountOptions, apply_o
+from pfs.options import MountOptions, apply_o, set_option
 
 URI_HELP = """\b
 URI forms:
@@ -28,7 +28,8 @@ URI forms:
     metavar="OPT[,OPT...]",
     help="Mount options: ro, allow_other, uid=N, gid=N, umask=022, metadata_ttl=S, timeout=S, "
     "endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, anonymous, threads=N, "
-    "readahead_kb=N, staging_dir=DIR, log_file=FILE, debug.",
+    "readahead_kb=N, staging_dir=DIR, log_file=FILE, debug; cache: cache_dir=DIR, cache_size=SIZE, "
+    "free_space_ratio=R, memory_limit=SIZE, block_size=SIZE, prefetch=SIZE, metrics_port=N.",
 )
 @click.option(
     "-f", "--foreground", is_flag=True, help="Serve in this process (logs to stderr) until unmounted."
@@ -38,8 +39,26 @@ URI forms:
     "--metadata-ttl",
     type=float,
     metavar="S",
-    help="Seconds attributes and listings are trusted before asking the backend again [1].",
+    help="Seconds attributes, listings and missing names are trusted before asking the backend again [10].",
 )
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Disk cache, shared by every mount on the node and kept across remounts [/var/cache/pfs].",
+)
+@click.option("--cache-size", metavar="SIZE", help="Bytes of disk cache, e.g. 50G; 0 turns it off [20G].")
+@click.option(
+    "--free-space-ratio",
+    type=float,
+    metavar="R",
+    help="Shrink the disk cache to keep this share of its file system free [0.1].",
+)
+@click.option(
+    "--memory-limit",
+    metavar="SIZE",
+    help="Memory for cached and prefetched blocks, however many files are open [256M].",
+)
+@click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option(
     "--timeout",
     type=float,
@@ -67,6 +86,11 @@ def mount(
     endpoint: str | None,
     region: str | None,
     credentials: str | None,
+    cache_dir: str | None,
+    cache_size: str | None,
+    free_space_ratio: float | None,
+    memory_limit: str | None,
+    metrics_port: int | None,
     log_file: str | None,
     debug: bool,
 ) -> None:
@@ -74,6 +98,16 @@ def mount(
     mount_options, backend_options = MountOptions(), BackendOptions()
     for text in options:
         apply_o(text, mount_options, backend_options)
+    flags = {
+        "cache_dir": cache_dir,
+        "cache_size": cache_size,
+        "free_space_ratio": free_space_ratio,
+        "memory_limit": memory_limit,
+        "metrics_port": metrics_port,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            set_option(key, str(value), mount_options, backend_options)
     mount_options.read_only |= read_only
     mount_options.debug |= debug
     for target, name, value in [

@@ -59,15 +59,16 @@ class Inode:
     def fresh(self, ttl: float) -> bool:
         return self.staged is not None or not self.on_backend or time.monotonic() - self.attrs_at < ttl
 
-    def update(self, entry: Entry) -> None:
-        """Take the backend's view of this inode's attributes unless local writes are authoritative."""
+    def update(self, entry: Entry, seen_at: float | None = None) -> None:
+        """Take the backend's view of this inode's attributes (as of monotonic time `seen_at`, default now)
+        unless local writes are authoritative."""
         if self.staged is None:
             if (entry.size, entry.mtime_ns) != self.version[:2]:
                 self.symlink_target = None  # rewritten elsewhere: read the link again
                 self.etag = ""  # unknown until the next open
             self.size = entry.size
             self.mtime_ns = entry.mtime_ns
-        self.attrs_at = time.monotonic()
+        self.attrs_at = time.monotonic() if seen_at is None else seen_at
         self.on_backend = True
 
 
@@ -85,11 +86,11 @@ class InodeTable:
     def at(self, path: str) -> Inode | None:
         return self._by_path.get(path)
 
-    def add(self, path: str, entry: Entry) -> Inode:
+    def add(self, path: str, entry: Entry, seen_at: float | None = None) -> Inode:
         """The inode for `path`, created or refreshed from `entry`; a changed kind gets a new inode."""
         inode = self._by_path.get(path)
         if inode is not None and inode.kind is entry.kind:
-            inode.update(entry)
+            inode.update(entry, seen_at)
             return inode
         if inode is not None:
             self._unbind(inode)
@@ -97,7 +98,7 @@ class InodeTable:
             self._next_ino, path, entry.kind, overrides=self._overrides.setdefault(path, Overrides())
         )
         self._next_ino += 1
-        inode.update(entry)
+        inode.update(entry, seen_at)
         self._by_ino[inode.ino] = inode
         self._by_path[path] = inode
         return inode

@@ -8,6 +8,8 @@ flush/fsync/close, and `keep_cache` is granted only when a file's version is unc
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import functools
 import json
@@ -16,7 +18,8 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +29,7 @@ import trio
 
 from pfs import control
 from pfs.backends import Backend, Entry, Kind, Reader
+from pfs.cache import BlockCache, CacheConfig, CachedObject, DiskTier, Stream
 from pfs.errors import (
     AlreadyExists,
     IsADirectory,
@@ -43,11 +47,14 @@ from pfs.errors import (
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.writeback import WriteBack
 from pfs.options import MountOptions
-from pfs.stats import Stats
+from pfs.stats import Stats, rss_bytes
 
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+MAX_LISTINGS = 4096  # directory listings kept for lookups
+MAX_LISTING_ENTRIES = 200_000  # a bigger directory is listed again rather than held
+MAX_NEGATIVE_ENTRIES = 100_000
 RESERVED_ROOT_NAME = ".pfs"  # the backend's own area (snapshots, temporary and detached objects)
 
 
@@ -78,11 +85,18 @@ def handler(fn: Callable) -> Callable:
     return wrapper
 
 
+def _invalidate_kernel_inode(ino: int) -> None:
+    with contextlib.suppress(OSError):  # the kernel has already forgotten it
+        pyfuse3.invalidate_inode(ino)
+
+
 @dataclass(eq=False)
 class Handle:
     inode: Inode
     writable: bool
-    reader: Reader | None = None
+    obj: CachedObject | None = None  # the version this handle reads through the cache
+    reader: Reader | None = None  # only for a file unlinked while open: read past the cache
+    stream: Stream = field(default_factory=Stream)
 
 
 @dataclass(eq=False)
@@ -104,15 +118,39 @@ class Operations(pyfuse3.Operations):
         self._mounted_at_ns = time.time_ns()
         self.inodes = InodeTable(root_mtime_ns=self._mounted_at_ns)
         self._limiter = trio.CapacityLimiter(options.threads)
+        self._disk_limiter = trio.CapacityLimiter(4)
+        disk = None
+        if options.cache_size > 0:
+            disk = DiskTier(options.cache_dir, options.cache_size, options.free_space_ratio)
+        config = CacheConfig(
+            block_size=options.block_size,
+            prefetch_blocks=max(1, options.prefetch // options.block_size),
+            memory_limit=options.memory_limit,
+        )
+        self.cache = BlockCache(config, disk, self.stats, self._run, self._run_disk)
+        self._readers: dict[int, tuple[CachedObject, Reader]] = {}  # per inode, opened on the first miss
+        self._listings: OrderedDict[str, tuple[float, dict[str, Entry]]] = OrderedDict()
+        self._missing: dict[str, float] = {}  # negative entries: path -> when the backend said so
         self._handles: dict[int, Handle | DirHandle] = {}
         self.writes = WriteBack(backend, self._store_of, options.staging_dir, self._run, self.stats)
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
 
+    def counters(self) -> dict:
+        gauges = self.cache.gauges()
+        return self.stats.snapshot(pending_uploads=self.writes.pending(), rss_bytes=rss_bytes(), **gauges)
+
+    def close(self) -> None:
+        if self.cache.disk is not None:
+            self.cache.disk.close()
+
     # ---- plumbing ---------------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def _run_disk(self, fn: Callable, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._disk_limiter)
 
     def _child_path(self, parent: Inode, name: bytes) -> str:
         text = os.fsdecode(name)
@@ -168,18 +206,41 @@ class Operations(pyfuse3.Operations):
         return inode
 
     async def _stat(self, path: str) -> Inode:
-        """The inode at `path`, from the table while fresh, else from the backend."""
+        """The inode at `path`: from the table while fresh, else from a fresh listing of its directory or a
+        fresh negative entry, else from the backend."""
         inode = self.inodes.at(path)
-        if inode is not None and inode.fresh(self.options.metadata_ttl):
+        ttl = self.options.metadata_ttl
+        if inode is not None and inode.fresh(ttl):
             return inode
+        now = time.monotonic()
+        parent, _, name = path.rpartition("/")
+        listed = self._listings.get(parent)
+        if listed is not None and now - listed[0] < ttl:
+            entry = listed[1].get(name)
+            if entry is not None:
+                return self.inodes.add(path, entry, seen_at=listed[0])
+            return self._gone(inode, path)
+        if now - self._missing.get(path, -ttl) < ttl:
+            return self._gone(inode, path)
         try:
             entry = await self._run(self.backend.stat, path)
         except NotFound:
-            if inode is not None and inode.open_handles:
-                return inode  # another writer removed it; our open handles keep their view
-            self.inodes.remove_path(path)
-            raise
+            if len(self._missing) >= MAX_NEGATIVE_ENTRIES:
+                self._missing.clear()
+            self._missing[path] = now
+            return self._gone(inode, path)
         return self.inodes.add(path, entry)
+
+    def _gone(self, inode: Inode | None, path: str) -> Inode:
+        if inode is not None and inode.open_handles:
+            return inode  # another writer removed it; our open handles keep their view
+        self.inodes.remove_path(path)
+        raise NotFound(path)
+
+    def _changed(self, path: str) -> None:
+        """This mount changed the name `path`: forget what was cached about it and its directory."""
+        self._missing.pop(path, None)
+        self._listings.pop(path.rpartition("/")[0], None)
 
     def _new_fh(self, handle: Handle | DirHandle) -> int:
         fh = self._next_fh
@@ -199,8 +260,11 @@ class Operations(pyfuse3.Operations):
         parent = self.inodes[parent_inode]
         try:
             inode = await self._stat(self._child_path(parent, name))
-        except PermissionDenied:  # the reserved name simply does not exist for lookups
-            raise NotFound(os.fsdecode(name)) from None
+        except (NotFound, PermissionDenied):  # the reserved name simply does not exist for lookups
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = 0  # a negative entry: the kernel trusts the absence for the TTL too
+            missing.entry_timeout = self.options.metadata_ttl
+            return missing
         inode.lookups += 1
         return self._attrs(inode)
 
@@ -270,7 +334,14 @@ class Operations(pyfuse3.Operations):
         return self._new_fh(DirHandle(node))
 
     async def _list(self, node: Inode) -> list[Entry]:
+        listed_at = time.monotonic()
         entries = {e.name: e for e in await self._run(self.backend.list_dir, node.path)}
+        if len(entries) <= MAX_LISTING_ENTRIES:
+            self._listings[node.path] = (listed_at, entries)
+            self._listings.move_to_end(node.path)
+            while len(self._listings) > MAX_LISTINGS:
+                self._listings.popitem(last=False)
+        entries = dict(entries)
         for child in self.writes.unpublished_below(node.path, direct=True):
             name = child.path.rpartition("/")[2]
             entries[name] = Entry(name, child.kind)
@@ -303,6 +374,7 @@ class Operations(pyfuse3.Operations):
         self._check_writable()
         path = self._child_path(self.inodes[parent_inode], name)
         await self._run(self.backend.make_dir, path)
+        self._changed(path)
         inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
         inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
         inode.lookups += 1
@@ -318,6 +390,7 @@ class Operations(pyfuse3.Operations):
         if self.writes.unpublished_below(path, direct=True):
             raise NotEmpty(path)
         await self._run(self.backend.remove_dir, path)
+        self._changed(path)
         self.inodes.remove_path(path)
 
     # ---- names ------------------------------------------------------------------------------------------
@@ -327,6 +400,7 @@ class Operations(pyfuse3.Operations):
         self._check_writable()
         path = self._child_path(self.inodes[parent_inode], name)
         entry = await self._run(self.backend.write_symlink, path, os.fsdecode(target))
+        self._changed(path)
         inode = self.inodes.add(path, entry)
         inode.symlink_target = os.fsdecode(target)
         inode.lookups += 1
@@ -344,6 +418,7 @@ class Operations(pyfuse3.Operations):
     async def _remove(self, inode: Inode) -> None:
         """Remove a file's name; an open file stays readable (under a hidden name) until its last close."""
         path = inode.path
+        self._changed(path)
         if inode.on_backend and inode.open_handles:
             await self._detach(inode)
         elif inode.on_backend:
@@ -399,6 +474,10 @@ class Operations(pyfuse3.Operations):
             # Publish first, so that the backend renames (atomically on file://) over the old target.
             await self.writes.upload(inode)
         await self._run(self.backend.rename, src, dst)
+        self._changed(src)
+        self._changed(dst)
+        if inode.kind is Kind.DIR:
+            self._listings.clear()  # every directory below moved
         moved = self.inodes.move(src, dst, tree=inode.kind is Kind.DIR)
         if target is not None:
             self.inodes.prune(target)
@@ -433,11 +512,79 @@ class Operations(pyfuse3.Operations):
         if node.staged is not None:  # being written here: reads see the staged bytes
             node.open_handles += 1
             return self._file_info(node, self._new_fh(Handle(node, writable=False)))
-        # Close-to-open: the object is opened (one HEAD) now, so the version read is the current one.
-        reader = await self._open_reader(node)
-        node.etag = reader.version
+        handle = Handle(node, writable=False)
+        if node.detached:
+            handle.reader = await self._open_reader(node)
+        else:
+            handle.obj = await self._cached_object(node)
+            self.cache.prefetch_whole(handle.obj, self._reader_of(node, handle.obj))
         node.open_handles += 1
-        return self._file_info(node, self._new_fh(Handle(node, writable=False, reader=reader)))
+        return self._file_info(node, self._new_fh(handle))
+
+    async def _cached_object(self, inode: Inode) -> CachedObject:
+        """The version of `inode` that reads go to, for close-to-open consistency.
+
+        Where attributes do not identify the content (object stores), the ETag is needed: one seen before for
+        the same attributes is trusted when it cannot belong to a same-second rewrite; otherwise the object
+        is opened now (one HEAD) and its reader kept for the first miss."""
+        if self.backend.cheap_open:  # revalidate now: it costs nothing, and an open sees the latest version
+            inode.update(await self._run(self.backend.stat, inode.path))
+            return self._object(inode)
+        version = self.backend.known_version(inode.path, inode.size, inode.mtime_ns)
+        if version is None:
+            args = (self.backend.id, inode.path, inode.size, inode.mtime_ns)
+            version = await self.cache.trusted_etag(*args)
+            if version is None:
+                reader = await self._open_reader(inode)  # may refresh the attributes of a replaced object
+                version = reader.version
+                obj = CachedObject(self.backend.id, inode.path, version, inode.size)
+                await self._keep_reader(inode, obj, reader)
+                await self.cache.saw_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns, version)
+            inode.etag = version
+        return CachedObject(self.backend.id, inode.path, version, inode.size)
+
+    def _object(self, inode: Inode) -> CachedObject:
+        version = self.backend.known_version(inode.path, inode.size, inode.mtime_ns) or inode.etag
+        return CachedObject(self.backend.id, inode.path, version, inode.size)
+
+    async def _keep_reader(self, inode: Inode, obj: CachedObject, reader: Reader) -> Reader:
+        """Keep `reader` as the inode's reader of `obj`, unless one is already kept (then close ours)."""
+        kept = self._readers.get(inode.ino)
+        if kept is not None and kept[0] == obj:
+            await self._run(reader.close)
+            return kept[1]
+        self._readers[inode.ino] = (obj, reader)
+        if kept is not None:
+            await self._run(kept[1].close)
+        return reader
+
+    def _reader_of(self, inode: Inode, obj: CachedObject) -> Callable[[], Awaitable[Reader]]:
+        """How the cache opens `obj` on its first miss: once per inode, checked to be that very version."""
+
+        async def open_reader() -> Reader:
+            kept = self._readers.get(inode.ino)
+            if kept is not None and kept[0] == obj:
+                return kept[1]
+            try:
+                reader = await self._run(self.backend.open_reader, obj.path, obj.size)
+                if reader.version and reader.version != obj.version:
+                    await self._run(reader.close)
+                    raise Stale(f"{obj.path} was replaced")
+            except (Stale, NotFound):
+                # The version this mount trusted (within the metadata TTL) is gone and not all cached: fail
+                # this read, and make the next open look again, here and in the kernel.
+                log.warning("%s changed on the backend since it was opened; reopen it to read it", obj.path)
+                inode.attrs_at = 0.0
+                await self._run(_invalidate_kernel_inode, inode.ino)
+                raise Stale(f"{obj.path} changed since it was opened") from None
+            return await self._keep_reader(inode, obj, reader)
+
+        return open_reader
+
+    async def _drop_reader(self, inode: Inode) -> None:
+        kept = self._readers.pop(inode.ino, None)
+        if kept is not None:
+            await self._run(kept[1].close)
 
     async def _open_reader(self, inode: Inode) -> Reader:
         store = self._store_of(inode)
@@ -475,6 +622,11 @@ class Operations(pyfuse3.Operations):
         inode = handle.inode
         if inode.staged is not None:
             data = await self._run(inode.staged.read, off, size)
+        elif handle.obj is not None and not inode.detached:
+            if handle.obj.path != inode.path:  # renamed while open: same version, new name
+                handle.obj = dataclasses.replace(handle.obj, path=inode.path)
+            reader = self._reader_of(inode, handle.obj)
+            data = await self.cache.read(handle.obj, off, size, reader, handle.stream)
         else:
             if handle.reader is None:  # moved since it was opened (rename, unlink)
                 handle.reader = await self._open_reader(inode)
@@ -492,13 +644,19 @@ class Operations(pyfuse3.Operations):
         self.stats.add("bytes_written", written)
         return written
 
+    async def _publish(self, inode: Inode) -> None:
+        was_new = not inode.on_backend
+        await self.writes.upload(inode)
+        if was_new and inode.on_backend:
+            self._changed(inode.path)
+
     @handler
     async def flush(self, fh: int):
-        await self.writes.upload(self._file_handle(fh).inode)
+        await self._publish(self._file_handle(fh).inode)
 
     @handler
     async def fsync(self, fh: int, datasync: bool):
-        await self.writes.upload(self._file_handle(fh).inode)
+        await self._publish(self._file_handle(fh).inode)
 
     @handler
     async def release(self, fh: int):
@@ -506,11 +664,13 @@ class Operations(pyfuse3.Operations):
         assert isinstance(handle, Handle)
         inode = handle.inode
         try:
-            await self.writes.upload(inode)  # a failure keeps the bytes staged; flush_all retries at unmount
+            await self._publish(inode)  # a failure keeps the bytes staged; flush_all retries at unmount
         finally:
             inode.open_handles -= 1
             if handle.reader is not None:
                 await self._run(handle.reader.close)
+            if inode.open_handles == 0:
+                await self._drop_reader(inode)
             await self.writes.unstage_if_idle(inode)
             if inode.detached and inode.on_backend and inode.open_handles == 0:
                 inode.on_backend = False
@@ -527,8 +687,31 @@ class Operations(pyfuse3.Operations):
             if name == control.BACKEND:
                 return self.backend.id.encode()
             if name == control.STATS:
-                return json.dumps(self.stats.snapshot(pending_uploads=self.writes.pending())).encode()
+                return json.dumps(self.counters()).encode()
+        elif name in control.FILE_COMMANDS:
+            return await self._file_command(self.inodes[inode], name)
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def _file_command(self, node: Inode, name: bytes) -> bytes:
+        """warmup / cached / evict on one file, answered as 'CACHED_BYTES SIZE'."""
+        node = await self._refresh(node)
+        if node.kind is not Kind.FILE:
+            raise IsADirectory(node.path)
+        if node.staged is not None or node.detached:  # local bytes: nothing to cache
+            return f"{node.size} {node.size}".encode()
+        obj = await self._cached_object(node)
+        try:
+            if name == control.WARMUP:
+                cached = await self.cache.warm(obj, self._reader_of(node, obj))
+            elif name == control.EVICT:
+                await self.cache.evict(obj)
+                cached = 0
+            else:
+                cached = await self.cache.cached_bytes(obj)
+        finally:
+            if node.open_handles == 0:
+                await self._drop_reader(node)
+        return f"{cached} {obj.size}".encode()
 
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext):
@@ -538,5 +721,6 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext):
         if inode == pyfuse3.ROOT_INODE and name == control.FLUSH:
             await self.writes.flush_all()
+            self._listings.clear()
             return
         raise pyfuse3.FUSEError(errno.ENOTSUP)

@@ -1,0 +1,6 @@
+"""The read cache of a mount: a memory tier and a disk tier in front of the backend (see blocks.py)."""
+
+from pfs.cache.blocks import BlockCache, CacheConfig, CachedObject, Stream
+from pfs.cache.disk import DiskTier
+
+__all__ = ["BlockCache", "CacheConfig", "CachedObject", "DiskTier", "Stream"]

@@ -1,0 +1,382 @@
+"""The block cache: what a read of a live object goes through (memory tier, disk tier, then the backend).
+
+Objects are cut into fixed-size blocks addressed by (backend id, path, version token, block index); a key
+never changes meaning, so a changed object simply gets new keys and its old blocks age out. Reads that
+follow each other through a file grow a prefetch window that fetches the next blocks with parallel ranged
+reads, several blocks per request, inside the mount's memory budget. Concurrent readers of one block share
+one fetch. Blocks fetched from the backend are written to the disk tier in the background.
+
+Runs on the trio loop; disk and backend calls go to worker threads through the `run_*` callables. Methods
+that touch `_inflight` and the memory tier do so without a checkpoint in between, which is what keeps a block
+from being fetched twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from pfs.backends import Reader
+from pfs.cache.disk import DiskTier, Seen
+from pfs.cache.memory import MemoryTier
+from pfs.stats import Stats
+
+log = logging.getLogger(__name__)
+
+Run = Callable[..., Awaitable[Any]]
+OpenReader = Callable[[], Awaitable[Reader]]
+
+# An ETag seen less than this long after the object's modification time may belong to a same-size rewrite
+# in the same second (object stores give 1 s resolution), so it is only trusted after a fresh check.
+TRUST_MARGIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 4 << 20
+    fetch_blocks: int = 2  # blocks per ranged request when prefetching
+    prefetch_blocks: int = 8  # largest window a sequential stream fetches ahead
+    memory_limit: int = 256 << 20
+
+
+@dataclass(frozen=True)
+class CachedObject:
+    """One version of one object, as the cache addresses it."""
+
+    backend_id: str
+    path: str
+    version: str
+    size: int
+    digest: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        ident = f"{self.backend_id}\0{self.path}\0{self.version}".encode()
+        object.__setattr__(self, "digest", hashlib.blake2b(ident, digest_size=16).hexdigest())
+
+    def key(self, index: int) -> str:
+        return f"b|{self.digest}|{index}"
+
+
+@dataclass
+class Stream:
+    """What one open file handle has read so far, to tell a sequential reader from a random one."""
+
+    next_offset: int = -1
+    streak: int = 0
+    prefetched_to: int = 0  # blocks below this index have been asked for
+
+
+@dataclass(eq=False)
+class _Fetch:
+    done: trio.Event = field(default_factory=trio.Event)
+    blocks: dict[int, bytes] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+class BlockCache:
+    def __init__(
+        self,
+        config: CacheConfig,
+        disk: DiskTier | None,
+        stats: Stats,
+        run_backend: Run,
+        run_disk: Run,
+    ) -> None:
+        self.config = config
+        self.disk = disk
+        self.memory = MemoryTier(config.memory_limit)
+        self.stats = stats
+        self._run_backend = run_backend
+        self._run_disk = run_disk
+        self._inflight: dict[str, _Fetch] = {}
+        self._seen: dict[str, Seen] = {}  # the version book's in-memory part
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Background work (prefetch, disk writes) runs in `nursery`; without one it is done inline."""
+        self._nursery = nursery
+
+    # ---- versions ----------------------------------------------------------------------------------------
+
+    async def trusted_etag(self, backend_id: str, path: str, size: int, mtime_ns: int) -> str | None:
+        """The ETag of the object with these attributes, if one was seen and can still be relied on."""
+        key = _object_key(backend_id, path)
+        seen = self._seen.get(key)
+        if seen is None and self.disk is not None:
+            seen = await self._run_disk(self.disk.seen, key)
+        if seen is None or seen.size != size or seen.mtime_ns // 10**9 != mtime_ns // 10**9:
+            return None
+        if seen.seen_at - seen.mtime_ns / 1e9 < TRUST_MARGIN_S:
+            return None
+        return seen.etag
+
+    async def saw_etag(self, backend_id: str, path: str, size: int, mtime_ns: int, etag: str) -> None:
+        key = _object_key(backend_id, path)
+        seen = Seen(size, mtime_ns, etag, time.time())
+        self._seen[key] = seen
+        if self.disk is not None:
+            await self._run_disk(self.disk.record, key, seen)
+
+    # ---- reads -------------------------------------------------------------------------------------------
+
+    async def read(
+        self, obj: CachedObject, offset: int, size: int, open_reader: OpenReader, stream: Stream | None
+    ) -> bytes:
+        end = min(obj.size, offset + size)
+        if offset >= end:
+            return b""
+        bs = self.config.block_size
+        first, last = offset // bs, (end - 1) // bs
+        if stream is not None:
+            self._follow(stream, obj, offset, end, last, open_reader)
+        parts = []
+        for index in range(first, last + 1):
+            data = await self._block(obj, index, open_reader)
+            lo, hi = max(offset - index * bs, 0), min(end - index * bs, len(data))
+            parts.append(data if (lo, hi) == (0, len(data)) else data[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def prefetch_whole(self, obj: CachedObject, open_reader: OpenReader) -> None:
+        """Start fetching a small file's only block as it is opened: its first read is right behind."""
+        if 0 < obj.size <= self.config.block_size:
+            self._schedule(obj, 0, 1, open_reader)
+
+    async def _block(self, obj: CachedObject, index: int, open_reader: OpenReader) -> bytes:
+        key = obj.key(index)
+        data = self.memory.get(key)
+        if data is not None:
+            self.stats.add("cache_hits_memory", 1)
+            return data
+        pending = self._inflight.get(key)
+        if pending is not None:
+            self.stats.add("cache_waits", 1)
+            await pending.done.wait()
+            if index in pending.blocks:
+                return pending.blocks[index]
+        # Nobody is fetching it, or the shared fetch failed (a prefetch gave up): fetch it for this read.
+        fetch = self._register(obj, index, 1)
+        self.memory.reserve(self._span(obj, index, 1))
+        return (await self._load(obj, index, 1, open_reader, fetch))[index]
+
+    def _follow(
+        self, stream: Stream, obj: CachedObject, offset: int, end: int, last: int, open_reader: OpenReader
+    ) -> None:
+        bs = self.config.block_size
+        # The kernel's readahead may deliver a stream slightly out of order: near the last end counts.
+        if stream.next_offset >= 0 and abs(offset - stream.next_offset) <= 2 * bs:
+            stream.streak += 1
+        else:
+            stream.streak = 0
+            stream.prefetched_to = 0
+        stream.next_offset = end
+        if stream.streak == 0:
+            return
+        window = min(self.config.prefetch_blocks, 1 << min(stream.streak, 16))
+        blocks = (obj.size + bs - 1) // bs
+        start = max(stream.prefetched_to, last + 1)
+        stop = min(last + 1 + window, blocks)
+        step = self.config.fetch_blocks
+        while start < stop:
+            count = min(step, stop - start)
+            if not self._schedule(obj, start, count, open_reader):
+                break
+            start += count
+        stream.prefetched_to = max(stream.prefetched_to, start)
+
+    def _known(self, key: str) -> bool:
+        return key in self.memory or key in self._inflight
+
+    def _schedule(self, obj: CachedObject, first: int, count: int, open_reader: OpenReader) -> bool:
+        """Prefetch blocks [first, first+count) that are neither in memory nor on their way; False when the
+        memory budget has no room (the caller stops asking)."""
+        wanted = [i for i in range(first, first + count) if not self._known(obj.key(i))]
+        if not wanted or self._nursery is None:
+            return True
+        first, count = wanted[0], wanted[-1] - wanted[0] + 1
+        if not self.memory.try_reserve(self._span(obj, first, count)):
+            return False
+        fetch = self._register(obj, first, count)
+        self._nursery.start_soon(self._prefetch, obj, first, count, open_reader, fetch)
+        return True
+
+    def _register(self, obj: CachedObject, first: int, count: int) -> _Fetch:
+        """Announce a fetch of blocks [first, first+count), so that readers of them wait for it."""
+        fetch = _Fetch()
+        for index in range(first, first + count):
+            self._inflight[obj.key(index)] = fetch
+        return fetch
+
+    async def _prefetch(
+        self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch
+    ) -> None:
+        self.stats.add("prefetch_blocks", count)
+        try:
+            await self._load(obj, first, count, open_reader, fetch)
+        except Exception as exc:  # the reader that needs these blocks fetches them itself and reports
+            log.debug("prefetch of %s failed: %s", obj.path, exc)
+
+    async def _load(
+        self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch
+    ) -> dict[int, bytes]:
+        """Bring registered blocks [first, first+count), whose bytes are reserved in the memory budget, into
+        memory from the disk tier or, failing that, the backend."""
+        indices = range(first, first + count)
+        keys = [obj.key(i) for i in indices]
+        try:
+            if self.disk is not None:
+                found = await self._run_disk(_read_blocks, self.disk, keys, first)
+                self.stats.add("cache_hits_disk", len(found))
+                fetch.blocks.update(found)
+            for run_first, run_count in _runs([i for i in indices if i not in fetch.blocks]):
+                reader = await open_reader()
+                fetched = await self._run_backend(self._fetch_run, reader, obj, run_first, run_count)
+                self.stats.add("cache_misses", run_count)
+                fetch.blocks.update(fetched)
+                for index, data in fetched.items():
+                    self._store_on_disk(obj.key(index), data)
+            return fetch.blocks
+        except BaseException as exc:
+            fetch.error = exc
+            raise
+        finally:
+            self.memory.release(self._span(obj, first, count))
+            for index, key in zip(indices, keys, strict=True):
+                if self._inflight.get(key) is fetch:
+                    del self._inflight[key]
+                if index in fetch.blocks:
+                    self.memory.put(key, fetch.blocks[index])
+            fetch.done.set()
+
+    def _fetch_run(self, reader: Reader, obj: CachedObject, first: int, count: int) -> dict[int, bytes]:
+        """One ranged read for consecutive blocks, cut into blocks (in a worker thread)."""
+        bs = self.config.block_size
+        started = time.perf_counter()
+        data = reader.read(first * bs, self._span(obj, first, count))
+        self.stats.add("backend_reads", 1)
+        self.stats.add("backend_read_bytes", len(data))
+        self.stats.add("backend_read_us", int((time.perf_counter() - started) * 1e6))
+        if count == 1:
+            return {first: data}
+        view = memoryview(data)
+        return {first + i: bytes(view[i * bs : (i + 1) * bs]) for i in range(count)}
+
+    def _span(self, obj: CachedObject, first: int, count: int) -> int:
+        bs = self.config.block_size
+        return max(0, min(obj.size, (first + count) * bs) - first * bs)
+
+    def _store_on_disk(self, key: str, data: bytes) -> None:
+        if self.disk is None:
+            return
+        if self._nursery is None:
+            self.disk.put(key, data)
+            return
+        self.memory.reserved += len(data)  # held until written: part of the budget
+        self._nursery.start_soon(self._write_block, key, data)
+
+    async def _write_block(self, key: str, data: bytes) -> None:
+        try:
+            assert self.disk is not None
+            await self._run_disk(self.disk.put, key, data)
+        except Exception as exc:
+            self.stats.add("cache_write_errors", 1)
+            log.warning("could not write a block to the disk cache: %s", exc)
+        finally:
+            self.memory.release(len(data))
+
+    # ---- warmup and its relatives ------------------------------------------------------------------------
+
+    async def warm(self, obj: CachedObject, open_reader: OpenReader) -> int:
+        """Put every block of `obj` in the disk tier (or memory when there is none); returns bytes cached."""
+        bs = self.config.block_size
+        blocks = (obj.size + bs - 1) // bs
+        step = self.config.fetch_blocks
+        limit = trio.CapacityLimiter(4)
+
+        async def one(first: int) -> None:
+            async with limit:
+                count = min(step, blocks - first)
+                keys = [obj.key(i) for i in range(first, first + count)]
+                present = await self._present(keys)
+                missing = [first + i for i, here in enumerate(present) if not here]
+                for run_first, run_count in _runs(missing):
+                    reader = await open_reader()
+                    self.memory.reserve(self._span(obj, run_first, run_count))
+                    try:
+                        fetched = await self._run_backend(self._fetch_run, reader, obj, run_first, run_count)
+                    finally:
+                        self.memory.release(self._span(obj, run_first, run_count))
+                    self.stats.add("cache_misses", run_count)
+                    for index, data in fetched.items():
+                        if self.disk is not None:
+                            await self._run_disk(self.disk.put, obj.key(index), data)
+                        else:
+                            self.memory.put(obj.key(index), data)
+
+        async with trio.open_nursery() as nursery:
+            for first in range(0, blocks, step):
+                nursery.start_soon(one, first)
+        return await self.cached_bytes(obj)
+
+    async def cached_bytes(self, obj: CachedObject) -> int:
+        bs = self.config.block_size
+        blocks = (obj.size + bs - 1) // bs
+        present = await self._present([obj.key(i) for i in range(blocks)])
+        return sum(self._span(obj, i, 1) for i, here in enumerate(present) if here)
+
+    async def evict(self, obj: CachedObject) -> None:
+        bs = self.config.block_size
+        keys = [obj.key(i) for i in range((obj.size + bs - 1) // bs)]
+        for key in keys:
+            self.memory.discard(key)
+        if self.disk is not None:
+            await self._run_disk(_delete_blocks, self.disk, keys)
+
+    async def _present(self, keys: list[str]) -> list[bool]:
+        if self.disk is None:
+            return [key in self.memory for key in keys]
+        disk = self.disk
+        on_disk = await self._run_disk(lambda: [key in disk for key in keys])
+        return [here or key in self.memory for key, here in zip(keys, on_disk, strict=True)]
+
+    def gauges(self) -> dict[str, int]:
+        return {
+            "memory_limit": self.memory.limit,
+            "memory_cached": self.memory.cached,
+            "memory_in_flight": self.memory.reserved,
+            "cache_corrupt_blocks": self.disk.corrupt_blocks if self.disk is not None else 0,
+        }
+
+
+def _object_key(backend_id: str, path: str) -> str:
+    return hashlib.blake2b(f"{backend_id}\0{path}".encode(), digest_size=16).hexdigest()
+
+
+def _read_blocks(disk: DiskTier, keys: list[str], first: int) -> dict[int, bytes]:
+    found = {}
+    for offset, key in enumerate(keys):
+        data = disk.get(key)
+        if data is not None:
+            found[first + offset] = data
+    return found
+
+
+def _delete_blocks(disk: DiskTier, keys: list[str]) -> None:
+    for key in keys:
+        disk.delete(key)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Consecutive stretches of sorted block indices, as (first, count)."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs

@@ -1,0 +1,120 @@
+"""The disk tier: cached blocks on local disk, shared by every pfs mount on the node and kept across remounts.
+
+Built on diskcache (SQLite plus one file per block), which is safe for several threads and processes at once.
+Every method blocks: the trio side calls them in worker threads. Each block carries a CRC32 (diskcache's tag
+column) that is checked on every read; a block failing it is dropped, counted and reported missing, so it is
+fetched again. Bounds are enforced on insert, never by a background sweep: the byte budget (diskcache culls
+least-recently-used blocks on every set, so the tier never exceeds it by more than one block) and a minimum
+ratio of free space on the file system holding the cache.
+
+The same directory also keeps a small version book: the version (ETag) last seen for each object, so a
+remounted node can use its cached blocks without asking the backend for every file again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
+
+import diskcache
+
+log = logging.getLogger(__name__)
+
+# A block's value is stored as one file above this size; smaller ones live inside SQLite.
+_MIN_FILE_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A version observed on the backend: the object's attributes then, its ETag, and when it was seen."""
+
+    size: int
+    mtime_ns: int
+    etag: str
+    seen_at: float  # wall-clock seconds
+
+
+class DiskTier:
+    def __init__(self, directory: str, size_limit: int, free_space_ratio: float) -> None:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.directory = directory
+        self.size_limit = size_limit
+        self.free_space_ratio = free_space_ratio
+        self.corrupt_blocks = 0
+        self._cache = diskcache.Cache(
+            directory,
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=16,
+            disk_min_file_size=_MIN_FILE_SIZE,
+            sqlite_mmap_size=0,
+            timeout=30,
+        )
+
+    # ---- blocks ------------------------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        value, crc = self._cache.get(key, default=None, tag=True, retry=True)
+        if value is None:
+            return None
+        if not isinstance(value, bytes) or zlib.crc32(value) != crc:
+            self.corrupt_blocks += 1
+            log.warning("dropped a corrupt cached block %s; it will be fetched again", key)
+            self._cache.delete(key, retry=True)
+            return None
+        return value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._cache
+
+    def put(self, key: str, data: bytes) -> None:
+        self._respect_free_space(len(data))
+        self._cache.set(key, data, tag=zlib.crc32(data), retry=True)
+
+    def delete(self, key: str) -> None:
+        self._cache.delete(key, retry=True)
+
+    def _respect_free_space(self, incoming: int) -> None:
+        """Lower the effective size limit while the file system is short of free space, then cull to it."""
+        usage = shutil.disk_usage(self.directory)
+        reserve = int(usage.total * self.free_space_ratio)
+        volume = self._cache.volume()
+        room = volume + usage.free - reserve - incoming
+        limit = max(0, min(self.size_limit, room))
+        if limit != self._cache.size_limit:
+            self._cache.reset("size_limit", limit)
+            if volume > limit:
+                self._cache.cull(retry=True)
+
+    # ---- the version book --------------------------------------------------------------------------------
+
+    def seen(self, object_key: str) -> Seen | None:
+        value = self._cache.get("v|" + object_key, default=None, retry=True)
+        return Seen(*value) if isinstance(value, tuple) else None
+
+    def record(self, object_key: str, seen: Seen) -> None:
+        self._cache.set("v|" + object_key, (seen.size, seen.mtime_ns, seen.etag, seen.seen_at), retry=True)
+
+    # ---- upkeep ------------------------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        usage = shutil.disk_usage(self.directory)
+        return {
+            "directory": self.directory,
+            "bytes": self._cache.volume(),
+            "entries": len(self._cache),
+            "size_limit": self.size_limit,
+            "effective_limit": self._cache.size_limit,
+            "free_space_ratio": self.free_space_ratio,
+            "fs_free_bytes": usage.free,
+            "fs_total_bytes": usage.total,
+        }
+
+    def clear(self) -> int:
+        return self._cache.clear(retry=True)
+
+    def close(self) -> None:
+        self._cache.close()
