@@ -171,7 +171,7 @@ def _file_case(tmp_path_factory) -> BackendCase:
     return BackendCase("file", f"file://{root}", BackendOptions(), raw=LocalRaw(str(root)))
 
 
-def _s3_case(request) -> BackendCase:
+def s3_case(request) -> BackendCase:
     server: S3Server = request.getfixturevalue("s3_server")
     bucket: str = request.getfixturevalue("s3_bucket")
     prefix = unique("root")
@@ -202,5 +202,5 @@ def backend_case(request, tmp_path_factory) -> BackendCase:
     if request.param == "file":
         return _file_case(tmp_path_factory)
     if request.param == "s3":
-        return _s3_case(request)
+        return s3_case(request)
     return _hdfs_case()

@@ -20,7 +20,8 @@ SHORT_TTL = ("-o", "metadata_ttl=1")
 
 @pytest.fixture(scope="module")
 def mnt(backend_case, tmp_path_factory):
-    mount = Mount(backend_case.uri, str(tmp_path_factory.mktemp("mnt") / "m"), env=backend_case.env, args=SHORT_TTL)
+    path = str(tmp_path_factory.mktemp("mnt") / "m")
+    mount = Mount(backend_case.uri, path, env=backend_case.env, args=SHORT_TTL)
     with mount:
         yield mount
 

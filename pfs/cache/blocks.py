@@ -97,6 +97,7 @@ class BlockCache:
         self._inflight: dict[str, _Fetch] = {}
         self._seen: dict[str, Seen] = {}  # the version book's in-memory part
         self._nursery: trio.Nursery | None = None
+        self._room = trio.Event()  # set whenever in-flight bytes are released
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Background work (prefetch, disk writes) runs in `nursery`; without one it is done inline."""
@@ -160,9 +161,22 @@ class BlockCache:
             if index in pending.blocks:
                 return pending.blocks[index]
         # Nobody is fetching it, or the shared fetch failed (a prefetch gave up): fetch it for this read.
+        await self._reserve(self._span(obj, index, 1))
         fetch = self._register(obj, index, 1)
-        self.memory.reserve(self._span(obj, index, 1))
         return (await self._load(obj, index, 1, open_reader, fetch))[index]
+
+    async def _reserve(self, nbytes: int) -> None:
+        """Room in the budget for a fetch a reader waits for: wait while in-flight fetches hold it all."""
+        while not self.memory.try_reserve(nbytes, share=1.0):
+            if not self.memory.reserved:  # nothing will be freed: a block bigger than the whole budget
+                self.memory.reserve(nbytes)
+                return
+            await self._room.wait()
+
+    def _release(self, nbytes: int) -> None:
+        self.memory.release(nbytes)
+        self._room.set()
+        self._room = trio.Event()
 
     def _follow(
         self, stream: Stream, obj: CachedObject, offset: int, end: int, last: int, open_reader: OpenReader
@@ -228,6 +242,7 @@ class BlockCache:
         memory from the disk tier or, failing that, the backend."""
         indices = range(first, first + count)
         keys = [obj.key(i) for i in indices]
+        held = self._span(obj, first, count)
         try:
             if self.disk is not None:
                 found = await self._run_disk(_read_blocks, self.disk, keys, first)
@@ -239,13 +254,14 @@ class BlockCache:
                 self.stats.add("cache_misses", run_count)
                 fetch.blocks.update(fetched)
                 for index, data in fetched.items():
-                    self._store_on_disk(obj.key(index), data)
+                    if self._store_on_disk(obj.key(index), data):
+                        held -= len(data)  # the writer releases it once on disk
             return fetch.blocks
         except BaseException as exc:
             fetch.error = exc
             raise
         finally:
-            self.memory.release(self._span(obj, first, count))
+            self._release(held)
             for index, key in zip(indices, keys, strict=True):
                 if self._inflight.get(key) is fetch:
                     del self._inflight[key]
@@ -270,14 +286,16 @@ class BlockCache:
         bs = self.config.block_size
         return max(0, min(obj.size, (first + count) * bs) - first * bs)
 
-    def _store_on_disk(self, key: str, data: bytes) -> None:
+    def _store_on_disk(self, key: str, data: bytes) -> bool:
+        """Write a fetched block to the disk tier in the background; True when the write now holds the
+        block's share of the budget (it stays in memory until written)."""
         if self.disk is None:
-            return
+            return False
         if self._nursery is None:
             self.disk.put(key, data)
-            return
-        self.memory.reserved += len(data)  # held until written: part of the budget
+            return False
         self._nursery.start_soon(self._write_block, key, data)
+        return True
 
     async def _write_block(self, key: str, data: bytes) -> None:
         try:
@@ -287,7 +305,7 @@ class BlockCache:
             self.stats.add("cache_write_errors", 1)
             log.warning("could not write a block to the disk cache: %s", exc)
         finally:
-            self.memory.release(len(data))
+            self._release(len(data))
 
     # ---- warmup and its relatives ------------------------------------------------------------------------
 
@@ -306,11 +324,11 @@ class BlockCache:
                 missing = [first + i for i, here in enumerate(present) if not here]
                 for run_first, run_count in _runs(missing):
                     reader = await open_reader()
-                    self.memory.reserve(self._span(obj, run_first, run_count))
+                    await self._reserve(self._span(obj, run_first, run_count))
                     try:
                         fetched = await self._run_backend(self._fetch_run, reader, obj, run_first, run_count)
                     finally:
-                        self.memory.release(self._span(obj, run_first, run_count))
+                        self._release(self._span(obj, run_first, run_count))
                     self.stats.add("cache_misses", run_count)
                     for index, data in fetched.items():
                         if self.disk is not None:
@@ -349,6 +367,7 @@ class BlockCache:
             "memory_limit": self.memory.limit,
             "memory_cached": self.memory.cached,
             "memory_in_flight": self.memory.reserved,
+            "memory_peak": self.memory.peak,
             "cache_corrupt_blocks": self.disk.corrupt_blocks if self.disk is not None else 0,
         }
 

@@ -38,21 +38,24 @@ class Seen:
 
 
 class DiskTier:
-    def __init__(self, directory: str, size_limit: int, free_space_ratio: float) -> None:
+    def __init__(self, directory: str, size_limit: int | None, free_space_ratio: float = 0.0) -> None:
+        """Open (or create) the tier in `directory`; `size_limit` None keeps the limit the last mount set
+        (for tools that inspect or clear a cache without changing its settings)."""
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        settings = {} if size_limit is None else {"size_limit": size_limit}
         self.directory = directory
-        self.size_limit = size_limit
         self.free_space_ratio = free_space_ratio
         self.corrupt_blocks = 0
         self._cache = diskcache.Cache(
             directory,
-            size_limit=size_limit,
             eviction_policy="least-recently-used",
             cull_limit=16,
             disk_min_file_size=_MIN_FILE_SIZE,
             sqlite_mmap_size=0,
             timeout=30,
+            **settings,
         )
+        self.size_limit = self._cache.size_limit if size_limit is None else size_limit
 
     # ---- blocks ------------------------------------------------------------------------------------------
 
@@ -108,7 +111,6 @@ class DiskTier:
             "entries": len(self._cache),
             "size_limit": self.size_limit,
             "effective_limit": self._cache.size_limit,
-            "free_space_ratio": self.free_space_ratio,
             "fs_free_bytes": usage.free,
             "fs_total_bytes": usage.total,
         }

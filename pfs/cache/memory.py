@@ -19,6 +19,7 @@ class MemoryTier:
         self.limit = limit
         self.cached = 0  # bytes of blocks in the LRU
         self.reserved = 0  # bytes in flight: being fetched, or waiting for the disk tier
+        self.peak = 0  # the most ever held at once
         self._blocks: OrderedDict[str, bytes] = OrderedDict()
 
     @property
@@ -53,6 +54,7 @@ class MemoryTier:
         """Room for a fetch that must happen (a read is waiting): may overshoot while nothing is evictable."""
         self._make_room(amount)
         self.reserved += amount
+        self.peak = max(self.peak, self.used)
 
     def try_reserve(self, amount: int, share: float = 0.75) -> bool:
         """Room for optional work (prefetch): only while in-flight bytes stay under `share` of the budget."""
@@ -68,4 +70,6 @@ class MemoryTier:
         while self._blocks and self.used + amount > self.limit:
             _, evicted = self._blocks.popitem(last=False)
             self.cached -= len(evicted)
-        return self.used + amount <= self.limit
+        fits = self.used + amount <= self.limit
+        self.peak = max(self.peak, self.used + amount if fits else self.used)
+        return fits

@@ -566,6 +566,7 @@ class Operations(pyfuse3.Operations):
             if kept is not None and kept[0] == obj:
                 return kept[1]
             try:
+                self.stats.add("backend_opens", 1)
                 reader = await self._run(self.backend.open_reader, obj.path, obj.size)
                 if reader.version and reader.version != obj.version:
                     await self._run(reader.close)
@@ -587,6 +588,7 @@ class Operations(pyfuse3.Operations):
             await self._run(kept[1].close)
 
     async def _open_reader(self, inode: Inode) -> Reader:
+        self.stats.add("backend_opens", 1)
         store = self._store_of(inode)
         try:
             return await self._run(store.open_reader, inode.path, inode.size)
