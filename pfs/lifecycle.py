@@ -21,6 +21,16 @@ from pfs.options import DEFAULT_STATE_DIR, MountOptions
 
 START_TIMEOUT = 60.0
 
+# The daemon's memory must follow its budget: blocks are short-lived multi-MiB buffers allocated by many
+# threads, which glibc would otherwise keep in per-thread arenas and below its adaptive mmap threshold, and
+# which Arrow's own allocator would keep for reuse. Measured with 4 readers streaming 1 GiB files: peak RSS
+# 670 MiB without these, 349 MiB with them, for a 256 MiB budget.
+DAEMON_ENV = {
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+}
+
 
 def default_log_file(mountpoint: str) -> str:
     return f"{DEFAULT_STATE_DIR}/logs/{mountpoint.strip('/').replace('/', '_') or 'root'}.log"
@@ -47,6 +57,7 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
             start_new_session=True,
             text=True,
             cwd="/",
+            env=DAEMON_ENV | dict(os.environ),
         )
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(daemon.config_for(uri, mountpoint, mount, backend))

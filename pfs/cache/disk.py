@@ -13,6 +13,7 @@ remounted node can use its cached blocks without asking the backend for every fi
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -75,7 +76,8 @@ class DiskTier:
 
     def put(self, key: str, data: bytes) -> None:
         self._respect_free_space(len(data))
-        self._cache.set(key, data, tag=zlib.crc32(data), retry=True)
+        # As a file object: diskcache writes plain bytes line by line (thousands of writes per block).
+        self._cache.set(key, io.BytesIO(data), read=True, tag=zlib.crc32(data), retry=True)
 
     def delete(self, key: str) -> None:
         self._cache.delete(key, retry=True)

@@ -56,7 +56,7 @@ URI forms:
 @click.option(
     "--memory-limit",
     metavar="SIZE",
-    help="Memory for cached and prefetched blocks, however many files are open [256M].",
+    help="Memory for cached and prefetched blocks, however many files are open [160M].",
 )
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option(
