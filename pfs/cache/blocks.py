@@ -163,7 +163,7 @@ class BlockCache:
         # Nobody is fetching it, or the shared fetch failed (a prefetch gave up): fetch it for this read.
         await self._reserve(self._span(obj, index, 1))
         fetch = self._register(obj, index, 1)
-        return (await self._load(obj, index, 1, open_reader, fetch))[index]
+        return (await self._load(obj, index, 1, open_reader, fetch, ahead=False))[index]
 
     async def _reserve(self, nbytes: int) -> None:
         """Room in the budget for a fetch a reader waits for: wait while in-flight fetches hold it all."""
@@ -231,15 +231,18 @@ class BlockCache:
     ) -> None:
         self.stats.add("prefetch_blocks", count)
         try:
-            await self._load(obj, first, count, open_reader, fetch)
+            await self._load(obj, first, count, open_reader, fetch, ahead=True)
         except Exception as exc:  # the reader that needs these blocks fetches them itself and reports
             log.debug("prefetch of %s failed: %s", obj.path, exc)
 
     async def _load(
-        self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch
+        self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch, ahead: bool
     ) -> dict[int, bytes]:
         """Bring registered blocks [first, first+count), whose bytes are reserved in the memory budget, into
-        memory from the disk tier or, failing that, the backend."""
+        memory from the disk tier or, failing that, the backend.
+
+        A prefetch (`ahead`) writes what it fetched to the disk tier in its worker thread before it returns,
+        as nobody waits for it yet; a fetch a reader waits for returns first and writes in the background."""
         indices = range(first, first + count)
         keys = [obj.key(i) for i in indices]
         held = self._span(obj, first, count)
@@ -250,11 +253,11 @@ class BlockCache:
                 fetch.blocks.update(found)
             for run_first, run_count in _runs([i for i in indices if i not in fetch.blocks]):
                 reader = await open_reader()
-                fetched = await self._run_backend(self._fetch_run, reader, obj, run_first, run_count)
+                fetched = await self._run_backend(self._fetch_run, reader, obj, run_first, run_count, ahead)
                 self.stats.add("cache_misses", run_count)
                 fetch.blocks.update(fetched)
                 for index, data in fetched.items():
-                    if self._store_on_disk(obj.key(index), data):
+                    if not ahead and self._store_on_disk(obj.key(index), data):
                         held -= len(data)  # the writer releases it once on disk
             return fetch.blocks
         except BaseException as exc:
@@ -269,8 +272,11 @@ class BlockCache:
                     self.memory.put(key, fetch.blocks[index])
             fetch.done.set()
 
-    def _fetch_run(self, reader: Reader, obj: CachedObject, first: int, count: int) -> dict[int, bytes]:
-        """One ranged read for consecutive blocks, cut into blocks (in a worker thread)."""
+    def _fetch_run(
+        self, reader: Reader, obj: CachedObject, first: int, count: int, store: bool
+    ) -> dict[int, bytes]:
+        """One ranged read for consecutive blocks, cut into blocks, written to the disk tier with `store`
+        (in a worker thread)."""
         bs = self.config.block_size
         started = time.perf_counter()
         data = reader.read(first * bs, self._span(obj, first, count))
@@ -278,9 +284,23 @@ class BlockCache:
         self.stats.add("backend_read_bytes", len(data))
         self.stats.add("backend_read_us", int((time.perf_counter() - started) * 1e6))
         if count == 1:
-            return {first: data}
-        view = memoryview(data)
-        return {first + i: bytes(view[i * bs : (i + 1) * bs]) for i in range(count)}
+            blocks = {first: data}
+        else:
+            view = memoryview(data)
+            blocks = {first + i: bytes(view[i * bs : (i + 1) * bs]) for i in range(count)}
+        if store and self.disk is not None:
+            for index, block in blocks.items():
+                self._put_quietly(obj.key(index), block)
+        return blocks
+
+    def _put_quietly(self, key: str, data: bytes) -> None:
+        """A block that cannot be written to disk is only not cached: reads go on."""
+        assert self.disk is not None
+        try:
+            self.disk.put(key, data)
+        except Exception as exc:
+            self.stats.add("cache_write_errors", 1)
+            log.warning("could not write a block to the disk cache: %s", exc)
 
     def _span(self, obj: CachedObject, first: int, count: int) -> int:
         bs = self.config.block_size
@@ -299,11 +319,7 @@ class BlockCache:
 
     async def _write_block(self, key: str, data: bytes) -> None:
         try:
-            assert self.disk is not None
-            await self._run_disk(self.disk.put, key, data)
-        except Exception as exc:
-            self.stats.add("cache_write_errors", 1)
-            log.warning("could not write a block to the disk cache: %s", exc)
+            await self._run_disk(self._put_quietly, key, data)
         finally:
             self._release(len(data))
 
@@ -326,14 +342,13 @@ class BlockCache:
                     reader = await open_reader()
                     await self._reserve(self._span(obj, run_first, run_count))
                     try:
-                        fetched = await self._run_backend(self._fetch_run, reader, obj, run_first, run_count)
+                        args = (reader, obj, run_first, run_count, True)
+                        fetched = await self._run_backend(self._fetch_run, *args)
                     finally:
                         self._release(self._span(obj, run_first, run_count))
                     self.stats.add("cache_misses", run_count)
-                    for index, data in fetched.items():
-                        if self.disk is not None:
-                            await self._run_disk(self.disk.put, obj.key(index), data)
-                        else:
+                    if self.disk is None:
+                        for index, data in fetched.items():
                             self.memory.put(obj.key(index), data)
 
         async with trio.open_nursery() as nursery:
