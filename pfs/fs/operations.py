@@ -647,6 +647,8 @@ class Operations(pyfuse3.Operations):
         return written
 
     async def _publish(self, inode: Inode) -> None:
+        if inode.staged is None:
+            return  # nothing written: nothing to upload
         was_new = not inode.on_backend
         await self.writes.upload(inode)
         if was_new and inode.on_backend:
