@@ -34,7 +34,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     def NodeStageVolume(self, request, context):
         require(context, volume_id=request.volume_id, staging_target_path=request.staging_target_path)
         require_capability(context, request.volume_capability, present=request.HasField("volume_capability"))
-        staging = os.path.abspath(request.staging_target_path)
+        staging = os.path.realpath(request.staging_target_path)
         with self.locks.hold(request.volume_id, context):
             existing = self.store.get(request.volume_id)
             if self.mounter.is_mounted(staging) and not self.mounter.is_stale(staging):
@@ -75,7 +75,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     def NodeUnstageVolume(self, request, context):
         require(context, volume_id=request.volume_id, staging_target_path=request.staging_target_path)
-        staging = os.path.abspath(request.staging_target_path)
+        staging = os.path.realpath(request.staging_target_path)
         with self.locks.hold(request.volume_id, context):
             record = self.store.get(request.volume_id)
             if record is not None:
@@ -102,7 +102,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             target_path=request.target_path,
         )
         require_capability(context, request.volume_capability, present=request.HasField("volume_capability"))
-        target = os.path.abspath(request.target_path)
+        target = os.path.realpath(request.target_path)
         read_only = request.readonly or volume.is_read_only(request.volume_capability)
         with self.locks.hold(target, context):
             record = self.store.get(request.volume_id)
@@ -111,7 +111,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"volume {request.volume_id} is not staged on this node",
                 )
-            if record.staging_path != os.path.abspath(request.staging_target_path):
+            if record.staging_path != os.path.realpath(request.staging_target_path):
                 context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"volume {request.volume_id} is staged at {record.staging_path}, "
@@ -132,7 +132,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     def NodeUnpublishVolume(self, request, context):
         require(context, volume_id=request.volume_id, target_path=request.target_path)
-        target = os.path.abspath(request.target_path)
+        target = os.path.realpath(request.target_path)
         with self.locks.hold(target, context):
             try:
                 while self.mounter.is_mounted(target):  # every layer, should a retry have stacked binds
@@ -151,7 +151,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         record = self.store.get(request.volume_id)
         if record is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} is not staged on this node")
-        path = os.path.abspath(request.volume_path)
+        path = os.path.realpath(request.volume_path)
         if path != record.staging_path and path not in record.targets:
             context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} is not mounted at {path}")
         try:
