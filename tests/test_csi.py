@@ -8,6 +8,8 @@ import errno
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,7 @@ from csi import DRIVER_NAME, csi_pb2
 from pfs import control, mounter
 from tests.conftest import S3Raw, unique
 from tests.csi_plugin import Mode, Plugin, capability, cleanup_mounts
+from tests.mounting import wait_until
 
 Code = grpc.StatusCode
 
@@ -273,6 +276,22 @@ def test_recovery_after_daemon_is_killed(plugin, paths):
     assert (data_dir / "after-recovery").read_text() == "ok"
 
 
+def test_recovery_when_the_staging_mount_is_missing(plugin, paths):
+    """Someone detached the staging mount: it is mounted again, and the pods' binds keep serving."""
+    data_dir = paths / "data"
+    data_dir.mkdir()
+    (data_dir / "a").write_text("still here")
+    volume_id = unique("static")
+    staging, [target] = _stage_and_publish(plugin, paths, volume_id, {"uri": f"file://{data_dir}"})
+    first = control.daemon_pid(staging)
+    subprocess.run(["umount", "-l", staging], check=True)
+    assert wait_until(lambda: mounter.mount_at(staging) is not None, timeout=10)
+    second = control.daemon_pid(staging)
+    assert second != first and open(f"{target}/a").read() == "still here"
+    _unpublish_and_unstage(plugin, volume_id, staging, [target])
+    assert mounter.wait_for_exit(first, 10) and mounter.wait_for_exit(second, 10)
+
+
 def test_plugin_restart_keeps_and_repairs_mounts(plugin, paths):
     data_dir = paths / "data"
     data_dir.mkdir()
@@ -437,3 +456,11 @@ def test_volume_attributes_become_mount_options():
         "anonymous", "cache_dir=/var/cache/pfs", "cache_size=20G", "metadata_ttl=30", "snapshot=week-1",
         "ro", "threads=8", "debug", "uid=1000",
     ]  # fmt: skip
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "csi", "--endpoint", f"unix://{tmp_path}/s.sock", "--mode", "node"],
+        capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "NODE_ID"},
+    )  # fmt: skip
+    assert result.returncode == 2 and "--node-id" in result.stderr and "Traceback" not in result.stderr

@@ -97,3 +97,13 @@ def test_generated_stubs_match_the_proto(tmp_path):
         assert filecmp.cmp(tmp_path / "csi" / name, os.path.join(ROOT, "csi", name), shallow=False), (
             f"csi/{name} is stale: regenerate it (see csi/__init__.py)"
         )
+
+
+def test_dockerfile_builds_from_the_repository_and_runs_the_plugin():
+    with open(os.path.join(ROOT, "deploy", "Dockerfile")) as f:
+        lines = [line.split() for line in f if line.strip() and not line.startswith("#")]
+    for words in lines:
+        if words[0] == "COPY" and not words[1].startswith("--from"):
+            for source in words[1:-1]:
+                assert os.path.exists(os.path.join(ROOT, source)), source
+    assert lines[-1] == ["ENTRYPOINT", '["pfs-csi"]']
