@@ -64,9 +64,8 @@ class CallLogger(grpc.ServerInterceptor):
                 if code is grpc.StatusCode.UNKNOWN:  # not an abort: a bug, worth a traceback
                     log.exception("%s failed after %.2fs", method, time.monotonic() - started)
                     raise
-                log.info(
-                    "%s -> %s: %s (%.2fs)", method, code.name, context.details(), time.monotonic() - started
-                )
+                details = (context.details() or b"").decode(errors="replace")  # grpc keeps it as bytes
+                log.info("%s -> %s: %s (%.2fs)", method, code.name, details, time.monotonic() - started)
                 raise
             log.info("%s -> OK (%.2fs)", method, time.monotonic() - started)
             return response

@@ -225,6 +225,17 @@ def _stage_and_publish(plugin: Plugin, paths, volume_id: str, context: dict[str,
     return staging, published
 
 
+def _static_volume(plugin: Plugin, paths, name: str, data: bytes, targets: int = 1, **attributes: str):
+    """A static volume over a local directory holding one file; staged and published at `targets` pods."""
+    data_dir = paths / "data"
+    data_dir.mkdir()
+    (data_dir / name).write_bytes(data)
+    volume_id = unique("static")
+    context = {"uri": f"file://{data_dir}", **attributes}
+    staging, published = _stage_and_publish(plugin, paths, volume_id, context, targets=targets)
+    return volume_id, data_dir, staging, published
+
+
 def _unpublish_and_unstage(plugin: Plugin, volume_id: str, staging: str, targets: list[str]) -> None:
     for target in targets:
         plugin.node.NodeUnpublishVolume(
@@ -256,11 +267,9 @@ def _read_eventually(path: str, timeout: float) -> tuple[bytes, float]:
 
 
 def test_recovery_after_daemon_is_killed(plugin, paths):
-    data_dir = paths / "data"
-    data_dir.mkdir()
-    (data_dir / "shard-0").write_bytes(b"x" * 100_000)
-    volume_id = unique("static")
-    staging, targets = _stage_and_publish(plugin, paths, volume_id, {"uri": f"file://{data_dir}"}, targets=2)
+    volume_id, data_dir, staging, targets = _static_volume(
+        plugin, paths, "shard-0", b"x" * 100_000, targets=2
+    )
     daemon = control.daemon_pid(staging)
     os.kill(daemon, signal.SIGKILL)
     mounter.wait_for_exit(daemon, 10)
@@ -278,14 +287,10 @@ def test_recovery_after_daemon_is_killed(plugin, paths):
 
 def test_recovery_when_the_staging_mount_is_missing(plugin, paths):
     """Someone detached the staging mount: it is mounted again, and the pods' binds keep serving."""
-    data_dir = paths / "data"
-    data_dir.mkdir()
-    (data_dir / "a").write_text("still here")
-    volume_id = unique("static")
-    staging, [target] = _stage_and_publish(plugin, paths, volume_id, {"uri": f"file://{data_dir}"})
+    volume_id, _, staging, [target] = _static_volume(plugin, paths, "a", b"still here")
     first = control.daemon_pid(staging)
     subprocess.run(["umount", "-l", staging], check=True)
-    assert wait_until(lambda: mounter.mount_at(staging) is not None, timeout=10)
+    assert wait_until(lambda: f"volume {volume_id}: remounted" in plugin.log(), timeout=10)
     second = control.daemon_pid(staging)
     assert second != first and open(f"{target}/a").read() == "still here"
     _unpublish_and_unstage(plugin, volume_id, staging, [target])
@@ -293,11 +298,7 @@ def test_recovery_when_the_staging_mount_is_missing(plugin, paths):
 
 
 def test_plugin_restart_keeps_and_repairs_mounts(plugin, paths):
-    data_dir = paths / "data"
-    data_dir.mkdir()
-    (data_dir / "a").write_text("kept")
-    volume_id = unique("static")
-    staging, [target] = _stage_and_publish(plugin, paths, volume_id, {"uri": f"file://{data_dir}"})
+    volume_id, _, staging, [target] = _static_volume(plugin, paths, "a", b"kept")
     daemon = control.daemon_pid(staging)
     plugin.restart(signal.SIGKILL)  # a crash: the mount is untouched and the new plugin adopts it
     assert open(f"{target}/a").read() == "kept" and control.daemon_pid(staging) == daemon
@@ -311,12 +312,9 @@ def test_plugin_restart_keeps_and_repairs_mounts(plugin, paths):
 
 
 def test_static_read_only_volume(plugin, paths):
-    data_dir = paths / "data"
-    data_dir.mkdir()
-    (data_dir / "f").write_text("static")
-    volume_id = unique("static")
-    context = {"uri": f"file://{data_dir}", "readOnly": "true", "metadataTTL": "5"}
-    staging, [target] = _stage_and_publish(plugin, paths, volume_id, context)
+    volume_id, _, staging, [target] = _static_volume(
+        plugin, paths, "f", b"static", readOnly="true", metadataTTL="5"
+    )
     assert open(f"{target}/f").read() == "static"
     with pytest.raises(OSError) as refused:
         open(f"{target}/new", "w")
@@ -464,3 +462,17 @@ def test_command_line_errors_are_one_line(tmp_path):
         capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "NODE_ID"},
     )  # fmt: skip
     assert result.returncode == 2 and "--node-id" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_delete_keeps_data_when_the_storage_class_retains_it(plugin, tmp_path):
+    base = f"file://{tmp_path}"
+    kept = plugin.controller.CreateVolume(
+        csi_pb2.CreateVolumeRequest(
+            name="kept", volume_capabilities=[capability()], parameters={"uri": base, "retain": "true"}
+        )
+    ).volume
+    assert "retain" not in kept.volume_context
+    (tmp_path / "kept" / "model.pt").write_bytes(b"weights")
+    plugin.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=kept.volume_id))
+    assert (tmp_path / "kept" / "model.pt").read_bytes() == b"weights"
+    assert not (tmp_path / ".kept.csi.json").exists()

@@ -167,6 +167,7 @@ def test_delete_volume(sanity):
     plugin, parameters, _ = sanity
     fails_with(Code.INVALID_ARGUMENT, plugin.controller.DeleteVolume, csi_pb2.DeleteVolumeRequest())
     delete(plugin, "reallyfakevolumeid")  # an id that names nothing is already deleted
+    delete(plugin, f"gone@file://{parameters['uri'].removeprefix('file://')}-missing-base")
     volume = create(plugin, parameters)
     delete(plugin, volume.volume_id)
     delete(plugin, volume.volume_id)
