@@ -30,14 +30,21 @@ class Recovery:
 
     def run_once(self) -> None:
         for volume in self.store.all():
-            if not self.locks.try_acquire(volume.volume_id):
-                continue  # a CSI call is working on it right now
+            # Look before locking: holding the volume's lock for a mere check would make a concurrent
+            # CSI call on a healthy volume fail with ABORTED.
+            if self._all_healthy(volume) or not self.locks.try_acquire(volume.volume_id):
+                continue  # healthy, or a CSI call is working on it right now
             try:
-                self._repair(volume)
+                current = self.store.get(volume.volume_id)  # that call may have changed or removed it
+                if current is not None:
+                    self._repair(current)
             except (MountError, OSError) as exc:
                 log.error("cannot recover volume %s: %s (will retry)", volume.volume_id, exc)
             finally:
                 self.locks.release(volume.volume_id)
+
+    def _all_healthy(self, volume: StagedVolume) -> bool:
+        return all(map(self._healthy, [volume.staging_path, *volume.targets]))
 
     def _healthy(self, path: str) -> bool:
         return self.mounter.is_mounted(path) and not self.mounter.is_stale(path)
