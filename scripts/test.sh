@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export AWS_EC2_METADATA_DISABLED=true
-ruff check pfs tests scripts benchmarks
-ruff format --check pfs tests scripts benchmarks
+ruff check pfs csi tests scripts benchmarks
+ruff format --check pfs csi tests scripts benchmarks
 python3 -m pytest -q -ra "$@"

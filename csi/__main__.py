@@ -1,0 +1,3 @@
+from csi.server import main
+
+main()

@@ -1,0 +1,109 @@
+"""Run `pfs-csi` in tests as Kubernetes does: a separate process on a unix socket, called through the
+generated gRPC stubs, with its log captured to a file the tests read."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import grpc
+
+from csi import csi_pb2, csi_pb2_grpc
+from pfs import control, mounter
+
+Mode = csi_pb2.VolumeCapability.AccessMode.Mode
+# The plugin must get credentials from CSI requests only, never from its own environment.
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def capability(mode: int = Mode.MULTI_NODE_MULTI_WRITER, block: bool = False) -> csi_pb2.VolumeCapability:
+    cap = csi_pb2.VolumeCapability(access_mode=csi_pb2.VolumeCapability.AccessMode(mode=mode))
+    if block:
+        cap.block.SetInParent()
+    else:
+        cap.mount.SetInParent()
+    return cap
+
+
+@dataclass
+class Plugin:
+    root: str  # state dir, socket and log live here
+    node_id: str = "node-1"
+    mode: str = "all"
+    recovery_interval: float = 1.0
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    channel: grpc.Channel | None = field(default=None, repr=False)
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.root, "csi.sock")
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.root, "plugin.log")
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.join(self.root, "state")
+
+    def start(self) -> Plugin:
+        env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV}
+        with open(self.log_file, "a") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "csi", "--endpoint", f"unix://{self.socket}",
+                    "--node-id", self.node_id, "--mode", self.mode, "--state-dir", self.state_dir,
+                    "--recovery-interval", str(self.recovery_interval),
+                ],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+        self.channel = grpc.insecure_channel(f"unix://{self.socket}")
+        grpc.channel_ready_future(self.channel).result(timeout=30)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+    def restart(self, sig: int = signal.SIGKILL) -> None:
+        self.stop(sig)
+        self.start()
+
+    @property
+    def identity(self) -> csi_pb2_grpc.IdentityStub:
+        return csi_pb2_grpc.IdentityStub(self.channel)
+
+    @property
+    def controller(self) -> csi_pb2_grpc.ControllerStub:
+        return csi_pb2_grpc.ControllerStub(self.channel)
+
+    @property
+    def node(self) -> csi_pb2_grpc.NodeStub:
+        return csi_pb2_grpc.NodeStub(self.channel)
+
+    def log(self) -> str:
+        with open(self.log_file) as f:
+            return f.read()
+
+
+def cleanup_mounts(root: str) -> None:
+    """After a test: detach every mount under `root` and end the pfs daemons behind them."""
+    root = os.path.abspath(root)
+    pids = set()
+    for entry in reversed(mounter.mounts()):
+        if entry.mountpoint.startswith(root + "/"):
+            if entry.fstype == "fuse.pfs" and not mounter.is_stale(entry.mountpoint):
+                with contextlib.suppress(OSError):
+                    pids.add(control.daemon_pid(entry.mountpoint))
+            subprocess.run(["umount", "-l", entry.mountpoint], capture_output=True)
+    for pid in pids:
+        if not mounter.wait_for_exit(pid, 10):
+            os.kill(pid, signal.SIGKILL)
+            mounter.wait_for_exit(pid, 10)
