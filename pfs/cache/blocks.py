@@ -268,8 +268,7 @@ class BlockCache:
                 fetch.blocks.update(found)
             for run_first, run_count in _runs([i for i in indices if i not in fetch.blocks]):
                 reader = await open_reader()
-                fetched = await self._run_backend(self._fetch_run, reader, obj, run_first, run_count, ahead)
-                self.stats.add("cache_misses", run_count)
+                fetched = await self._fetch(reader, obj, run_first, run_count, ahead)
                 fetch.blocks.update(fetched)
                 for index, data in fetched.items():
                     if not ahead and self._store_on_disk(obj.key(index), data):
@@ -287,17 +286,26 @@ class BlockCache:
                     self.memory.put(key, fetch.blocks[index])
             fetch.done.set()
 
-    def _fetch_run(
+    async def _fetch(
         self, reader: Reader, obj: CachedObject, first: int, count: int, store: bool
     ) -> dict[int, bytes]:
+        blocks, took = await self._run_backend(self._fetch_run, reader, obj, first, count, store)
+        # Counted here, on the loop: counters are not safe to update from several threads.
+        self.stats.add("cache_misses", count)
+        self.stats.add("backend_reads", 1)
+        self.stats.add("backend_read_bytes", sum(map(len, blocks.values())))
+        self.stats.add("backend_read_us", took)
+        return blocks
+
+    def _fetch_run(
+        self, reader: Reader, obj: CachedObject, first: int, count: int, store: bool
+    ) -> tuple[dict[int, bytes], int]:
         """One ranged read for consecutive blocks, cut into blocks, written to the disk tier with `store`
-        (in a worker thread)."""
+        (in a worker thread); also returns the microseconds the backend took."""
         bs = self.config.block_size
         started = time.perf_counter()
         data = reader.read(first * bs, self._span(obj, first, count))
-        self.stats.add("backend_reads", 1)
-        self.stats.add("backend_read_bytes", len(data))
-        self.stats.add("backend_read_us", int((time.perf_counter() - started) * 1e6))
+        took = int((time.perf_counter() - started) * 1e6)
         if count == 1:
             blocks = {first: data}
         else:
@@ -306,7 +314,7 @@ class BlockCache:
         if store and self.disk is not None:
             for index, block in blocks.items():
                 self._put_quietly(obj.key(index), block)
-        return blocks
+        return blocks, took
 
     def _put_quietly(self, key: str, data: bytes) -> None:
         """A block that cannot be written to disk is only not cached: reads go on."""
@@ -314,7 +322,6 @@ class BlockCache:
         try:
             self.disk.put(key, data)
         except Exception as exc:
-            self.stats.add("cache_write_errors", 1)
             log.warning("could not write a block to the disk cache: %s", exc)
 
     def _span(self, obj: CachedObject, first: int, count: int) -> int:
@@ -357,11 +364,9 @@ class BlockCache:
                     reader = await open_reader()
                     await self._reserve(self._span(obj, run_first, run_count))
                     try:
-                        args = (reader, obj, run_first, run_count, True)
-                        fetched = await self._run_backend(self._fetch_run, *args)
+                        fetched = await self._fetch(reader, obj, run_first, run_count, store=True)
                     finally:
                         self._release(self._span(obj, run_first, run_count))
-                    self.stats.add("cache_misses", run_count)
                     if self.disk is None:
                         for index, data in fetched.items():
                             self.memory.put(obj.key(index), data)

@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import shutil
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ class DiskTier:
         self.directory = directory
         self.free_space_ratio = free_space_ratio
         self.corrupt_blocks = 0
+        self._count_lock = threading.Lock()
         self._cache = diskcache.Cache(
             directory,
             # Least-recently-*used* would make every read a SQLite write (147 us per get instead of 31 us
@@ -67,7 +69,8 @@ class DiskTier:
         if value is None:
             return None
         if not isinstance(value, bytes) or zlib.crc32(value) != crc:
-            self.corrupt_blocks += 1
+            with self._count_lock:  # called from several worker threads
+                self.corrupt_blocks += 1
             log.warning("dropped a corrupt cached block %s; it will be fetched again", key)
             self._cache.delete(key, retry=True)
             return None
