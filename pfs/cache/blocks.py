@@ -143,7 +143,7 @@ class BlockCache:
 
     async def read(
         self, obj: CachedObject, offset: int, size: int, open_reader: OpenReader, stream: Stream | None
-    ) -> bytes:
+    ) -> bytes | memoryview:
         end = min(obj.size, offset + size)
         if offset >= end:
             return b""
@@ -155,7 +155,8 @@ class BlockCache:
         for index in range(first, last + 1):
             data = await self._block(obj, index, open_reader)
             lo, hi = max(offset - index * bs, 0), min(end - index * bs, len(data))
-            parts.append(data if (lo, hi) == (0, len(data)) else data[lo:hi])
+            # A view, not a copy: pyfuse3 hands any buffer to the kernel as it is.
+            parts.append(memoryview(data)[lo:hi])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def prefetch_whole(self, obj: CachedObject, open_reader: OpenReader) -> None:
