@@ -25,6 +25,7 @@ from pfs.backends import BackendOptions, open_backend
 from pfs.errors import PfsError
 from pfs.fs.operations import Operations
 from pfs.options import MountOptions
+from pfs.snapshots.mount import pin_options, snapshot_view
 
 log = logging.getLogger("pfs.daemon")
 
@@ -38,6 +39,9 @@ def serve(
 ) -> None:
     """Mount `uri` at `mountpoint` and serve requests until unmounted (blocks)."""
     store = open_backend(uri, backend, verify=True)
+    if mount.snapshot:
+        pin_options(mount)
+        store = snapshot_view(store, mount.snapshot, uri)
     os.makedirs(mount.staging_dir, mode=0o700, exist_ok=True)
     operations = Operations(store, mount)
     pyfuse3.init(operations, mountpoint, _fuse_options(store.id, mount))

@@ -24,6 +24,7 @@ class MountOptions:
     staging_dir: str = f"{DEFAULT_STATE_DIR}/staging"
     log_file: str | None = None
     debug: bool = False
+    snapshot: str | None = None  # serve this snapshot of the URI, read-only (pfs/snapshots)
 
 
 # Options mount(8) passes along that mean nothing to a FUSE filesystem of this kind.
@@ -43,6 +44,7 @@ _MOUNT_VALUES = {
     "readahead_kb": int,
     "staging_dir": str,
     "log_file": str,
+    "snapshot": str,
 }
 _BACKEND_VALUES = {
     "endpoint": str,

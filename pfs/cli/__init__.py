@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from pfs.cli import mount, stats
+from pfs.cli import mount, snapshot, stats, sync
 from pfs.errors import UsageError
 
 
@@ -27,7 +27,7 @@ def cli() -> None:
     """
 
 
-for command in (mount.mount, mount.umount, stats.stats):
+for command in (mount.mount, mount.umount, stats.stats, snapshot.snapshot, sync.sync):
     cli.add_command(command)
 
 

@@ -6,7 +6,8 @@ import click
 
 from pfs import lifecycle
 from pfs.backends import BackendOptions
-from pfs.options import MountOptions, apply_o
+from pfs.cli.common import connection_options
+from pfs.options import MountOptions
 
 URI_HELP = """\b
 URI forms:
@@ -18,18 +19,17 @@ URI forms:
 """
 
 
+MOUNT_O_HELP = (
+    "Mount options: ro, allow_other, uid=N, gid=N, umask=022, metadata_ttl=S, timeout=S, "
+    "endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, anonymous, threads=N, "
+    "readahead_kb=N, staging_dir=DIR, log_file=FILE, snapshot=NAME, debug."
+)
+
+
 @click.command(epilog=URI_HELP)
 @click.argument("uri")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option(
-    "-o",
-    "options",
-    multiple=True,
-    metavar="OPT[,OPT...]",
-    help="Mount options: ro, allow_other, uid=N, gid=N, umask=022, metadata_ttl=S, timeout=S, "
-    "endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, anonymous, threads=N, "
-    "readahead_kb=N, staging_dir=DIR, log_file=FILE, debug.",
-)
+@connection_options(MOUNT_O_HELP)
 @click.option(
     "-f", "--foreground", is_flag=True, help="Serve in this process (logs to stderr) until unmounted."
 )
@@ -41,51 +41,30 @@ URI forms:
     help="Seconds attributes and listings are trusted before asking the backend again [1].",
 )
 @click.option(
-    "--timeout",
-    type=float,
-    metavar="S",
-    help="Give up on an unanswered backend request after S seconds (EIO) [30].",
-)
-@click.option("--endpoint", metavar="HOST:PORT", help="S3-compatible endpoint (http://... for plain HTTP).")
-@click.option("--region", help="Object-store region.")
-@click.option(
-    "--credentials",
-    type=click.Path(dir_okay=False),
-    metavar="FILE",
-    help="AWS-style credentials file (default: the usual AWS_* environment variables).",
+    "--snapshot",
+    metavar="NAME",
+    help="Mount snapshot NAME of URI (see 'pfs snapshot'): read-only, never lists the backend.",
 )
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Daemon log [/var/tmp/pfs/logs/...].")
 @click.option("--debug", is_flag=True, help="Log every request.")
 def mount(
     uri: str,
     mountpoint: str,
-    options: tuple[str, ...],
+    mount_options: MountOptions,
+    backend_options: BackendOptions,
     foreground: bool,
     read_only: bool,
     metadata_ttl: float | None,
-    timeout: float | None,
-    endpoint: str | None,
-    region: str | None,
-    credentials: str | None,
+    snapshot: str | None,
     log_file: str | None,
     debug: bool,
 ) -> None:
     """Mount URI at MOUNTPOINT (returns once the mount answers)."""
-    mount_options, backend_options = MountOptions(), BackendOptions()
-    for text in options:
-        apply_o(text, mount_options, backend_options)
     mount_options.read_only |= read_only
     mount_options.debug |= debug
-    for target, name, value in [
-        (mount_options, "metadata_ttl", metadata_ttl),
-        (mount_options, "log_file", log_file),
-        (backend_options, "timeout", timeout),
-        (backend_options, "endpoint", endpoint),
-        (backend_options, "region", region),
-        (backend_options, "credentials_file", credentials),
-    ]:
+    for name, value in [("metadata_ttl", metadata_ttl), ("log_file", log_file), ("snapshot", snapshot)]:
         if value is not None:
-            setattr(target, name, value)
+            setattr(mount_options, name, value)
     pid = lifecycle.start(uri, mountpoint, mount_options, backend_options, foreground)
     if pid:
         click.echo(f"pfs: mounted at {mountpoint} (daemon pid {pid}, log {mount_options.log_file})")

@@ -303,11 +303,14 @@ class ArrowBackend(Backend):
         self._check(path, creating=True, stored_as="/")
         if self._lookup(path) is not None:
             raise AlreadyExists(f"{path}: already exists")
-        self._require_dir(_parent(path))
+        # The reserved area's own root `.pfs` appears with the first directory made in it.
+        reserved_area = not self._hide_reserved
+        if not reserved_area:
+            self._require_dir(_parent(path))
         # Object stores: a 'path/' marker object; recursive also writes a missing marker for the mount's
         # own prefix. Hierarchical stores: exactly one mkdir, the parent was checked above.
         full = self._full(path)
-        recursive = self._store.object_store
+        recursive = self._store.object_store or reserved_area
         self._call(f"mkdir {path}", lambda: self._fs.create_dir(full, recursive=recursive))
 
     def remove_file(self, path: str) -> None:
