@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import ProgressColumn, Task
+from rich.progress import Progress, ProgressColumn, Task
 from rich.text import Text
 
 from pfs.backends import BackendOptions
@@ -94,8 +94,10 @@ def as_uri(text: str) -> str:
     return text if "://" in text else f"file://{os.path.abspath(text)}"
 
 
-def stderr_console() -> Console:
-    return Console(stderr=True)
+def progress_bar(*columns: str | ProgressColumn) -> Progress:
+    """A rich progress bar on stderr, drawn only on a terminal (nothing at all in logs and pipes)."""
+    console = Console(stderr=True)
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
 
 
 class RateColumn(ProgressColumn):

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from dataclasses import asdict
 
 import click
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pfs.backends import BackendOptions, open_backend, redact_uri
-from pfs.cli.common import RateColumn, as_uri, connection_options, one_line_errors, stderr_console
+from pfs.cli.common import RateColumn, as_uri, connection_options, one_line_errors, progress_bar
 from pfs.options import MountOptions
 
 
@@ -76,14 +76,9 @@ def create(
     from pfs.snapshots.store import check_name
 
     check_name(name)
-    console = stderr_console()
     columns = [SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,}")]
-    with (
-        _snapshots(uri, backend_options) as store,
-        Progress(
-            *columns, RateColumn("entries"), TimeElapsedColumn(), console=console, transient=True
-        ) as bar,
-    ):
+    columns += [RateColumn("entries"), TimeElapsedColumn()]
+    with _snapshots(uri, backend_options) as store, progress_bar(*columns) as bar:
         listing = bar.add_task("listing", total=None)
         checking = bar.add_task("checking versions", total=None, visible=False)
 

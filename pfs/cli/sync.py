@@ -7,17 +7,17 @@ import threading
 import time
 
 import click
+import rich.progress
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    Progress,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
 from pfs.backends import Backend, BackendOptions, open_backend, redact_uri
-from pfs.cli.common import as_uri, connection_options, one_line_errors, stderr_console
+from pfs.cli.common import as_uri, connection_options, one_line_errors, progress_bar
 from pfs.errors import UsageError
 from pfs.listing import Excludes
 from pfs.options import MountOptions
@@ -28,7 +28,7 @@ from pfs.sync import Progress as SyncProgress
 class _Bar(SyncProgress):
     """Feeds a rich progress bar (files, bytes, rate, ETA) and prints failures above it."""
 
-    def __init__(self, bar: Progress) -> None:
+    def __init__(self, bar: rich.progress.Progress) -> None:
         self._bar = bar
         self._task = bar.add_task("listing", total=None, files=0, total_files=0)
         self._files = 0
@@ -87,7 +87,7 @@ def _summary(outcome: Outcome, seconds: float) -> str:
     rate = outcome.bytes / seconds if seconds > 0 else 0.0
     text = (
         f"pfs: sync: copied {outcome.copied:,} ({_size(outcome.bytes)}), {outcome.unchanged:,} unchanged, "
-        f"{outcome.deleted:,} deleted, {len(outcome.failures):,} failed in {seconds:.1f} s ({_size(rate)}/s)"
+        f"{outcome.deleted:,} deleted, {len(outcome.failures):,} failed in {seconds:.2f} s ({_size(rate)}/s)"
     )
     if outcome.deletions_skipped:
         text += "; deletions skipped because of the failures"
@@ -144,7 +144,7 @@ def sync(
         TimeRemainingColumn(),
     ]
     try:
-        with one_line_errors(), Progress(*columns, console=stderr_console(), transient=True) as bar:
+        with one_line_errors(), progress_bar(*columns) as bar:
             feed = _Bar(bar)
             work = plan(source, dest, options, feed)
             if dry_run or dest is None:
