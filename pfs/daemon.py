@@ -25,7 +25,6 @@ from pfs.backends import BackendOptions, open_backend
 from pfs.errors import PfsError
 from pfs.fs.operations import Operations
 from pfs.options import MountOptions
-from pfs.snapshots.mount import pin_options, snapshot_view
 
 log = logging.getLogger("pfs.daemon")
 
@@ -40,6 +39,8 @@ def serve(
     """Mount `uri` at `mountpoint` and serve requests until unmounted (blocks)."""
     store = open_backend(uri, backend, verify=True)
     if mount.snapshot:
+        from pfs.snapshots.mount import pin_options, snapshot_view  # pyarrow: not for every CLI start
+
         pin_options(mount)
         store = snapshot_view(store, mount.snapshot, uri)
     os.makedirs(mount.staging_dir, mode=0o700, exist_ok=True)

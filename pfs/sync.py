@@ -4,13 +4,15 @@ Works between any two backends (upload, download, bucket to bucket, local to loc
 list_dir/walk, open_reader and the atomic write_file/write_symlink of pfs/backends/base.py:
 
 - plan: both trees are listed at once (pfs/listing.py). A source file is *unchanged*, and skipped, when
-  the destination has a file of the same size that is not older than the source (or, with `checksum`,
-  whose bytes hash the same). Copies to a store always get a newer mtime than their source, so a second
-  run skips everything it copied.
-- execute: missing directories are made parents first, then files and symlinks are copied by `threads`
-  workers (pyarrow releases the GIL during I/O, so one process keeps many requests in flight). A failure
-  is recorded for its path and the others go on. With `delete`, destination entries the source lacks are
-  removed afterwards, deepest first, and only if nothing failed (as `rclone sync` does).
+  the destination has a file of the same size that is not older than the source (at the coarser of the
+  two mtime resolutions) or, with `checksum`, whose bytes hash the same. Copies to a store always get a
+  newer mtime than their source, so a second run skips everything it copied.
+- execute: files and symlinks are copied by `threads` workers (pyarrow releases the GIL during I/O, so
+  one process keeps many requests in flight). Directories are made only where a write finds its parent
+  missing (object stores need none: a marker per directory would cost a request, and some S3 servers
+  refuse them) and for source directories that are empty. A failure is recorded for its path and the
+  others go on. With `delete`, destination entries the source lacks are removed afterwards, deepest
+  first, and only if nothing failed (as `rclone sync` does).
 - resuming: write_file publishes a file whole or not at all (a multipart upload is only completed at the
   end; file:// writes go to a temporary name and are renamed), so a sync killed midway leaves complete
   files or none, and the next run skips the complete ones.
@@ -20,6 +22,7 @@ Progress and errors are reported through callbacks: this module prints nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable
@@ -32,6 +35,7 @@ from pfs.listing import NO_EXCLUDES, Excludes, list_tree
 
 CHUNK = 8 << 20  # bytes hashed per read with `checksum`
 DEFAULT_THREADS = 32
+SECOND = 1_000_000_000
 
 
 @dataclass
@@ -45,7 +49,7 @@ class SyncOptions:
 
 @dataclass
 class Plan:
-    dirs: list[str] = field(default_factory=list)  # to make on the destination, parents first
+    dirs: list[str] = field(default_factory=list)  # empty source directories the destination lacks
     copies: list[tuple[str, Entry]] = field(default_factory=list)  # files and symlinks of the source
     compare: list[tuple[str, Entry]] = field(default_factory=list)  # same size: hash both (`checksum`)
     deletions: list[tuple[str, Entry]] = field(default_factory=list)  # deepest first
@@ -85,7 +89,14 @@ def _unchanged(source: Entry, dest: Entry | None, checksum: bool) -> bool | None
         return False
     if checksum and source.kind is Kind.FILE:
         return None
-    return dest.mtime_ns >= source.mtime_ns
+    return _not_older(dest.mtime_ns, source.mtime_ns)
+
+
+def _not_older(dest_ns: int, source_ns: int) -> bool:
+    # Some S3 servers list whole seconds: then compare at that resolution, or a file uploaded in the
+    # second it was written would look older than its source and be copied again on every run.
+    coarse = dest_ns % SECOND == 0
+    return dest_ns >= (source_ns // SECOND * SECOND if coarse else source_ns)
 
 
 SILENT = Progress()
@@ -100,11 +111,13 @@ def plan(src: Backend, dst: Backend | None, options: SyncOptions, progress: Prog
         source = dict(source_future.result())
         dest = dict(dest_future.result()) if dest_future is not None else {}
     result = Plan()
+    has_children = {path.rpartition("/")[0] for path in source}
     for path in sorted(source):
         entry, there = source[path], dest.get(path)
         if entry.kind is Kind.DIR:
             if there is None:
-                result.dirs.append(path)
+                if path not in has_children:
+                    result.dirs.append(path)
             elif there.kind is not Kind.DIR:
                 result.conflicts.append((path, "the destination has a file where the source has a directory"))
             continue
@@ -177,9 +190,25 @@ class _Copier:
             self.outcome.failures.append((path, message))
         self.progress.failed(path, message)
 
+    def _make_parents(self, path: str) -> None:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            with contextlib.suppress(AlreadyExists):
+                self.dst.make_dir("/".join(parts[:depth]))
+
+    def _with_parents(self, path: str, write: Callable[[], object]) -> None:
+        """Run `write`; if the destination lacks the parent directory, make it and run `write` again."""
+        try:
+            write()
+        except NotFound:
+            if "/" not in path:
+                raise
+            self._make_parents(path)
+            write()
+
     def make_dir(self, path: str) -> None:
         try:
-            self.dst.make_dir(path)
+            self._with_parents(path, lambda: self.dst.make_dir(path))
         except AlreadyExists:
             pass
         except PfsError as exc:
@@ -220,14 +249,20 @@ class _Copier:
     def _copy_file(self, path: str, size: int) -> None:
         reader = self.src.open_reader(path, size)
         try:
-            self.dst.write_file(path, _ReaderStream(reader, size, self.progress.transferred), size)
+            stream = _ReaderStream(reader, size, self.progress.transferred)
+
+            def write() -> None:
+                stream.seek(0)  # a second attempt (after making the parents) starts over
+                self.dst.write_file(path, stream, size)
+
+            self._with_parents(path, write)
         finally:
             reader.close()
 
     def _copy_symlink(self, path: str) -> None:
         target = self.src.read_symlink(path)
         try:
-            self.dst.write_symlink(path, target)
+            self._with_parents(path, lambda: self.dst.write_symlink(path, target))
         except AlreadyExists:
             self.dst.remove_file(path)
             self.dst.write_symlink(path, target)
@@ -255,13 +290,9 @@ def execute(
         progress.failed(path, why)
     copier = _Copier(src, dst, progress, outcome)
     with ThreadPoolExecutor(max_workers=max(1, options.threads), thread_name_prefix="pfs-sync") as pool:
-        by_depth: dict[int, list[str]] = {}
-        for path in work.dirs:
-            by_depth.setdefault(path.count("/"), []).append(path)
-        for depth in sorted(by_depth):
-            list(pool.map(copier.make_dir, by_depth[depth]))
         list(pool.map(copier.copy, work.copies))
         list(pool.map(copier.compare_then_copy, work.compare))
+        list(pool.map(copier.make_dir, work.dirs))
         if work.deletions and outcome.failures:
             outcome.deletions_skipped = True
         elif work.deletions:

@@ -47,7 +47,9 @@ class _Bar(SyncProgress):
         self._bar.update(self._task, files=files)
 
     def failed(self, path: str, message: str) -> None:
-        self._bar.console.print(f"pfs: sync: {path}: {message}", markup=False, highlight=False)
+        self._bar.console.print(
+            f"pfs: sync: {path}: {message}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 def _size(n: float) -> str:

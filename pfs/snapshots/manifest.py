@@ -17,7 +17,7 @@ rows. What the snapshot is (name, creation time, source, totals) is JSON in the 
 `pfs.snapshot`, so `show` needs no scan.
 
 `Manifest` keeps the columns as Arrow/NumPy arrays, never one Python object per entry: a path is found
-through a hash table of NumPy arrays (FNV-1a of the path's UTF-8 bytes, computed for all rows at once,
+through a hash table of NumPy arrays (a 64-bit hash of the UTF-8 path, computed for all rows at once,
 rows grouped by bucket; O(1) expected), and a directory's children are one row range kept in a dict of
 directories. Built for 1,000,000 entries in under 2 s and 300 MiB (see benchmarks/snapshot_bench.py).
 This module does no I/O of its own: callers hand it bytes and take bytes back.
@@ -135,6 +135,8 @@ class Manifest:
         self._target = table.column("target").combine_chunks()
         self._index = _PathIndex(self._paths)
         self._children = _child_ranges(self._paths)
+        # Building the index allocated temporaries of the size of the path column; give them back.
+        pa.default_memory_pool().release_unused()
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
@@ -198,34 +200,52 @@ class Manifest:
 
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
+_MIX1, _MIX2 = 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53  # MurmurHash3's 64-bit finaliser
 _MASK64 = (1 << 64) - 1
 
 
-def _fnv1a(data: bytes) -> int:
-    h = _FNV_OFFSET
-    for byte in data:
-        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
-    return h
+def _path_hash(data: bytes) -> int:
+    """FNV-1a over little-endian 8-byte words (the last one zero-padded), seeded with the length, then
+    MurmurHash3's finaliser so that the low bits (the bucket) depend on every byte."""
+    h = _FNV_OFFSET ^ len(data)
+    for i in range(0, len(data), 8):
+        h = ((h ^ int.from_bytes(data[i : i + 8], "little")) * _FNV_PRIME) & _MASK64
+    h ^= h >> 33
+    h = (h * _MIX1) & _MASK64
+    h ^= h >> 33
+    h = (h * _MIX2) & _MASK64
+    return h ^ (h >> 33)
 
 
-def _fnv1a_all(paths: pa.StringArray) -> np.ndarray:
-    """`_fnv1a` of every string at once: one vectorised pass per byte position, longest strings first,
-    so the work is the total number of bytes, not rows times the longest path."""
+def _path_hashes(paths: pa.StringArray) -> np.ndarray:
+    """`_path_hash` of every string at once: one vectorised pass per 8-byte word, longest strings first,
+    so the work is the total number of words, not rows times the longest path."""
     n = len(paths)
-    offsets = np.frombuffer(paths.buffers()[1], np.int32, n + 1, paths.offset * 4)
-    data = np.frombuffer(paths.buffers()[2] or b"", np.uint8)
-    lengths = np.diff(offsets)
+    offsets = np.frombuffer(paths.buffers()[1], np.int32, n + 1, paths.offset * 4).astype(np.int64)
+    raw = np.frombuffer(paths.buffers()[2] or b"", np.uint8)
+    padded = np.zeros(len(raw) + 8, np.uint8)  # so that a word may start at any byte, even the last
+    padded[: len(raw)] = raw
+    at = np.ndarray((len(raw) + 1,), "<u8", padded, 0, (1,))  # at[p] = the 8 bytes starting at byte p
+    lengths = offsets[1:] - offsets[:-1]
     order = np.argsort(-lengths, kind="stable")
     starts, sorted_lengths = offsets[:-1][order], lengths[order]
-    # active[k] = how many strings are longer than k (a prefix of `order`, lengths descending)
     longest = int(sorted_lengths[0]) if n else 0
-    active = np.searchsorted(-sorted_lengths, -np.arange(longest), side="left")
-    h = np.full(n, _FNV_OFFSET, np.uint64)
+    # active[k] = how many strings are longer than 8k bytes: a prefix of `order` (lengths descending)
+    active = np.searchsorted(-sorted_lengths, -np.arange(0, longest, 8), side="left")
+    h = np.uint64(_FNV_OFFSET) ^ sorted_lengths.astype(np.uint64)
     prime = np.uint64(_FNV_PRIME)
-    for k in range(longest):
-        m = int(active[k])
-        h[:m] ^= data[starts[:m] + k]
-        h[:m] *= prime  # wraps modulo 2**64, as _fnv1a does
+    for k, m in enumerate(active.tolist()):
+        left = sorted_lengths[:m] - 8 * k
+        word = at[starts[:m] + 8 * k]
+        short = left < 8
+        if short.any():  # keep only the bytes of this string: the rest belongs to the next one
+            word[short] &= (np.uint64(1) << (left[short] * 8).astype(np.uint64)) - np.uint64(1)
+        h[:m] ^= word
+        h[:m] *= prime  # wraps modulo 2**64, as _path_hash does
+    for mix in (_MIX1, _MIX2):
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(mix)
+    h ^= h >> np.uint64(33)
     hashes = np.empty(n, np.uint64)
     hashes[order] = h
     return hashes
@@ -236,7 +256,7 @@ class _PathIndex:
 
     def __init__(self, paths: pa.StringArray) -> None:
         self._paths = paths
-        hashes = _fnv1a_all(paths)
+        hashes = _path_hashes(paths)
         self._mask = (1 << max(1, (2 * len(paths)).bit_length())) - 1
         buckets = (hashes & np.uint64(self._mask)).astype(np.int64)
         self._rows = np.argsort(buckets, kind="stable").astype(np.int32)
@@ -246,7 +266,7 @@ class _PathIndex:
         np.cumsum(counts, out=self._starts[1:])
 
     def find(self, path: str) -> int | None:
-        h = _fnv1a(path.encode("utf-8", "surrogateescape"))
+        h = _path_hash(path.encode("utf-8", "surrogateescape"))
         bucket = h & self._mask
         for i in range(self._starts[bucket], self._starts[bucket + 1]):
             if int(self._hashes[i]) == h:

@@ -161,9 +161,12 @@ class SnapshotStore:
             todo = [item for item in listed if needs_request(item[1])]
             rows += [r for r in pool.map(asked, todo) if r is not None]
         data = encode(rows, info)
-        with contextlib.suppress(AlreadyExists):
-            self.area.make_dir(DIRECTORY)
         if self.exists(name):
             raise UsageError(f"snapshot '{name}' already exists in {self.where} (created meanwhile)")
-        self.area.write_file(key, io.BytesIO(data), len(data))
+        try:
+            self.area.write_file(key, io.BytesIO(data), len(data))
+        except NotFound:  # a hierarchical store without the directory yet (object stores need none)
+            with contextlib.suppress(AlreadyExists):
+                self.area.make_dir(DIRECTORY)
+            self.area.write_file(key, io.BytesIO(data), len(data))
         return info
