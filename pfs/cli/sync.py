@@ -104,8 +104,7 @@ def _summary(outcome: Outcome, seconds: float) -> str:
     "--threads",
     type=click.IntRange(1, 512),
     default=DEFAULT_THREADS,
-    show_default=True,
-    help="Files copied at once.",
+    help="Files copied at once [8 per core, at most 64].",
 )
 @click.option("--delete", is_flag=True, help="Remove what DST has and SRC does not (not if a copy failed).")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be done; change nothing.")

@@ -285,6 +285,11 @@ class ArrowBackend(Backend):
             self._call(f"write {path}", lambda: self._fs.delete_file(full + LINK_SUFFIX))
         return self._stat_key(path, full, Kind.FILE)
 
+    def put_file(self, path: str, source: BinaryIO, size: int) -> None:
+        self._check(path, creating=True)
+        self._check_new_leaf(path)
+        self._publish(path, self._full(path), source, size)
+
     def write_symlink(self, path: str, target: str) -> Entry:
         self._check(path, creating=True, stored_as=LINK_SUFFIX)
         self._check_new_leaf(path)
