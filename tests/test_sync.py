@@ -184,3 +184,11 @@ def test_files_gone_since_the_listing_are_reported_and_others_copied(tmp_path, s
 
 def test_bad_source_is_a_one_line_error(tmp_path):
     assert_one_line_error(sync(tmp_path / "missing", tmp_path / "dst"), "missing")
+
+
+def test_a_file_replaces_a_symlink_and_links_are_copied(tmp_path):
+    make_tree(tmp_path / "src", {"x": b"a file now", "dir/link.rclonelink": b"../x"})  # pfs's symlink form
+    make_tree(tmp_path / "dst", {"x.rclonelink": b"somewhere"})  # the destination has a symlink named x
+    result = sync(tmp_path / "src", tmp_path / "dst")
+    assert result.returncode == 0, result.stderr
+    assert read_tree(tmp_path / "dst") == {"x": b"a file now", "dir/link.rclonelink": b"../x"}

@@ -25,6 +25,8 @@ This module does no I/O of its own: callers hand it bytes and take bytes back.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import stat
 from collections.abc import Iterable, Iterator
@@ -109,7 +111,8 @@ def encode(rows: Iterable[Row], info: SnapshotInfo) -> bytes:
     arrays = [pa.array(c, t) for c, t in zip(columns, SCHEMA.types, strict=True)]
     table = pa.Table.from_arrays(arrays, schema=schema)
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
+    # One row group: read back, every column is one chunk, so the index needs no copy of it.
+    pq.write_table(table, sink, compression="zstd", row_group_size=max(1, len(ordered)))
     return sink.getvalue().to_pybytes()
 
 
@@ -122,26 +125,31 @@ def read_info(data: bytes) -> SnapshotInfo:
 class Manifest:
     """The index of one snapshot: O(1) lookup by path, a directory's children as one row range."""
 
-    def __init__(self, table: pa.Table, info: SnapshotInfo) -> None:
+    def __init__(self, columns: dict[str, pa.Array], info: SnapshotInfo) -> None:
         self.info = info
-        self._paths = table.column("path").combine_chunks()
-        kinds = table.column("kind")
-        self._kind = pc.equal(kinds, Kind.DIR.value).to_numpy(zero_copy_only=False).astype(
-            np.int8
-        ) + 2 * pc.equal(kinds, Kind.SYMLINK.value).to_numpy(zero_copy_only=False).astype(np.int8)
-        self._size = table.column("size").to_numpy()
-        self._mtime = table.column("mtime_ns").to_numpy()
-        self._version = table.column("version").combine_chunks()
-        self._target = table.column("target").combine_chunks()
+        self._paths = columns["path"]
+        kinds = columns["kind"]
+        is_dir = pc.equal(kinds, Kind.DIR.value).to_numpy(zero_copy_only=False)
+        is_link = pc.equal(kinds, Kind.SYMLINK.value).to_numpy(zero_copy_only=False)
+        self._kind = is_dir.astype(np.int8) + 2 * is_link.astype(np.int8)
+        self._size = columns["size"].to_numpy()
+        self._mtime = columns["mtime_ns"].to_numpy()
+        self._version = columns["version"]
+        self._target = columns["target"]
         self._index = _PathIndex(self._paths)
         self._children = _child_ranges(self._paths)
-        # Building the index allocated temporaries of the size of the path column; give them back.
-        pa.default_memory_pool().release_unused()
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
-        table = pq.read_table(pa.BufferReader(data))
-        return cls(table, SnapshotInfo(**json.loads(table.schema.metadata[METADATA_KEY])))
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        info = SnapshotInfo(**json.loads(parquet.schema_arrow.metadata[METADATA_KEY]))
+        columns = {}
+        for name in SCHEMA.names:  # one column at a time: never the decoded table and a copy at once
+            columns[name] = parquet.read(columns=[name]).column(0).combine_chunks()
+            pa.default_memory_pool().release_unused()
+        manifest = cls(columns, info)
+        _give_back_memory()
+        return manifest
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -217,18 +225,39 @@ def _path_hash(data: bytes) -> int:
     return h ^ (h >> 33)
 
 
+def _give_back_memory() -> None:
+    """Return the temporaries of building an index to the system: Arrow's pool and glibc both keep freed
+    memory for reuse, which would otherwise count against the mount for its whole life."""
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# Rows hashed at once: bounds the temporaries (a few arrays of this many rows, and their bytes).
+HASH_BATCH = 1 << 16
+
+
 def _path_hashes(paths: pa.StringArray) -> np.ndarray:
-    """`_path_hash` of every string at once: one vectorised pass per 8-byte word, longest strings first,
-    so the work is the total number of words, not rows times the longest path."""
+    """`_path_hash` of every string, computed a batch of rows at a time."""
+    hashes = np.empty(len(paths), np.uint64)
+    for start in range(0, len(paths), HASH_BATCH):
+        batch = paths.slice(start, HASH_BATCH)
+        hashes[start : start + len(batch)] = _batch_hashes(batch)
+    return hashes
+
+
+def _batch_hashes(paths: pa.StringArray) -> np.ndarray:
+    """One vectorised pass per 8-byte word, longest strings first, so the work is the number of words,
+    not rows times the longest path."""
     n = len(paths)
-    offsets = np.frombuffer(paths.buffers()[1], np.int32, n + 1, paths.offset * 4).astype(np.int64)
-    raw = np.frombuffer(paths.buffers()[2] or b"", np.uint8)
-    padded = np.zeros(len(raw) + 8, np.uint8)  # so that a word may start at any byte, even the last
-    padded[: len(raw)] = raw
-    at = np.ndarray((len(raw) + 1,), "<u8", padded, 0, (1,))  # at[p] = the 8 bytes starting at byte p
-    lengths = offsets[1:] - offsets[:-1]
+    offsets = np.frombuffer(paths.buffers()[1], np.int32, n + 1, paths.offset * 4)
+    first, end = int(offsets[0]), int(offsets[-1])
+    padded = np.zeros(end - first + 8, np.uint8)  # so that a word may start at any byte, even the last
+    padded[: end - first] = np.frombuffer(paths.buffers()[2] or b"", np.uint8, end - first, first)
+    at = np.ndarray((end - first + 1,), "<u8", padded, 0, (1,))  # at[p] = the 8 bytes starting at byte p
+    lengths = np.diff(offsets)
     order = np.argsort(-lengths, kind="stable")
-    starts, sorted_lengths = offsets[:-1][order], lengths[order]
+    starts, sorted_lengths = offsets[:-1][order] - first, lengths[order]
     longest = int(sorted_lengths[0]) if n else 0
     # active[k] = how many strings are longer than 8k bytes: a prefix of `order` (lengths descending)
     active = np.searchsorted(-sorted_lengths, -np.arange(0, longest, 8), side="left")
@@ -277,15 +306,21 @@ class _PathIndex:
 
 
 def _child_ranges(paths: pa.StringArray) -> dict[str, tuple[int, int]]:
-    """Directory -> (first row, end row) of its children; rows are sorted by (parent, name)."""
-    parents = pc.replace_substring_regex(paths, r"(^|/)[^/]*$", "")
-    if len(parents) == 0:
-        return {}
-    changed = pc.not_equal(parents[1:], parents[:-1]).to_numpy(zero_copy_only=False)
-    starts = np.concatenate(([0], np.flatnonzero(changed) + 1))
-    ends = np.append(starts[1:], len(parents))
-    names = parents.take(pa.array(starts)).to_pylist()
-    return {name: (int(s), int(e)) for name, s, e in zip(names, starts, ends, strict=True)}
+    """Directory -> (first row, end row) of its children; rows are sorted by (parent, name), so a new
+    directory starts wherever the parent differs from the previous row's (found a batch at a time)."""
+    starts: list[int] = []
+    names: list[str] = []
+    previous: str | None = None
+    for begin in range(0, len(paths), HASH_BATCH):
+        parents = pc.replace_substring_regex(paths.slice(begin, HASH_BATCH), r"(^|/)[^/]*$", "")
+        changed = np.flatnonzero(pc.not_equal(parents[1:], parents[:-1]).to_numpy(zero_copy_only=False)) + 1
+        if parents[0].as_py() != previous:
+            changed = np.concatenate(([0], changed))
+        starts += (changed + begin).tolist()
+        names += parents.take(pa.array(changed, pa.int64())).to_pylist()
+        previous = parents[-1].as_py()
+    ends = [*starts[1:], len(paths)]
+    return {name: (s, e) for name, s, e in zip(names, starts, ends, strict=True)}
 
 
 @dataclass
