@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from pfs import lifecycle
 from pfs.backends import BackendOptions
 from pfs.cli.common import connection_options
 from pfs.options import MountOptions
@@ -65,6 +64,8 @@ def mount(
     for name, value in [("metadata_ttl", metadata_ttl), ("log_file", log_file), ("snapshot", snapshot)]:
         if value is not None:
             setattr(mount_options, name, value)
+    from pfs import lifecycle  # pyfuse3 and trio: loaded only by the commands that mount
+
     pid = lifecycle.start(uri, mountpoint, mount_options, backend_options, foreground)
     if pid:
         click.echo(f"pfs: mounted at {mountpoint} (daemon pid {pid}, log {mount_options.log_file})")
@@ -75,4 +76,6 @@ def mount(
 @click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are open; finish when they close.")
 def umount(mountpoint: str, lazy: bool) -> None:
     """Upload pending writes, unmount MOUNTPOINT and wait for its daemon to exit."""
+    from pfs import lifecycle
+
     lifecycle.stop(mountpoint, lazy=lazy)
