@@ -14,6 +14,7 @@ from pfs.backends import open_backend
 from pfs.errors import BackendError, ReadOnly, Stale
 from pfs.snapshots.backend import SnapshotBackend
 from pfs.snapshots.manifest import Manifest, Row, SnapshotInfo, encode, mtime_token
+from pfs.testserver import start_s3_server
 from tests.conftest import BackendCase, unique
 from tests.mounting import Mount, run_pfs
 from tests.test_cli import assert_one_line_error
@@ -167,3 +168,30 @@ def test_without_etags_size_and_mtime_are_verified(case):
                 view.open_reader("gone.txt", len(OLD_TREE["gone.txt"]))
     finally:
         live.close()
+
+
+def test_snapshot_namespace_needs_no_backend_requests(tmp_path):
+    """With the server frozen (any request would hang until the timeout), a snapshot mount still lists
+    and stats its whole tree at once: lookup, getattr and readdir never reach the backend."""
+    with start_s3_server("rclone", str(tmp_path / "s3")) as server:
+        server.create_bucket("frozen")
+        fs = server.raw_client()
+        for i in range(30):
+            with fs.open_output_stream(f"frozen/d{i % 3}/f{i}") as f:
+                f.write(b"x" * i)
+        uri = server.uri("frozen")
+        assert run_pfs("snapshot", "create", uri, "s", env=server.env()).returncode == 0
+        args = ("--snapshot", "s", "--timeout", "20")
+        with Mount(uri, str(tmp_path / "m"), server.env(), args) as mount:
+            server.pause()
+            try:
+                started = time.monotonic()
+                sizes = {}
+                for parent, _, names in os.walk(mount.path):
+                    for name in names:
+                        path = os.path.join(parent, name)
+                        sizes[os.path.relpath(path, mount.path)] = os.lstat(path).st_size
+                assert time.monotonic() - started < 5
+            finally:
+                server.resume()
+        assert sizes == {f"d{i % 3}/f{i}": i for i in range(30)}
