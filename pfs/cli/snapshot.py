@@ -10,7 +10,7 @@ from dataclasses import asdict
 import click
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from pfs.backends import BackendOptions, open_backend, redact_uri
+from pfs.backends import BackendOptions, finish, open_backend, redact_uri
 from pfs.cli.common import RateColumn, as_uri, connection_options, one_line_errors, progress_bar
 from pfs.options import MountOptions
 
@@ -27,6 +27,7 @@ def _snapshots(uri: str, backend_options: BackendOptions) -> Iterator:
             yield SnapshotStore(backend, redact_uri(uri))
         finally:
             backend.close()
+            finish()
 
 
 def _size(n: int) -> str:

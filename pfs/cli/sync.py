@@ -16,7 +16,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from pfs.backends import Backend, BackendOptions, open_backend, redact_uri
+from pfs.backends import Backend, BackendOptions, finish, open_backend, redact_uri
 from pfs.cli.common import as_uri, connection_options, one_line_errors, progress_bar
 from pfs.errors import UsageError
 from pfs.listing import Excludes
@@ -158,6 +158,7 @@ def sync(
         source.close()
         if dest is not None:
             dest.close()
+        finish()
     click.echo(_summary(outcome, time.monotonic() - started), err=bool(outcome.failures))
     if outcome.failures:
         failed = len(outcome.failures)
