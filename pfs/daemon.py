@@ -38,6 +38,11 @@ def serve(
 ) -> None:
     """Mount `uri` at `mountpoint` and serve requests until unmounted (blocks)."""
     store = open_backend(uri, backend, verify=True)
+    if mount.snapshot:
+        from pfs.snapshots.mount import pin_options, snapshot_view  # pyarrow: not for every CLI start
+
+        pin_options(mount)
+        store = snapshot_view(store, mount.snapshot, uri)
     os.makedirs(mount.staging_dir, mode=0o700, exist_ok=True)
     operations = Operations(store, mount)
     pyfuse3.init(operations, mountpoint, _fuse_options(store.id, mount))

@@ -40,7 +40,14 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
     """Mount and return the daemon's pid (in the foreground: serve, and return 0 once unmounted)."""
     options.check(mount)
     mountpoint = mounter.check_mountpoint(mountpoint)
-    open_backend(uri, backend, verify=True).close()
+    live = open_backend(uri, backend, verify=True)
+    try:
+        if mount.snapshot:
+            from pfs.snapshots.mount import check_exists  # loads pyarrow: only when needed
+
+            check_exists(live, mount.snapshot, uri)
+    finally:
+        live.close()
     if foreground:
         daemon.setup_logging(mount.log_file, mount.debug)
         daemon.serve(uri, mountpoint, mount, backend)

@@ -46,6 +46,7 @@ class MountOptions:
     metrics_port: int = 0  # serve Prometheus metrics on 127.0.0.1:PORT (0: off)
     log_file: str | None = None
     debug: bool = False
+    snapshot: str | None = None  # serve this snapshot of the URI, read-only (pfs/snapshots)
 
 
 # Options mount(8) passes along that mean nothing to a FUSE filesystem of this kind.
@@ -72,6 +73,7 @@ _MOUNT_VALUES = {
     "block_size": parse_size,
     "prefetch": parse_size,
     "metrics_port": int,
+    "snapshot": str,
 }
 _BACKEND_VALUES = {
     "endpoint": str,

@@ -7,6 +7,8 @@ Nothing here ever logs or formats a secret; use `redact_uri` to show a URI.
 
 from __future__ import annotations
 
+import sys
+
 from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo
 from pfs.backends.location import parse_location
 from pfs.backends.options import BackendOptions, redact_uri
@@ -25,4 +27,23 @@ def open_backend(uri: str, options: BackendOptions, verify: bool = True) -> Back
     return open_arrow_backend(location, options, check=verify)
 
 
-__all__ = ["Backend", "BackendOptions", "Entry", "Kind", "Reader", "SpaceInfo", "open_backend", "redact_uri"]
+def finish() -> None:
+    """Release what backends hold process-wide; call once, after the last backend was closed, in a
+    command that is about to exit (never in a process that goes on using backends)."""
+    if "pyarrow.fs" in sys.modules:  # nothing to release if no backend was ever opened
+        from pfs.backends.arrow import finish as finish_arrow
+
+        finish_arrow()
+
+
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "Entry",
+    "Kind",
+    "Reader",
+    "SpaceInfo",
+    "finish",
+    "open_backend",
+    "redact_uri",
+]

@@ -90,6 +90,12 @@ class Backend(ABC):
         the old object or the whole new one, never a partial one. Large files are streamed (multipart on
         object stores), never held in memory. Returns the new entry."""
 
+    def put_file(self, path: str, source: BinaryIO, size: int) -> None:
+        """Publish like `write_file`, for a caller that knows from a fresh listing that `path` is free or a
+        plain file (pfs sync): stores may skip looking at the name first and stat-ing the result, which
+        on object stores leaves one request per small file instead of several."""
+        self.write_file(path, source, size)
+
     @abstractmethod
     def read_symlink(self, path: str) -> str: ...
 

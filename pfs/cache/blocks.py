@@ -48,16 +48,17 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class CachedObject:
-    """One version of one object, as the cache addresses it."""
+    """One version of one object, as the cache addresses it (built by `BlockCache.object`)."""
 
     backend_id: str
     path: str
     version: str
     size: int
+    block_size: int  # part of the key: mounts with other block sizes may share the disk tier
     digest: str = field(init=False)
 
     def __post_init__(self) -> None:
-        ident = f"{self.backend_id}\0{self.path}\0{self.version}".encode()
+        ident = f"{self.backend_id}\0{self.path}\0{self.version}\0{self.block_size}".encode()
         object.__setattr__(self, "digest", hashlib.blake2b(ident, digest_size=16).hexdigest())
 
     def key(self, index: int) -> str:
@@ -104,6 +105,9 @@ class BlockCache:
         """Background work (prefetch, disk writes) runs in `nursery`; without one it is done inline."""
         self._nursery = nursery
 
+    def object(self, backend_id: str, path: str, version: str, size: int) -> CachedObject:
+        return CachedObject(backend_id, path, version, size, self.config.block_size)
+
     # ---- versions ----------------------------------------------------------------------------------------
 
     async def trusted_etag(self, backend_id: str, path: str, size: int, mtime_ns: int) -> str | None:
@@ -118,7 +122,7 @@ class BlockCache:
             seen, block = await self._run_disk(self._recall, key, backend_id, path, size, mtime_ns, small)
             if block is not None and seen is not None:
                 self.stats.add("cache_hits_disk", 1)
-                self.memory.put(CachedObject(backend_id, path, seen.etag, size).key(0), block)
+                self.memory.put(self.object(backend_id, path, seen.etag, size).key(0), block)
         return seen.etag if seen is not None and _trusted(seen, size, mtime_ns) else None
 
     def _recall(
@@ -128,7 +132,7 @@ class BlockCache:
         seen = self.disk.seen(key)
         if seen is None or not small or not _trusted(seen, size, mtime_ns):
             return seen, None
-        return seen, self.disk.get(CachedObject(backend_id, path, seen.etag, size).key(0))
+        return seen, self.disk.get(self.object(backend_id, path, seen.etag, size).key(0))
 
     async def saw_etag(self, backend_id: str, path: str, size: int, mtime_ns: int, etag: str) -> None:
         key = _object_key(backend_id, path)

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from pfs.cli import cache, mount, stats, warmup
+from pfs.cli import cache, mount, snapshot, stats, sync, warmup
 from pfs.errors import UsageError
 
 
@@ -27,7 +27,16 @@ def cli() -> None:
     """
 
 
-for command in (mount.mount, mount.umount, stats.stats, warmup.warmup, cache.cache):
+COMMANDS = (
+    mount.mount,
+    mount.umount,
+    stats.stats,
+    warmup.warmup,
+    cache.cache,
+    snapshot.snapshot,
+    sync.sync,
+)
+for command in COMMANDS:
     cli.add_command(command)
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import click
 
-from pfs.cache import DiskTier
 from pfs.errors import UsageError
+
+if TYPE_CHECKING:
+    from pfs.cache.disk import DiskTier
 from pfs.options import DEFAULT_CACHE_DIR
 
 CACHE_DIR = click.option(
@@ -21,6 +24,8 @@ CACHE_DIR = click.option(
 
 
 def _open(cache_dir: str) -> DiskTier:
+    from pfs.cache.disk import DiskTier  # not at import time: keeps every other command's start quick
+
     if not os.path.isfile(os.path.join(cache_dir, "cache.db")):
         raise UsageError(f"no pfs cache in {cache_dir}")
     return DiskTier(cache_dir, size_limit=None)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pfs import lifecycle
 from pfs.backends import BackendOptions
-from pfs.options import MountOptions, apply_o, set_option
+from pfs.cli.common import connection_options
+from pfs.options import MountOptions, set_option
 
 URI_HELP = """\b
 URI forms:
@@ -18,19 +18,18 @@ URI forms:
 """
 
 
+MOUNT_O_HELP = (
+    "Mount options: ro, allow_other, uid=N, gid=N, umask=022, metadata_ttl=S, timeout=S, "
+    "endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, anonymous, threads=N, "
+    "readahead_kb=N, staging_dir=DIR, log_file=FILE, snapshot=NAME, debug; cache: cache_dir=DIR, "
+    "cache_size=SIZE, free_space_ratio=R, memory_limit=SIZE, block_size=SIZE, prefetch=SIZE, metrics_port=N."
+)
+
+
 @click.command(epilog=URI_HELP)
 @click.argument("uri")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option(
-    "-o",
-    "options",
-    multiple=True,
-    metavar="OPT[,OPT...]",
-    help="Mount options: ro, allow_other, uid=N, gid=N, umask=022, metadata_ttl=S, timeout=S, "
-    "endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, anonymous, threads=N, "
-    "readahead_kb=N, staging_dir=DIR, log_file=FILE, debug; cache: cache_dir=DIR, cache_size=SIZE, "
-    "free_space_ratio=R, memory_limit=SIZE, block_size=SIZE, prefetch=SIZE, metrics_port=N.",
-)
+@connection_options(MOUNT_O_HELP)
 @click.option(
     "-f", "--foreground", is_flag=True, help="Serve in this process (logs to stderr) until unmounted."
 )
@@ -40,6 +39,11 @@ URI forms:
     type=float,
     metavar="S",
     help="Seconds attributes, listings and missing names are trusted before asking the backend again [10].",
+)
+@click.option(
+    "--snapshot",
+    metavar="NAME",
+    help="Mount snapshot NAME of URI (see 'pfs snapshot'): read-only, never lists the backend.",
 )
 @click.option(
     "--cache-dir",
@@ -59,33 +63,17 @@ URI forms:
     help="Memory for cached and prefetched blocks, however many files are open [160M].",
 )
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-@click.option(
-    "--timeout",
-    type=float,
-    metavar="S",
-    help="Give up on an unanswered backend request after S seconds (EIO) [30].",
-)
-@click.option("--endpoint", metavar="HOST:PORT", help="S3-compatible endpoint (http://... for plain HTTP).")
-@click.option("--region", help="Object-store region.")
-@click.option(
-    "--credentials",
-    type=click.Path(dir_okay=False),
-    metavar="FILE",
-    help="AWS-style credentials file (default: the usual AWS_* environment variables).",
-)
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Daemon log [/var/tmp/pfs/logs/...].")
 @click.option("--debug", is_flag=True, help="Log every request.")
 def mount(
     uri: str,
     mountpoint: str,
-    options: tuple[str, ...],
+    mount_options: MountOptions,
+    backend_options: BackendOptions,
     foreground: bool,
     read_only: bool,
     metadata_ttl: float | None,
-    timeout: float | None,
-    endpoint: str | None,
-    region: str | None,
-    credentials: str | None,
+    snapshot: str | None,
     cache_dir: str | None,
     cache_size: str | None,
     free_space_ratio: float | None,
@@ -95,31 +83,22 @@ def mount(
     debug: bool,
 ) -> None:
     """Mount URI at MOUNTPOINT (returns once the mount answers)."""
-    mount_options, backend_options = MountOptions(), BackendOptions()
-    for text in options:
-        apply_o(text, mount_options, backend_options)
-    flags = {
-        "cache_dir": cache_dir,
-        "cache_size": cache_size,
-        "free_space_ratio": free_space_ratio,
-        "memory_limit": memory_limit,
-        "metrics_port": metrics_port,
-    }
-    for key, value in flags.items():
-        if value is not None:
-            set_option(key, str(value), mount_options, backend_options)
     mount_options.read_only |= read_only
     mount_options.debug |= debug
-    for target, name, value in [
-        (mount_options, "metadata_ttl", metadata_ttl),
-        (mount_options, "log_file", log_file),
-        (backend_options, "timeout", timeout),
-        (backend_options, "endpoint", endpoint),
-        (backend_options, "region", region),
-        (backend_options, "credentials_file", credentials),
-    ]:
+    for name, value in [("metadata_ttl", metadata_ttl), ("log_file", log_file), ("snapshot", snapshot)]:
         if value is not None:
-            setattr(target, name, value)
+            setattr(mount_options, name, value)
+    for name, value in [
+        ("cache_dir", cache_dir),
+        ("cache_size", cache_size),
+        ("free_space_ratio", free_space_ratio),
+        ("memory_limit", memory_limit),
+        ("metrics_port", metrics_port),
+    ]:
+        if value is not None:  # parsed and checked like the -o form
+            set_option(name, str(value), mount_options, backend_options)
+    from pfs import lifecycle  # pyfuse3 and trio: loaded only by the commands that mount
+
     pid = lifecycle.start(uri, mountpoint, mount_options, backend_options, foreground)
     if pid:
         click.echo(f"pfs: mounted at {mountpoint} (daemon pid {pid}, log {mount_options.log_file})")
@@ -130,4 +109,6 @@ def mount(
 @click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are open; finish when they close.")
 def umount(mountpoint: str, lazy: bool) -> None:
     """Upload pending writes, unmount MOUNTPOINT and wait for its daemon to exit."""
+    from pfs import lifecycle
+
     lifecycle.stop(mountpoint, lazy=lazy)

@@ -1,7 +1,9 @@
-"""`pfs warmup`: fill (or check, or empty) the cache for files and directories of a running mount.
+"""`pfs warmup`: fill (or check, or empty) the cache for files and directories of a running mount, or for
+a snapshot without mounting it.
 
-The work happens in the mount's daemon, one file command per file (see pfs/control.py), from a pool of
-threads here; `--partition I/N` lets N training workers each warm their own share of a dataset.
+On a mount the work happens in its daemon, one file command per file (see pfs/control.py), from a pool of
+threads here. With `--snapshot` this process fetches the snapshot's files into the cache directory itself,
+under the keys a mount of that snapshot reads. `--partition I/N` lets N training workers each take a share.
 """
 
 from __future__ import annotations
@@ -9,41 +11,157 @@ from __future__ import annotations
 import errno
 import os
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from pfs import control
+from pfs.backends import BackendOptions
 from pfs.cli.cache import human
+from pfs.cli.common import connection_options, one_line_errors, progress_bar
 from pfs.errors import UsageError
+from pfs.options import MountOptions
+from pfs.partition import Share
+
+WARMUP_O_HELP = (
+    "With --snapshot: backend options as for 'pfs mount' (endpoint=..., credentials=...) and the cache of "
+    "the mounts that will read it: cache_dir=DIR, cache_size=SIZE, block_size=SIZE."
+)
 
 
-def _partition(text: str | None) -> tuple[int, int]:
-    if text is None:
-        return 0, 1
-    index, _, count = text.partition("/")
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        raise UsageError(f"--partition takes I/N, e.g. 0/8, not {text!r}") from None
-    if not 0 <= i < n:
-        raise UsageError(f"--partition {text}: I must be between 0 and N-1")
-    return i, n
+class Tally:
+    """Files and bytes done so far, with a progress bar and the first failures."""
+
+    def __init__(self, verb: str, total: int) -> None:
+        self.verb, self.total = verb, total
+        self.files = self.cached = self.done_bytes = 0
+        self.failures: list[str] = []
+        self.started = time.monotonic()
+        columns = (
+            TextColumn(verb),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files"),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.bar = progress_bar(*columns)
+        self.task = self.bar.add_task("", total=max(total, 1))
+
+    def __call__(self, path: str, size: int, cached: int, error: str | None) -> None:
+        self.files += 1
+        self.cached += cached
+        self.done_bytes += size
+        if error is not None:
+            self.failures.append(f"{path}: {error}")
+        self.bar.update(self.task, completed=self.done_bytes)
+
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.started
+        share = self.cached / self.total if self.total else 1.0
+        summary = f"{self.files:,} files, {human(self.total)}: {human(self.cached)} cached ({share:.1%})"
+        if self.verb == "warming":
+            summary += f", in {elapsed:.1f} s ({human(self.total / elapsed if elapsed else 0)}/s)"
+        past = {"warming": "warmed", "checking": "checked", "evicting": "evicted"}[self.verb]
+        click.echo(f"pfs: {past} {summary}")
+        for line in self.failures[:10]:
+            click.echo(f"pfs: failed: {line}", err=True)
+        if self.failures:
+            raise UsageError(f"{len(self.failures)} of {self.files} files failed")
 
 
-def _files(paths: tuple[str, ...], part: tuple[int, int]) -> list[tuple[str, int]]:
-    """(path, size) of every file under `paths` that belongs to this partition, in a stable order."""
-    index, count = part
+@click.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH... | URI")
+@click.option(
+    "-t", "--threads", type=click.IntRange(1, 256), default=16, show_default=True, help="Files at once."
+)
+@click.option("--check", is_flag=True, help="Only report how much is cached.")
+@click.option("--evict", is_flag=True, help="Drop these files from the cache instead.")
+@click.option(
+    "--partition", metavar="I/N", help="Take only share I of N (0-based), e.g. one per training worker."
+)
+@click.option("--snapshot", metavar="NAME", help="Warm snapshot NAME of URI, unmounted.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="With --snapshot: the cache directory.")
+@connection_options(WARMUP_O_HELP)
+def warmup(
+    paths: tuple[str, ...],
+    threads: int,
+    check: bool,
+    evict: bool,
+    partition: str | None,
+    snapshot: str | None,
+    cache_dir: str | None,
+    mount_options: MountOptions,
+    backend_options: BackendOptions,
+) -> None:
+    """Fetch files (directories recursively) into the cache, so the first epoch reads locally.
+
+    \b
+      pfs warmup /mnt/imagenet/train            warm a mounted dataset
+      pfs warmup /mnt/imagenet --partition 3/8  worker 3 of 8 warms its share
+      pfs warmup /mnt/imagenet --check          how much is cached (--evict drops it)
+      pfs warmup --snapshot v1 s3://datasets/imagenet --partition 3/8
+                                                warm a snapshot's share without mounting it
+    """
+    if check and evict:
+        raise UsageError("--check and --evict cannot be combined")
+    share = Share.parse(partition)
+    if snapshot is None:
+        _warm_mounted(paths, share, threads, check, evict)
+        return
+    if evict or len(paths) != 1:
+        raise UsageError("--snapshot takes one URI (and no --evict: use 'pfs cache clear')")
+    if cache_dir is not None:
+        mount_options.cache_dir = cache_dir
+    _warm_snapshot(paths[0], snapshot, mount_options, backend_options, share, threads, check)
+
+
+def _warm_snapshot(
+    uri: str,
+    name: str,
+    mount: MountOptions,
+    backend: BackendOptions,
+    share: Share,
+    threads: int,
+    check: bool,
+) -> None:
+    from pfs.backends import open_backend  # pyarrow, trio: only for this form
+    from pfs.snapshots import warm
+    from pfs.snapshots.mount import snapshot_view
+
+    with one_line_errors():
+        live = open_backend(uri, backend, verify=True)
+        try:
+            view = snapshot_view(live, name, uri)
+            files = warm.files_of(view, share)
+            tally = Tally("checking" if check else "warming", sum(size for _, size in files))
+            with tally.bar:
+                warm.warm(view, files, mount, threads, check, tally)
+        finally:
+            live.close()
+    tally.finish()
+
+
+def _warm_mounted(paths: tuple[str, ...], share: Share, threads: int, check: bool, evict: bool) -> None:
+    command = control.CACHED if check else control.EVICT if evict else control.WARMUP
+    files = _files(paths, share)
+    if files:
+        _probe(files[0][0])
+    tally = Tally("checking" if check else "evicting" if evict else "warming", sum(s for _, s in files))
+    with tally.bar, ThreadPoolExecutor(threads) as pool:
+        futures = {pool.submit(control.file_command, path, command): (path, size) for path, size in files}
+        for future in as_completed(futures):
+            path, size = futures[future]
+            try:
+                tally(path, size, future.result()[0], None)
+            except OSError as exc:
+                tally(path, size, 0, exc.strerror or str(exc))
+    tally.finish()
+
+
+def _files(paths: tuple[str, ...], share: Share) -> list[tuple[str, int]]:
+    """(path, size) of every file under `paths` in this share, named relative to the path given."""
     found = []
     for root in paths:
         if not os.path.exists(root):
@@ -57,73 +175,8 @@ def _files(paths: tuple[str, ...], part: tuple[int, int]) -> list[tuple[str, int
                 for name in sorted(filenames):
                     path = os.path.join(dirpath, name)
                     candidates.append((path, os.path.relpath(path, root)))
-        for path, rel in candidates:
-            if count == 1 or zlib.crc32(rel.encode()) % count == index:
-                found.append((path, os.lstat(path).st_size))
+        found += [(path, os.lstat(path).st_size) for path, rel in candidates if share.has(rel)]
     return found
-
-
-@click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option(
-    "-t", "--threads", type=click.IntRange(1, 256), default=16, show_default=True, help="Files at once."
-)
-@click.option("--check", is_flag=True, help="Only report how much is cached.")
-@click.option("--evict", is_flag=True, help="Drop these files from the cache instead.")
-@click.option(
-    "--partition", metavar="I/N", help="Take only share I of N (0-based), e.g. one per training worker."
-)
-def warmup(paths: tuple[str, ...], threads: int, check: bool, evict: bool, partition: str | None) -> None:
-    """Fetch files (directories recursively) into the mount's cache, so the first epoch reads locally.
-
-    \b
-      pfs warmup /mnt/imagenet/train            warm a whole dataset
-      pfs warmup /mnt/imagenet --partition 3/8  worker 3 of 8 warms its share
-      pfs warmup /mnt/imagenet --check          how much is cached
-    """
-    if check and evict:
-        raise UsageError("--check and --evict cannot be combined")
-    command = control.CACHED if check else control.EVICT if evict else control.WARMUP
-    files = _files(paths, _partition(partition))
-    if files:
-        _probe(files[0][0])
-    total = sum(size for _, size in files)
-    verb = "checking" if check else "evicting" if evict else "warming"
-    started = time.monotonic()
-    cached = done_bytes = 0
-    failures: list[str] = []
-    columns = (
-        TextColumn(f"{verb} [progress.description]{{task.description}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("files"),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    console = Console(stderr=True)
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("", total=max(total, 1))
-        with ThreadPoolExecutor(threads) as pool:
-            futures = {pool.submit(control.file_command, path, command): (path, size) for path, size in files}
-            for future in as_completed(futures):
-                path, size = futures[future]
-                try:
-                    here, _ = future.result()
-                    cached += here
-                except OSError as exc:
-                    failures.append(f"{path}: {exc.strerror or exc}")
-                done_bytes += size
-                progress.update(task, completed=done_bytes)
-    elapsed = time.monotonic() - started
-    share = cached / total if total else 1.0
-    summary = f"{len(files):,} files, {human(total)}: {human(cached)} cached ({share:.1%})"
-    if not check and not evict:
-        summary += f", in {elapsed:.1f} s ({human(total / elapsed if elapsed else 0)}/s)"
-    click.echo(f"pfs: {dict(warming='warmed', checking='checked', evicting='evicted')[verb]} {summary}")
-    if failures:
-        for line in failures[:10]:
-            click.echo(f"pfs: failed: {line}", err=True)
-        raise UsageError(f"{len(failures)} of {len(files)} files failed")
 
 
 def _probe(path: str) -> None:

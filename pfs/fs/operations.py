@@ -537,15 +537,15 @@ class Operations(pyfuse3.Operations):
             if version is None:
                 reader = await self._open_reader(inode)  # may refresh the attributes of a replaced object
                 version = reader.version
-                obj = CachedObject(self.backend.id, inode.path, version, inode.size)
+                obj = self.cache.object(self.backend.id, inode.path, version, inode.size)
                 await self._keep_reader(inode, obj, reader)
                 await self.cache.saw_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns, version)
             inode.etag = version
-        return CachedObject(self.backend.id, inode.path, version, inode.size)
+        return self.cache.object(self.backend.id, inode.path, version, inode.size)
 
     def _object(self, inode: Inode) -> CachedObject:
         version = self.backend.known_version(inode.path, inode.size, inode.mtime_ns) or inode.etag
-        return CachedObject(self.backend.id, inode.path, version, inode.size)
+        return self.cache.object(self.backend.id, inode.path, version, inode.size)
 
     async def _keep_reader(self, inode: Inode, obj: CachedObject, reader: Reader) -> Reader:
         """Keep `reader` as the inode's reader of `obj`, unless one is already kept (then close ours)."""

@@ -21,4 +21,18 @@ def open_arrow_backend(location: Location, options: BackendOptions, check: bool)
     return ArrowBackend(store)
 
 
-__all__ = ["ArrowBackend", "open_arrow_backend"]
+def finish() -> None:
+    """Shut pyarrow's S3 support down once this process uses no backend any more (it cannot be restarted).
+
+    Left to pyarrow's own exit handler, a command that read Parquet from S3 sometimes aborted at exit
+    ('terminate called without an active exception': 5 of 40 runs of `pfs snapshot diff` against
+    SeaweedFS; 0 of 40 with this called first)."""
+    import gc
+
+    import pyarrow.fs as pafs
+
+    gc.collect()  # backends nothing refers to any more release their S3 clients first
+    pafs.finalize_s3()
+
+
+__all__ = ["ArrowBackend", "finish", "open_arrow_backend"]

@@ -290,6 +290,11 @@ class ArrowBackend(Backend):
             self._call(f"write {path}", lambda: self._fs.delete_file(full + LINK_SUFFIX))
         return self._stat_key(path, full, Kind.FILE)
 
+    def put_file(self, path: str, source: BinaryIO, size: int) -> None:
+        self._check(path, creating=True)
+        self._check_new_leaf(path)
+        self._publish(path, self._full(path), source, size)
+
     def write_symlink(self, path: str, target: str) -> Entry:
         self._check(path, creating=True, stored_as=LINK_SUFFIX)
         self._check_new_leaf(path)
@@ -308,11 +313,14 @@ class ArrowBackend(Backend):
         self._check(path, creating=True, stored_as="/")
         if self._lookup(path) is not None:
             raise AlreadyExists(f"{path}: already exists")
-        self._require_dir(_parent(path))
+        # The reserved area's own root `.pfs` appears with the first directory made in it.
+        reserved_area = not self._hide_reserved
+        if not reserved_area:
+            self._require_dir(_parent(path))
         # Object stores: a 'path/' marker object; recursive also writes a missing marker for the mount's
         # own prefix. Hierarchical stores: exactly one mkdir, the parent was checked above.
         full = self._full(path)
-        recursive = self._store.object_store
+        recursive = self._store.object_store or reserved_area
         self._call(f"mkdir {path}", lambda: self._fs.create_dir(full, recursive=recursive))
 
     def remove_file(self, path: str) -> None:
