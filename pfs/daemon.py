@@ -74,7 +74,7 @@ def _fuse_options(fsname: str, mount: MountOptions) -> set[str]:
 
 async def _run(operations: Operations, mountpoint: str, on_ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
-        operations.cache.attach(nursery)
+        operations.attach(nursery)
         if operations.options.metrics_port:
             nursery.start_soon(metrics.serve, operations.options.metrics_port, operations.counters)
         nursery.start_soon(_stop_on_signal, operations)

@@ -131,10 +131,16 @@ class Operations(pyfuse3.Operations):
         self._readers: dict[int, tuple[CachedObject, Reader]] = {}  # per inode, opened on the first miss
         self._listings: OrderedDict[str, tuple[float, dict[str, Entry]]] = OrderedDict()
         self._missing: dict[str, float] = {}  # negative entries: path -> when the backend said so
+        self._nursery: trio.Nursery | None = None
         self._handles: dict[int, Handle | DirHandle] = {}
         self.writes = WriteBack(backend, self._store_of, options.staging_dir, self._run, self.stats)
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Background work (prefetch, disk writes, kernel invalidations) runs in `nursery`."""
+        self._nursery = nursery
+        self.cache.attach(nursery)
 
     def counters(self) -> dict:
         gauges = self.cache.gauges()
@@ -576,11 +582,17 @@ class Operations(pyfuse3.Operations):
                 # this read, and make the next open look again, here and in the kernel.
                 log.warning("%s changed on the backend since it was opened; reopen it to read it", obj.path)
                 inode.attrs_at = 0.0
-                await self._run(_invalidate_kernel_inode, inode.ino)
+                self._forget_in_kernel(inode.ino)
                 raise Stale(f"{obj.path} changed since it was opened") from None
             return await self._keep_reader(inode, obj, reader)
 
         return open_reader
+
+    def _forget_in_kernel(self, ino: int) -> None:
+        """Make the kernel drop its attributes and pages of `ino`, once the current request is answered:
+        invalidating from inside a read would wait for the page that read holds locked (a deadlock)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(trio.to_thread.run_sync, _invalidate_kernel_inode, ino)
 
     async def _drop_reader(self, inode: Inode) -> None:
         kept = self._readers.pop(inode.ino, None)
