@@ -1,7 +1,9 @@
 """One benchmark run: start the server, prepare the data, run every scenario against every client, report.
 
 Scenarios are the outer loop and clients the inner one, so the figures of one scenario are taken minutes
-apart at most and share the machine's noise. Every mount, daemon and server started here is released on any
+apart at most and share the machine's noise; each scenario's files are read once beforehand (see
+scenarios.prime) and the client order rotates from one scenario to the next, so no client is always first.
+Every mount, daemon and server started here is released on any
 exit: normal end, error, Ctrl-C, SIGTERM or SIGHUP (turned into KeyboardInterrupt so `finally` blocks run).
 """
 
@@ -109,8 +111,11 @@ def run(options: RunOptions) -> list[Result]:
             "scenarios": options.scenarios,
             "clients": options.clients,
         }
-        for scenario in options.scenarios:
-            for client in active:
+        for index, scenario in enumerate(options.scenarios):
+            scenarios.prime(ctx, scenario)
+            # Each scenario starts with the next client, so no client is always first after priming.
+            shift = index % len(active)
+            for client in active[shift:] + active[:shift]:
                 _log(f"{scenario}: {client.name}")
                 found = _run_one(ctx, scenario, client)
                 for result in found:

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from pfs.cli import mount, stats
+from pfs.cli import bench, mount, stats
 from pfs.errors import UsageError
 
 
@@ -27,7 +27,7 @@ def cli() -> None:
     """
 
 
-for command in (mount.mount, mount.umount, stats.stats):
+for command in (mount.mount, mount.umount, stats.stats, bench.bench):
     cli.add_command(command)
 
 
