@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.config import PEERS, PHASES, SCENARIOS
+from benchmarks.config import PEERS, PHASES, SCENARIOS, MiB
 from benchmarks.results import Result
 
 COLUMNS = ("pfs", "rclone", "s3fs", "raw", "raw-parallel", "local")
@@ -107,6 +107,61 @@ def resource_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def _find(results: list[Result], scenario: str, phase: str, client: str, metric: str = "") -> Result | None:
+    for r in results:
+        if (r.scenario, r.phase, r.client) == (scenario, phase, client) and metric in r.metric:
+            return r
+    return None
+
+
+def _peer(results: list[Result], scenario: str, phase: str) -> Result | None:
+    found = [r for p in PEERS if (r := _find(results, scenario, phase, p))]
+    return max(found, key=lambda r: r.value) if found else None
+
+
+def targets(results: list[Result]) -> str:
+    """The read-performance targets, each with the figures of this run it is judged by."""
+    lines = ["| target | measured | met |", "| --- | --- | --- |"]
+
+    def check(text: str, measured: float | None, goal: float, detail: str) -> None:
+        if measured is None:
+            lines.append(f"| {text} | not measured in this run | |")
+        else:
+            lines.append(f"| {text} | {detail} | {'yes' if measured >= goal else 'no'} |")
+
+    def ratio(scenario: str, phase: str, other: Result | None, goal: float, text: str, unit: str) -> None:
+        pfs = _find(results, scenario, phase, "pfs")
+        if pfs is None or other is None:
+            check(text, None, goal, "")
+            return
+        r = pfs.value / other.value
+        detail = f"{r:.2f}x ({_fmt(pfs.value)} vs {other.client} {_fmt(other.value)} {unit})"
+        check(text, r, goal, detail)
+
+    def absolute(scenario: str, phase: str, goal: float, text: str, unit: str, metric: str = "") -> None:
+        pfs = _find(results, scenario, phase, "pfs", metric)
+        check(text, pfs.value if pfs else None, goal, f"{_fmt(pfs.value)} {unit}" if pfs else "")
+
+    raw = _find(results, "seq-1", "cold", "raw")
+    ratio("seq-1", "cold", raw, 1.0, "big file cold >= 1.0x pyarrow stream", "MiB/s")
+    ratio("seq-1", "cold", _peer(results, "seq-1", "cold"), 1.3, "big file cold >= 1.3x faster peer", "MiB/s")
+    local = _find(results, "seq-1", "warm", "local")
+    ratio("seq-1", "warm", local, 0.8, "big file warm >= 0.8x local disk (page cache dropped)", "MiB/s")
+    ratio("seq-1", "warm", _peer(results, "seq-1", "warm"), 2.0, "big file warm >= 2x faster peer", "MiB/s")
+    absolute("seq-1", "hot", 5e9 / MiB, "big file hot >= 5 GB/s", "MiB/s")
+    absolute("small-1", "warm", 3000, "small files warm, 1 reader >= 3,000 files/s", "files/s")
+    absolute("small-8", "warm", 6000, "small files warm, 8 readers >= 6,000 files/s", "files/s")
+    for scenario in ("small-1", "small-8"):
+        peer = _peer(results, scenario, "cold")
+        ratio(scenario, "cold", peer, 2.0, f"small files cold ({scenario}) >= 2x faster peer", "files/s")
+    absolute("meta", "", 30000, "metadata >= 30,000 stat/s after one listing", "stat/s", "stat")
+    peaks = [r.daemon_peak_rss_mib for r in results if r.scenario == "seq-4" and r.client == "pfs"]
+    rss = max((p for p in peaks if p is not None), default=None)
+    text = "daemon peak RSS <= 300 MiB, 4 readers of 1 GiB files"
+    check(text, None if rss is None else 300 - rss, 0, f"{rss:.0f} MiB" if rss is not None else "")
+    return "\n".join(lines)
+
+
 def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     parts = [
@@ -126,6 +181,10 @@ def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
         "Client daemons (reading threads excluded): peak RSS during the phase and CPU seconds it used.",
         "",
         resource_table(results),
+        "",
+        "The read-performance targets, judged by this run's figures:",
+        "",
+        targets(results),
         "",
         *(f"![{Path(c).stem}]({c})" for c in charts),
     ]

@@ -3,8 +3,8 @@
 Scenarios are the outer loop and clients the inner one, so the figures of one scenario are taken minutes
 apart at most and share the machine's noise; each scenario's files are read once beforehand (see
 scenarios.prime) and the client order rotates from one scenario to the next, so no client is always first.
-Every mount, daemon and server started here is released on any
-exit: normal end, error, Ctrl-C, SIGTERM or SIGHUP (turned into KeyboardInterrupt so `finally` blocks run).
+Every mount, daemon and server started here is released on any exit: normal end, error, Ctrl-C, SIGTERM or
+SIGHUP (turned into KeyboardInterrupt so `finally` blocks run).
 """
 
 from __future__ import annotations
