@@ -111,6 +111,8 @@ def run(options: RunOptions) -> list[Result]:
             "scenarios": options.scenarios,
             "clients": options.clients,
         }
+        for client in active:
+            scenarios.warm_up(ctx, client)
         for index, scenario in enumerate(options.scenarios):
             scenarios.prime(ctx, scenario)
             # Each scenario starts with the next client, so no client is always first after priming.

@@ -24,6 +24,17 @@ from pfs.testserver import S3Server
 
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 60.0
+BUSY_RETRIES = 20  # x 0.5 s: an unmount right after many closes can find the mount briefly busy
+
+
+def unmount_retrying(command: list[str]) -> subprocess.CompletedProcess:
+    """Run an unmount command, retrying while the mount is busy; the caller decides what a failure means."""
+    for _ in range(BUSY_RETRIES):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode == 0 or "busy" not in result.stderr.lower():
+            return result
+        time.sleep(0.5)
+    return result
 
 
 @dataclass
@@ -161,7 +172,7 @@ class ChildMountClient(Client):
 
     def unmount(self) -> None:
         process, self.process = self.process, None
-        result = subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True, text=True)
+        result = unmount_retrying(["fusermount3", "-u", str(self.mountpoint)])
         if process is None:
             return
         try:

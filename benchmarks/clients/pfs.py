@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.clients.base import Client, Env, force_unmount, fresh_dir
+from benchmarks.clients.base import EXIT_TIMEOUT, Client, Env, force_unmount, fresh_dir, unmount_retrying
 from benchmarks.io import FileIO
 from pfs import control, mounter
 
@@ -45,21 +45,36 @@ class PfsClient(Client):
 
         return version("pfs") + (" (block cache)" if has_block_cache() else " (no block cache)")
 
-    def _pfs(self, *args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, **self.env.server.env()}
-        result = subprocess.run([sys.executable, "-m", "pfs", *args], env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"pfs {args[0]} failed: {result.stderr.strip()}")
-        return result
-
     def mount(self) -> None:
         options = ["-o", f"cache_dir={self.cache_dir}"] if has_block_cache() else []
         uri = self.env.server.uri(self.env.bucket)
-        self._pfs("mount", uri, str(self.mountpoint), "--log-file", str(self.log), *options)
+        command = [
+            sys.executable,
+            "-m",
+            "pfs",
+            "mount",
+            uri,
+            str(self.mountpoint),
+            "--log-file",
+            str(self.log),
+        ]
+        env = {**os.environ, **self.env.server.env()}
+        result = subprocess.run([*command, *options], env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"pfs mount failed: {result.stderr.strip()}")
         self.pid = control.daemon_pid(str(self.mountpoint))
 
     def unmount(self) -> None:
-        self._pfs("umount", str(self.mountpoint))
+        command = [sys.executable, "-m", "pfs", "umount", str(self.mountpoint)]
+        result = unmount_retrying(command)
+        if result.returncode != 0 and "busy" in result.stderr:
+            # Still busy after retries (something else on the machine looked inside): detach it, and
+            # wait for the daemon to finish, which it does once the last file there is closed.
+            result = subprocess.run([*command, "--lazy"], capture_output=True, text=True)
+            if result.returncode == 0 and self.pid and not mounter.wait_for_exit(self.pid, EXIT_TIMEOUT):
+                raise RuntimeError(f"pfs daemon {self.pid} still running after a lazy unmount")
+        if result.returncode != 0:
+            raise RuntimeError(f"pfs umount failed: {result.stderr.strip()}")
         self.pid = None
 
     def clear_cache(self) -> None:
