@@ -75,11 +75,7 @@ class ReadWork:
         return len(files), nbytes
 
     def value(self, ops: int, nbytes: int, seconds: float) -> float:
-        return (
-            ops / seconds
-            if self.metric.endswith("/s") and "MiB" not in self.metric
-            else nbytes / MiB / seconds
-        )
+        return nbytes / MiB / seconds if "MiB" in self.metric else ops / seconds
 
 
 READS = {
