@@ -169,6 +169,7 @@ def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
         f"- Machine: {meta['machine']}.",
         f"- Versions: {versions}.",
         f"- Server: `{meta['server']}` on 127.0.0.1; command: `{meta['command']}`.",
+        f"- Code: commit {meta.get('commit') or 'unknown'}.",
         "",
         "Ratios above 1 mean pfs did better (for latency: the other's time divided by pfs's). Cold: client",
         "caches emptied and the page cache dropped; warm: remounted on the same client cache, page cache",

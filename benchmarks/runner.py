@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import uuid
 from dataclasses import asdict, dataclass
@@ -56,6 +57,15 @@ def _versions(active: list[clients.Client]) -> dict[str, str]:
         if client.name not in ("raw", "local"):
             found[client.name] = client.version()
     return found
+
+
+def _commit() -> str:
+    """The commit of the code being measured (empty outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    result = subprocess.run(
+        ["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return result.stdout.strip()
 
 
 def _machine() -> str:
@@ -105,6 +115,7 @@ def run(options: RunOptions) -> list[Result]:
             "machine": _machine(),
             "versions": _versions(active),
             "command": options.command,
+            "commit": _commit(),
             "server": options.server,
             "quick": options.quick,
             "sizes": asdict(sizes),

@@ -127,8 +127,8 @@ def prime(ctx: Context, scenario: str) -> None:
     """Read a scenario's files once from local disk before any client measures it.
 
     This VM's disk is a file on its host: the first read of a file in a while comes from the host's disk
-    (10x slower here), later ones from the host's memory, whatever our page cache holds. Without this, the
-    first client measured in a scenario would pay for everyone.
+    (several times slower here), later ones from the host's memory, whatever our page cache holds.
+    Without this, the first client measured in a scenario would pay for everyone.
     """
     local = FileIO(str(ctx.dataset.root))
     if scenario in READS:
