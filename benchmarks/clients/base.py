@@ -138,8 +138,8 @@ def force_unmount(mountpoint: Path, pid: int | None) -> None:
         mounter.wait_for_exit(pid, 10)
 
 
-class ChildMountClient(Client):
-    """A FUSE peer run in the foreground as our child process: rclone mount, s3fs."""
+class MountedClient(Client):
+    """A FUSE client: a mountpoint, a cache directory and a log of its own under the run directory."""
 
     def __init__(self, env: Env) -> None:
         super().__init__(env)
@@ -147,10 +147,20 @@ class ChildMountClient(Client):
         self.mountpoint = self.dir / "mnt"
         self.cache_dir = self.dir / "cache"
         self.log = self.dir / "client.log"
-        self.process: subprocess.Popen | None = None
         self.io = FileIO(str(self.mountpoint))
         self.mountpoint.mkdir(exist_ok=True)
         self.cache_dir.mkdir(exist_ok=True)
+
+    def clear_cache(self) -> None:
+        fresh_dir(self.cache_dir)
+
+
+class ChildMountClient(MountedClient):
+    """A FUSE peer run in the foreground as our child process: rclone mount, s3fs."""
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -181,9 +191,6 @@ class ChildMountClient(Client):
             force_unmount(self.mountpoint, process.pid)
             process.wait()
             raise RuntimeError(f"{self.name} did not exit after unmount: {result.stderr.strip()}") from None
-
-    def clear_cache(self) -> None:
-        fresh_dir(self.cache_dir)
 
     def daemon_pid(self) -> int | None:
         return self.process.pid if self.process else None

@@ -12,9 +12,9 @@ import functools
 import os
 import subprocess
 import sys
+from importlib import metadata
 
-from benchmarks.clients.base import EXIT_TIMEOUT, Client, Env, force_unmount, fresh_dir, unmount_retrying
-from benchmarks.io import FileIO
+from benchmarks.clients.base import EXIT_TIMEOUT, Env, MountedClient, force_unmount, unmount_retrying
 from pfs import control, mounter
 
 
@@ -26,27 +26,17 @@ def has_block_cache() -> bool:
     return "cache_dir" in out
 
 
-class PfsClient(Client):
+class PfsClient(MountedClient):
     name = "pfs"
 
     def __init__(self, env: Env) -> None:
         super().__init__(env)
-        self.dir = env.client_dir(self.name)
-        self.mountpoint = self.dir / "mnt"
-        self.cache_dir = self.dir / "cache"
-        self.log = self.dir / "client.log"
         self.pid: int | None = None
-        self.io = FileIO(str(self.mountpoint))
-        self.mountpoint.mkdir(exist_ok=True)
-        self.cache_dir.mkdir(exist_ok=True)
 
     def version(self) -> str:
-        from importlib.metadata import version
-
-        return version("pfs") + (" (block cache)" if has_block_cache() else " (no block cache)")
+        return metadata.version("pfs") + (" (block cache)" if has_block_cache() else " (no block cache)")
 
     def mount(self) -> None:
-        options = ["-o", f"cache_dir={self.cache_dir}"] if has_block_cache() else []
         uri = self.env.server.uri(self.env.bucket)
         command = [
             sys.executable,
@@ -58,8 +48,10 @@ class PfsClient(Client):
             "--log-file",
             str(self.log),
         ]
+        if has_block_cache():
+            command += ["-o", f"cache_dir={self.cache_dir}"]
         env = {**os.environ, **self.env.server.env()}
-        result = subprocess.run([*command, *options], env=env, capture_output=True, text=True)
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"pfs mount failed: {result.stderr.strip()}")
         self.pid = control.daemon_pid(str(self.mountpoint))
@@ -76,9 +68,6 @@ class PfsClient(Client):
         if result.returncode != 0:
             raise RuntimeError(f"pfs umount failed: {result.stderr.strip()}")
         self.pid = None
-
-    def clear_cache(self) -> None:
-        fresh_dir(self.cache_dir)
 
     def daemon_pid(self) -> int | None:
         return self.pid
