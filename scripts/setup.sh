@@ -8,6 +8,11 @@ if ! command -v fusermount3 >/dev/null || ! pkg-config --exists fuse3 2>/dev/nul
     apt-get update -qq
     apt-get install -y -qq fuse3 libfuse3-dev pkg-config gcc attr procps >/dev/null
 fi
+if ! command -v s3fs >/dev/null; then  # a peer FUSE client the benchmarks compare pfs with
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq s3fs >/dev/null
+fi
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 
 # mount(8) looks for /sbin/mount.<type>: this makes `mount -t fuse.pfs` and fstab lines work.

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from pfs.cli import cache, mount, snapshot, stats, sync, warmup
+from pfs.cli import bench, cache, mount, snapshot, stats, sync, warmup
 from pfs.errors import UsageError
 
 
@@ -35,6 +35,7 @@ COMMANDS = (
     cache.cache,
     snapshot.snapshot,
     sync.sync,
+    bench.bench,
 )
 for command in COMMANDS:
     cli.add_command(command)

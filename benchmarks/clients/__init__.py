@@ -1,0 +1,28 @@
+"""One adapter per client the benchmarks compare: pfs, rclone mount, s3fs, the raw backend, the local disk.
+
+Each adapter knows how to mount and unmount its client on the shared bucket, empty its cache, name its
+daemon's pid, and hands the scenarios an `IO` (benchmarks.io) to run the workload through.
+"""
+
+from __future__ import annotations
+
+from benchmarks.clients.base import Client, Env
+from benchmarks.clients.direct import LocalClient, RawClient
+from benchmarks.clients.pfs import PfsClient
+from benchmarks.clients.rclone import RcloneClient
+from benchmarks.clients.s3fs import S3fsClient
+
+ADAPTERS: dict[str, type[Client]] = {
+    "pfs": PfsClient,
+    "rclone": RcloneClient,
+    "s3fs": S3fsClient,
+    "raw": RawClient,
+    "local": LocalClient,
+}
+
+
+def make(name: str, env: Env) -> Client:
+    return ADAPTERS[name](env)
+
+
+__all__ = ["ADAPTERS", "Client", "Env", "make"]

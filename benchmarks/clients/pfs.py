@@ -1,0 +1,80 @@
+"""pfs, mounted with its default options through its own command line (`python -m pfs mount`).
+
+The only option passed is a per-run cache directory (`-o cache_dir=DIR`), and only when this pfs has a block
+cache (its `mount --help` mentions cache_dir), so that "cold" starts from an empty cache and "warm" remounts
+onto the cache the cold pass filled, exactly as for the peers. Without a block cache warm equals cold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import subprocess
+import sys
+from importlib import metadata
+
+from benchmarks.clients.base import EXIT_TIMEOUT, Env, MountedClient, force_unmount, unmount_retrying
+from pfs import control, mounter
+
+
+@functools.cache
+def has_block_cache() -> bool:
+    out = subprocess.run(
+        [sys.executable, "-m", "pfs", "mount", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    return "cache_dir" in out
+
+
+class PfsClient(MountedClient):
+    name = "pfs"
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        self.pid: int | None = None
+
+    def version(self) -> str:
+        return metadata.version("pfs") + (" (block cache)" if has_block_cache() else " (no block cache)")
+
+    def mount(self) -> None:
+        uri = self.env.server.uri(self.env.bucket)
+        command = [
+            sys.executable,
+            "-m",
+            "pfs",
+            "mount",
+            uri,
+            str(self.mountpoint),
+            "--log-file",
+            str(self.log),
+        ]
+        if has_block_cache():
+            command += ["-o", f"cache_dir={self.cache_dir}"]
+        env = {**os.environ, **self.env.server.env()}
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"pfs mount failed: {result.stderr.strip()}")
+        self.pid = control.daemon_pid(str(self.mountpoint))
+
+    def unmount(self) -> None:
+        command = [sys.executable, "-m", "pfs", "umount", str(self.mountpoint)]
+        result = unmount_retrying(command)
+        if result.returncode != 0 and "busy" in result.stderr:
+            # Still busy after retries (something else on the machine looked inside): detach it, and
+            # wait for the daemon to finish, which it does once the last file there is closed.
+            result = subprocess.run([*command, "--lazy"], capture_output=True, text=True)
+            if result.returncode == 0 and self.pid and not mounter.wait_for_exit(self.pid, EXIT_TIMEOUT):
+                raise RuntimeError(f"pfs daemon {self.pid} still running after a lazy unmount")
+        if result.returncode != 0:
+            raise RuntimeError(f"pfs umount failed: {result.stderr.strip()}")
+        self.pid = None
+
+    def daemon_pid(self) -> int | None:
+        return self.pid
+
+    def close(self) -> None:
+        if mounter.mount_at(str(self.mountpoint)) is not None:
+            with contextlib.suppress(RuntimeError):
+                self.unmount()
+        force_unmount(self.mountpoint, self.pid)
+        self.pid = None

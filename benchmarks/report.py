@@ -1,0 +1,239 @@
+"""Turn results into what people read: a Markdown table with ratios, a resource table, and PNG charts.
+
+Ratios are pfs divided by the other client for figures where more is better, and the other way round for
+latencies, so a ratio above 1 always means pfs did better. "Best peer" is the better of rclone mount and s3fs
+in the same row. This module only formats; it never measures or changes a figure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks.config import PEERS, PHASES, SCENARIOS, MiB
+from benchmarks.results import Result
+
+COLUMNS = ("pfs", "rclone", "s3fs", "raw", "raw-parallel", "local")
+LABELS = {
+    "seq-1": "big file, sequential, 1 reader",
+    "seq-4": "big files, sequential, 4 readers",
+    "rand-1m": "random 1 MiB reads",
+    "rand-4k": "random 4 KiB reads",
+    "small-1": "small files, 1 reader",
+    "small-8": "small files, 8 readers",
+    "meta": "metadata",
+    "write-big": "big file write (until on the server)",
+    "write-small": "small file writes (until on the server)",
+}
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return ""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _ratio(pfs: Result | None, other: Result | None) -> str:
+    if pfs is None or other is None or pfs.value <= 0 or other.value <= 0:
+        return ""
+    ratio = pfs.value / other.value if pfs.higher_is_better else other.value / pfs.value
+    return f"{ratio:.2f}x"
+
+
+def _rows(results: list[Result]) -> dict[tuple[str, str, str], dict[str, Result]]:
+    """Results by table row, in scenario order, then the order figures were taken, then cold/warm/hot."""
+    scenario_order = {name: i for i, name in enumerate(SCENARIOS)}
+    metric_order: dict[tuple[str, str], int] = {}
+    for r in results:
+        metric_order.setdefault((r.scenario, r.metric), len(metric_order))
+    phase_order = {p: i for i, p in enumerate(("", *PHASES))}
+
+    def key(r: Result) -> tuple[int, int, int]:
+        return (
+            scenario_order.get(r.scenario, 99),
+            metric_order[(r.scenario, r.metric)],
+            phase_order.get(r.phase, 9),
+        )
+
+    rows: dict[tuple[str, str, str], dict[str, Result]] = defaultdict(dict)
+    for r in sorted(results, key=key):
+        rows[r.row][r.client] = r
+    return rows
+
+
+def _best_peer(row: dict[str, Result]) -> Result | None:
+    peers = [row[p] for p in PEERS if p in row]
+    if not peers:
+        return None
+    return max(peers, key=lambda r: r.value if r.higher_is_better else -r.value)
+
+
+def table(results: list[Result]) -> str:
+    rows = _rows(results)
+    present = [c for c in COLUMNS if any(c in row for row in rows.values())]
+    head = ["scenario", "figure", "phase", *present, "pfs / best peer", "pfs / raw", "pfs / local"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + " |",
+    ]
+    for (scenario, metric, phase), row in rows.items():
+        cells = [LABELS.get(scenario, scenario), metric, phase or "-"]
+        cells += [_fmt(row[c].value) if c in row else "" for c in present]
+        pfs = row.get("pfs")
+        cells += [_ratio(pfs, _best_peer(row)), _ratio(pfs, row.get("raw")), _ratio(pfs, row.get("local"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def resource_table(results: list[Result]) -> str:
+    """Peak RSS and CPU seconds of each client daemon, per measured phase."""
+    daemons = [c for c in ("pfs", "rclone", "s3fs") if any(r.client == c for r in results)]
+    head = ["scenario", "figure", "phase"]
+    head += [f"{c} peak RSS MiB" for c in daemons] + [f"{c} CPU s" for c in daemons]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + " |",
+    ]
+    for (scenario, metric, phase), row in _rows(results).items():
+        if not any(c in row for c in daemons) or metric.endswith("at close"):
+            continue  # an "at close" figure shares its phase's measurement
+        cells = [LABELS.get(scenario, scenario), metric, phase or "-"]
+        cells += [_fmt(row[c].daemon_peak_rss_mib) if c in row else "" for c in daemons]
+        cells += [_fmt(row[c].daemon_cpu_s) if c in row else "" for c in daemons]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _find(results: list[Result], scenario: str, phase: str, client: str, metric: str = "") -> Result | None:
+    for r in results:
+        if (r.scenario, r.phase, r.client) == (scenario, phase, client) and metric in r.metric:
+            return r
+    return None
+
+
+def _peer(results: list[Result], scenario: str, phase: str) -> Result | None:
+    found = [r for p in PEERS if (r := _find(results, scenario, phase, p))]
+    return max(found, key=lambda r: r.value) if found else None
+
+
+def targets(results: list[Result]) -> str:
+    """The read-performance targets, each with the figures of this run it is judged by."""
+    lines = ["| target | measured | met |", "| --- | --- | --- |"]
+
+    def check(text: str, measured: float | None, goal: float, detail: str) -> None:
+        if measured is None:
+            lines.append(f"| {text} | not measured in this run | |")
+        else:
+            lines.append(f"| {text} | {detail} | {'yes' if measured >= goal else 'no'} |")
+
+    def ratio(scenario: str, phase: str, other: Result | None, goal: float, text: str, unit: str) -> None:
+        pfs = _find(results, scenario, phase, "pfs")
+        if pfs is None or other is None:
+            check(text, None, goal, "")
+            return
+        r = pfs.value / other.value
+        detail = f"{r:.2f}x ({_fmt(pfs.value)} vs {other.client} {_fmt(other.value)} {unit})"
+        check(text, r, goal, detail)
+
+    def absolute(scenario: str, phase: str, goal: float, text: str, unit: str, metric: str = "") -> None:
+        pfs = _find(results, scenario, phase, "pfs", metric)
+        check(text, pfs.value if pfs else None, goal, f"{_fmt(pfs.value)} {unit}" if pfs else "")
+
+    raw = _find(results, "seq-1", "cold", "raw")
+    ratio("seq-1", "cold", raw, 1.0, "big file cold >= 1.0x pyarrow stream", "MiB/s")
+    ratio("seq-1", "cold", _peer(results, "seq-1", "cold"), 1.3, "big file cold >= 1.3x faster peer", "MiB/s")
+    local = _find(results, "seq-1", "warm", "local")
+    ratio("seq-1", "warm", local, 0.8, "big file warm >= 0.8x local disk (page cache dropped)", "MiB/s")
+    ratio("seq-1", "warm", _peer(results, "seq-1", "warm"), 2.0, "big file warm >= 2x faster peer", "MiB/s")
+    absolute("seq-1", "hot", 5e9 / MiB, "big file hot >= 5 GB/s", "MiB/s")
+    absolute("small-1", "warm", 3000, "small files warm, 1 reader >= 3,000 files/s", "files/s")
+    absolute("small-8", "warm", 6000, "small files warm, 8 readers >= 6,000 files/s", "files/s")
+    for scenario in ("small-1", "small-8"):
+        peer = _peer(results, scenario, "cold")
+        ratio(scenario, "cold", peer, 2.0, f"small files cold ({scenario}) >= 2x faster peer", "files/s")
+    absolute("meta", "", 30000, "metadata >= 30,000 stat/s after one listing", "stat/s", "stat")
+    peaks = [r.daemon_peak_rss_mib for r in results if r.scenario == "seq-4" and r.client == "pfs"]
+    rss = max((p for p in peaks if p is not None), default=None)
+    text = "daemon peak RSS <= 300 MiB, 4 readers of 1 GiB files"
+    check(text, None if rss is None else 300 - rss, 0, f"{rss:.0f} MiB" if rss is not None else "")
+    return "\n".join(lines)
+
+
+def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    parts = [
+        f"- Date: {meta['date']}; run took {meta.get('seconds', 0):.0f} s.",
+        f"- Machine: {meta['machine']}.",
+        f"- Versions: {versions}.",
+        f"- Server: `{meta['server']}` on 127.0.0.1; command: `{meta['command']}`.",
+        f"- Code: commit {meta.get('commit') or 'unknown'}.",
+        "",
+        "Ratios above 1 mean pfs did better (for latency: the other's time divided by pfs's). Cold: client",
+        "caches emptied and the page cache dropped; warm: remounted on the same client cache, page cache",
+        "dropped; hot: read again in the same mount. raw = pyarrow straight to the server (one stream per",
+        "reader), raw-parallel = pyarrow ranged GETs of 8 MiB, 8 at a time per file; local = the same files",
+        "read from the server's directory on local disk.",
+        "",
+        table(results),
+        "",
+        "Client daemons (reading threads excluded): peak RSS during the phase and CPU seconds it used.",
+        "",
+        resource_table(results),
+        "",
+        "The read-performance targets, judged by this run's figures:",
+        "",
+        targets(results),
+        "",
+        *(f"![{Path(c).stem}]({c})" for c in charts),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def charts(out: Path, results: list[Result]) -> list[str]:
+    """One PNG per scenario: a panel per figure, bars per client grouped by phase. Returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(results)
+    names = []
+    for scenario in SCENARIOS:
+        metrics = list(dict.fromkeys(m for (s, m, _) in rows if s == scenario))
+        if not metrics:
+            continue
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            phases = [p for (s, m, p) in rows if s == scenario and m == metric]
+            present = [c for c in COLUMNS if any(c in rows[(scenario, metric, p)] for p in phases)]
+            width = 0.8 / max(len(present), 1)
+            for i, client in enumerate(present):
+                values = [rows[(scenario, metric, p)].get(client) for p in phases]
+                xs = [j + i * width for j in range(len(phases))]
+                bars = ax.bar(xs, [v.value if v else 0 for v in values], width, label=client)
+                ax.bar_label(
+                    bars, labels=[_fmt(v.value) if v else "" for v in values], fontsize=6, rotation=90
+                )
+            ax.set_xticks([j + width * (len(present) - 1) / 2 for j in range(len(phases))])
+            ax.set_xticklabels([p or "-" for p in phases])
+            ax.set_ylabel(metric + ("" if "ms" not in metric else " (lower is better)"))
+            heights = [r.value for p in phases for r in rows[(scenario, metric, p)].values() if r.value > 0]
+            if heights and max(heights) / min(heights) > 30:
+                ax.set_yscale("log")  # hot reads and local disk are orders of magnitude above the rest
+            ax.margins(y=0.2)
+            ax.legend(fontsize=7)
+        fig.suptitle(LABELS.get(scenario, scenario))
+        fig.tight_layout()
+        name = f"{scenario}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def write(out: Path, meta: dict, results: list[Result]) -> None:
+    names = charts(out, results)
+    (out / "results.md").write_text(markdown(meta, results, names))

@@ -1,0 +1,285 @@
+"""The workloads, and how each is run against one client: cold, warm and hot for reads, once for the rest.
+
+Phases mean the same for every client:
+- cold: the client's caches emptied, freshly mounted, page cache dropped (`echo 3 > drop_caches`);
+- hot: read again at once in the same mount, nothing dropped;
+- warm: unmounted, mounted again on the same client cache directory, page cache dropped.
+Readers are threads in this process doing the same benchmarks.io calls for every client.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import pyarrow.fs as pafs
+
+from benchmarks.clients import Client
+from benchmarks.config import KiB, MiB, Sizes
+from benchmarks.datasets import Dataset
+from benchmarks.io import IO, ArrowIO, FileIO
+from benchmarks.measure import Meter, drop_caches
+from benchmarks.results import Result
+from benchmarks.servers import Store
+
+VISIBLE_TIMEOUT = 600.0
+
+
+@dataclass
+class Context:
+    sizes: Sizes
+    dataset: Dataset
+    raw_fs: pafs.FileSystem
+    bucket: str
+    run_id: str
+    store: Store
+
+
+def _parallel(readers: int, work: Callable[[list[str]], int], items: list[str]) -> int:
+    """Split `items` over `readers` threads (interleaved), run `work` on each share, sum what they return."""
+    shares = [items[i::readers] for i in range(readers)]
+    if readers == 1:
+        return work(shares[0])
+    with ThreadPoolExecutor(readers) as pool:
+        return sum(pool.map(work, shares))
+
+
+@dataclass(frozen=True)
+class ReadWork:
+    """One read scenario: which files, how many readers, what is read and how the figure is expressed."""
+
+    scenario: str
+    metric: str
+    files: Callable[[Context], list[str]]
+    readers: int
+    kind: str  # "seq" | "random" | "small"
+    read_size: int = 0
+
+    def offsets(self, ctx: Context) -> list[int]:
+        count = ctx.sizes.random_1m_reads if self.read_size == MiB else ctx.sizes.random_4k_reads
+        rng = random.Random(f"{ctx.sizes.seed}:{self.scenario}")
+        return [rng.randrange(ctx.sizes.random_file // self.read_size) * self.read_size for _ in range(count)]
+
+    def run(self, ctx: Context, io: IO) -> tuple[int, int]:
+        """Do the work once; returns (operations, bytes)."""
+        files = self.files(ctx)
+        if self.kind == "random":
+            offsets = self.offsets(ctx)
+            return len(offsets), io.read_ranges(files[0], offsets, self.read_size)
+        read = io.read_sequential if self.kind == "seq" else io.read_whole
+        nbytes = _parallel(self.readers, lambda share: sum(read(f) for f in share), files)
+        return len(files), nbytes
+
+    def value(self, ops: int, nbytes: int, seconds: float) -> float:
+        return nbytes / MiB / seconds if "MiB" in self.metric else ops / seconds
+
+
+READS = {
+    w.scenario: w
+    for w in (
+        ReadWork("seq-1", "read MiB/s", lambda c: [c.dataset.big(0)], 1, "seq"),
+        ReadWork("seq-4", "read MiB/s", lambda c: [c.dataset.big(i) for i in range(1, 5)], 4, "seq"),
+        ReadWork("rand-1m", "read MiB/s", lambda c: [c.dataset.random_file("rand-1m")], 1, "random", MiB),
+        ReadWork("rand-4k", "reads/s", lambda c: [c.dataset.random_file("rand-4k")], 1, "random", 4 * KiB),
+        ReadWork("small-1", "files/s", lambda c: c.dataset.small_set("a"), 1, "small"),
+        ReadWork("small-8", "files/s", lambda c: c.dataset.small_set("b"), 8, "small"),
+    )
+}
+
+
+def _result(scenario: str, metric: str, phase: str, client: str, value: float, meter: Meter, ops: int,
+            nbytes: int, higher: bool = True, **extra: float) -> Result:  # fmt: skip
+    usage = meter.usage
+    assert usage is not None
+    rss = usage.daemon_peak_rss / MiB if usage.daemon_peak_rss is not None else None
+    return Result(scenario, metric, phase, client, value, higher, usage.seconds, ops, nbytes,
+                  usage.reader_cpu_s, usage.daemon_cpu_s, rss, dict(extra))  # fmt: skip
+
+
+def _measure_read(ctx: Context, work: ReadWork, client: Client, phase: str) -> list[Result]:
+    with Meter(client.daemon_pid()) as meter:
+        ops, nbytes = work.run(ctx, client.io)
+    usage = meter.usage
+    assert usage is not None
+    value = work.value(ops, nbytes, usage.seconds)
+    results = [_result(work.scenario, work.metric, phase, client.name, value, meter, ops, nbytes)]
+    if work.kind == "seq" and isinstance(client.io, ArrowIO):
+        # The raw backend read the way a tuned downloader does it: parallel ranged GETs per object.
+        if phase != "hot":
+            drop_caches()
+        raw_io = client.io
+        with Meter(None) as par:
+            files = work.files(ctx)
+            nbytes = _parallel(work.readers, lambda share: sum(raw_io.read_parallel(f) for f in share), files)
+        assert par.usage is not None
+        value = nbytes / MiB / par.usage.seconds
+        results.append(
+            _result(work.scenario, work.metric, phase, "raw-parallel", value, par, len(files), nbytes)
+        )
+    return results
+
+
+def prime(ctx: Context, scenario: str) -> None:
+    """Read a scenario's files once from local disk before any client measures it.
+
+    This VM's disk is a file on its host: the first read of a file in a while comes from the host's disk
+    (several times slower here), later ones from the host's memory, whatever our page cache holds.
+    Without this, the first client measured in a scenario would pay for everyone.
+    """
+    local = FileIO(str(ctx.dataset.root))
+    if scenario in READS:
+        files = READS[scenario].files(ctx)
+    elif scenario == "meta":
+        local.list_tree("meta")
+        files = ctx.dataset.meta_files()
+    else:
+        return
+    _parallel(4, lambda share: sum(local.read_whole(f) for f in share), files)
+
+
+def warm_up(ctx: Context, client: Client) -> None:
+    """Mount once and read up to 256 MiB, untimed, before any scenario.
+
+    The first mount of a run was seen to read several times slower than later ones here (fresh processes
+    touching fresh memory, in the server and the client alike). The client's cache is emptied again
+    before every scenario, so this warms nothing a measurement could use.
+    """
+    client.clear_cache()
+    client.mount()
+    try:
+        offsets = range(0, min(ctx.sizes.big_file, 256 * MiB), MiB)
+        client.io.read_ranges(ctx.dataset.big(0), offsets, MiB)
+    finally:
+        client.unmount()
+
+
+def run_read(ctx: Context, scenario: str, client: Client) -> list[Result]:
+    work = READS[scenario]
+    results: list[Result] = []
+    client.clear_cache()
+    client.mount()
+    try:
+        drop_caches()
+        results += _measure_read(ctx, work, client, "cold")
+        results += _measure_read(ctx, work, client, "hot")
+    finally:
+        client.unmount()
+    client.mount()
+    try:
+        drop_caches()
+        results += _measure_read(ctx, work, client, "warm")
+    finally:
+        client.unmount()
+    return results
+
+
+def run_meta(ctx: Context, client: Client) -> list[Result]:
+    """Time to first byte of unlisted files, then `ls -lR` of the tree, then a stat of every file."""
+    files = ctx.dataset.meta_files()
+    per_dir = ctx.sizes.meta_per_dir
+    last_dir = files[(len(files) - 1) // per_dir * per_dir :][: ctx.sizes.ttfb_files]
+    results = []
+    client.clear_cache()
+    client.mount()
+    try:
+        drop_caches()
+        io = client.io
+        latencies = []
+        with Meter(client.daemon_pid()) as meter:
+            for rel in last_dir:
+                start = time.perf_counter()
+                io.first_byte(rel)
+                latencies.append(time.perf_counter() - start)
+        median_ms = statistics.median(latencies) * 1000
+        p90_ms = statistics.quantiles(latencies, n=10)[-1] * 1000 if len(latencies) > 1 else median_ms
+        n = len(latencies)
+        results.append(
+            _result(
+                "meta", "first byte ms", "cold", client.name, median_ms, meter, n, n, False, p90_ms=p90_ms
+            )
+        )
+
+        with Meter(client.daemon_pid()) as meter:
+            entries = io.list_tree("meta")
+        assert meter.usage is not None
+        if entries < len(files):
+            raise RuntimeError(f"{client.name}: ls -lR meta saw {entries} entries, expected >= {len(files)}")
+        value = entries / meter.usage.seconds
+        results.append(_result("meta", "ls -lR entries/s", "cold", client.name, value, meter, entries, 0))
+
+        deadline = time.monotonic() + ctx.sizes.stat_time_limit
+        with Meter(client.daemon_pid()) as meter:
+            done = 0
+            for rel in files:
+                io.stat(rel)
+                done += 1
+                if time.monotonic() > deadline:
+                    break
+        assert meter.usage is not None
+        value = done / meter.usage.seconds
+        results.append(_result("meta", "stat/s after listing", "", client.name, value, meter, done, 0))
+    finally:
+        client.unmount()
+    return results
+
+
+def _wait_visible(ctx: Context, directory: str, expected: dict[str, int]) -> None:
+    """Until every written file is on the S3 server with its full size (uploads may be asynchronous)."""
+    deadline = time.monotonic() + VISIBLE_TIMEOUT
+    selector = pafs.FileSelector(f"{ctx.bucket}/{directory}", recursive=True, allow_not_found=True)
+    prefix = f"{ctx.bucket}/"
+    while True:
+        seen = {i.path.removeprefix(prefix): i.size for i in ctx.raw_fs.get_file_info(selector) if i.is_file}
+        if all(seen.get(rel) == size for rel, size in expected.items()):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"writes under {directory} not visible on the server after {VISIBLE_TIMEOUT} s"
+            )
+        time.sleep(0.02)
+
+
+def run_write(ctx: Context, scenario: str, client: Client) -> list[Result]:
+    """Write, close, and wait until the server has every byte: the time a job's output takes to be safe."""
+    directory = f"_writes/{ctx.run_id}/{client.name}"
+    block = random.Random(f"{ctx.sizes.seed}:write").randbytes(MiB)
+    if scenario == "write-big":
+        files = {f"{directory}/big.bin": ctx.sizes.write_big}
+        metric = "write MiB/s"
+    else:
+        files = {
+            f"{directory}/s{i:05d}.bin": ctx.sizes.small_file for i in range(ctx.sizes.write_small_files)
+        }
+        metric = "files/s"
+    client.make_write_dir(ctx.store, directory)
+    client.clear_cache()
+    client.mount()
+    io = client.write_io
+    try:
+        with Meter(client.daemon_pid()) as meter:
+            start = time.perf_counter()
+            for rel, size in files.items():
+                io.write(rel, size, block)
+            close_s = time.perf_counter() - start
+            if client.on_backend:
+                _wait_visible(ctx, directory, files)
+    finally:
+        client.unmount()
+        client.remove_write_dir(ctx.store, directory)
+    assert meter.usage is not None
+    seconds, total = meter.usage.seconds, sum(files.values())
+    if scenario == "write-big":
+        value, at_close = total / MiB / seconds, total / MiB / close_s
+    else:
+        value, at_close = len(files) / seconds, len(files) / close_s
+    return [
+        _result(scenario, metric, "", client.name, value, meter, len(files), total),
+        replace(
+            _result(scenario, f"{metric} at close", "", client.name, at_close, meter, len(files), total),
+            seconds=close_s,
+        ),
+    ]
