@@ -1,14 +1,12 @@
 """pfs, mounted with its default options through its own command line (`python -m pfs mount`).
 
-The only option passed is a per-run cache directory (`-o cache_dir=DIR`), and only when this pfs has a block
-cache (its `mount --help` mentions cache_dir), so that "cold" starts from an empty cache and "warm" remounts
-onto the cache the cold pass filled, exactly as for the peers. Without a block cache warm equals cold.
+The only option passed is a per-run cache directory (`-o cache_dir=DIR`), so that "cold" starts from an
+empty cache and "warm" remounts onto the cache the cold pass filled, exactly as for the peers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import subprocess
 import sys
@@ -16,14 +14,6 @@ from importlib import metadata
 
 from benchmarks.clients.base import EXIT_TIMEOUT, Env, MountedClient, force_unmount, unmount_retrying
 from pfs import control, mounter
-
-
-@functools.cache
-def has_block_cache() -> bool:
-    out = subprocess.run(
-        [sys.executable, "-m", "pfs", "mount", "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    return "cache_dir" in out
 
 
 class PfsClient(MountedClient):
@@ -34,7 +24,7 @@ class PfsClient(MountedClient):
         self.pid: int | None = None
 
     def version(self) -> str:
-        return metadata.version("pfs") + (" (block cache)" if has_block_cache() else " (no block cache)")
+        return metadata.version("pfs")
 
     def mount(self) -> None:
         uri = self.env.server.uri(self.env.bucket)
@@ -47,9 +37,9 @@ class PfsClient(MountedClient):
             str(self.mountpoint),
             "--log-file",
             str(self.log),
+            "-o",
+            f"cache_dir={self.cache_dir}",
         ]
-        if has_block_cache():
-            command += ["-o", f"cache_dir={self.cache_dir}"]
         env = {**os.environ, **self.env.server.env()}
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode != 0:
