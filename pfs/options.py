@@ -42,7 +42,7 @@ class MountOptions:
     free_space_ratio: float = 0.1  # the disk tier shrinks to keep this share of its file system free
     memory_limit: int = 160 << 20  # every cached or in-flight block of this mount, however many files
     block_size: int = 4 << 20
-    prefetch: int = 32 << 20  # how far ahead of a sequential reader blocks are fetched
+    prefetch: int = 64 << 20  # how far ahead of a sequential reader blocks are fetched
     metrics_port: int = 0  # serve Prometheus metrics on 127.0.0.1:PORT (0: off)
     log_file: str | None = None
     debug: bool = False

@@ -30,6 +30,7 @@ from pfs.stats import Stats
 log = logging.getLogger(__name__)
 
 Run = Callable[..., Awaitable[Any]]
+Block = bytes | memoryview  # a view shares the buffer of the ranged read it came from
 OpenReader = Callable[[], Awaitable[Reader]]
 
 # An ETag seen less than this long after the object's modification time may belong to a same-size rewrite
@@ -41,7 +42,7 @@ MAX_SEEN_IN_MEMORY = 100_000  # versions seen by this mount kept in memory (all 
 @dataclass(frozen=True)
 class CacheConfig:
     block_size: int = 4 << 20
-    fetch_blocks: int = 2  # blocks per ranged request when prefetching
+    fetch_blocks: int = 4  # blocks per ranged request when prefetching
     prefetch_blocks: int = 8  # largest window a sequential stream fetches ahead
     memory_limit: int = 256 << 20
 
@@ -77,7 +78,7 @@ class Stream:
 @dataclass(eq=False)
 class _Fetch:
     done: trio.Event = field(default_factory=trio.Event)
-    blocks: dict[int, bytes] = field(default_factory=dict)
+    blocks: dict[int, Block] = field(default_factory=dict)
     error: BaseException | None = None
 
 
@@ -168,7 +169,7 @@ class BlockCache:
         if 0 < obj.size <= self.config.block_size:
             self._schedule(obj, 0, 1, open_reader)
 
-    async def _block(self, obj: CachedObject, index: int, open_reader: OpenReader) -> bytes:
+    async def _block(self, obj: CachedObject, index: int, open_reader: OpenReader) -> Block:
         key = obj.key(index)
         data = self.memory.get(key)
         if data is not None:
@@ -183,7 +184,7 @@ class BlockCache:
         # Nobody is fetching it, or the shared fetch failed (a prefetch gave up): fetch it for this read.
         await self._reserve(self._span(obj, index, 1))
         fetch = self._register(obj, index, 1)
-        return (await self._load(obj, index, 1, open_reader, fetch, ahead=False))[index]
+        return (await self._load(obj, index, 1, open_reader, fetch))[index]
 
     async def _reserve(self, nbytes: int) -> None:
         """Room in the budget for a fetch a reader waits for: wait while in-flight fetches hold it all."""
@@ -216,7 +217,8 @@ class BlockCache:
         start = max(stream.prefetched_to, last + 1)
         stop = min(last + 1 + window, blocks)
         step = self.config.fetch_blocks
-        while start < stop:
+        # Whole requests of `step` blocks only (the window moves a block at a time), but the file's tail.
+        while start < stop and (stop - start >= step or stop == blocks):
             count = min(step, stop - start)
             if not self._schedule(obj, start, count, open_reader):
                 break
@@ -251,18 +253,17 @@ class BlockCache:
     ) -> None:
         self.stats.add("prefetch_blocks", count)
         try:
-            await self._load(obj, first, count, open_reader, fetch, ahead=True)
+            await self._load(obj, first, count, open_reader, fetch)
         except Exception as exc:  # the reader that needs these blocks fetches them itself and reports
             log.debug("prefetch of %s failed: %s", obj.path, exc)
 
     async def _load(
-        self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch, ahead: bool
-    ) -> dict[int, bytes]:
+        self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch
+    ) -> dict[int, Block]:
         """Bring registered blocks [first, first+count), whose bytes are reserved in the memory budget, into
-        memory from the disk tier or, failing that, the backend.
-
-        A prefetch (`ahead`) writes what it fetched to the disk tier in its worker thread before it returns,
-        as nobody waits for it yet; a fetch a reader waits for returns first and writes in the background."""
+        memory from the disk tier or, failing that, the backend. Fetched blocks are handed to waiting readers
+        first and written to the disk tier in the background; their bytes stay reserved until written, so
+        a disk slower than the backend slows prefetch down instead of growing memory."""
         indices = range(first, first + count)
         keys = [obj.key(i) for i in indices]
         held = self._span(obj, first, count)
@@ -273,10 +274,10 @@ class BlockCache:
                 fetch.blocks.update(found)
             for run_first, run_count in _runs([i for i in indices if i not in fetch.blocks]):
                 reader = await open_reader()
-                fetched = await self._fetch(reader, obj, run_first, run_count, ahead)
+                fetched = await self._fetch(reader, obj, run_first, run_count, store=False)
                 fetch.blocks.update(fetched)
                 for index, data in fetched.items():
-                    if not ahead and self._store_on_disk(obj.key(index), data):
+                    if self._store_on_disk(obj.key(index), data):
                         held -= len(data)  # the writer releases it once on disk
             return fetch.blocks
         except BaseException as exc:
@@ -293,7 +294,7 @@ class BlockCache:
 
     async def _fetch(
         self, reader: Reader, obj: CachedObject, first: int, count: int, store: bool
-    ) -> dict[int, bytes]:
+    ) -> dict[int, Block]:
         blocks, took = await self._run_backend(self._fetch_run, reader, obj, first, count, store)
         # Counted here, on the loop: counters are not safe to update from several threads.
         self.stats.add("cache_misses", count)
@@ -304,24 +305,21 @@ class BlockCache:
 
     def _fetch_run(
         self, reader: Reader, obj: CachedObject, first: int, count: int, store: bool
-    ) -> tuple[dict[int, bytes], int]:
+    ) -> tuple[dict[int, Block], int]:
         """One ranged read for consecutive blocks, cut into blocks, written to the disk tier with `store`
         (in a worker thread); also returns the microseconds the backend took."""
         bs = self.config.block_size
         started = time.perf_counter()
         data = reader.read(first * bs, self._span(obj, first, count))
         took = int((time.perf_counter() - started) * 1e6)
-        if count == 1:
-            blocks = {first: data}
-        else:
-            view = memoryview(data)
-            blocks = {first + i: bytes(view[i * bs : (i + 1) * bs]) for i in range(count)}
+        view = memoryview(data)  # blocks are views of the one buffer read: no copies
+        blocks = {first + i: view[i * bs : (i + 1) * bs] for i in range(count)}
         if store and self.disk is not None:
             for index, block in blocks.items():
                 self._put_quietly(obj.key(index), block)
         return blocks, took
 
-    def _put_quietly(self, key: str, data: bytes) -> None:
+    def _put_quietly(self, key: str, data: Block) -> None:
         """A block that cannot be written to disk is only not cached: reads go on."""
         assert self.disk is not None
         try:
@@ -333,7 +331,7 @@ class BlockCache:
         bs = self.config.block_size
         return max(0, min(obj.size, (first + count) * bs) - first * bs)
 
-    def _store_on_disk(self, key: str, data: bytes) -> bool:
+    def _store_on_disk(self, key: str, data: Block) -> bool:
         """Write a fetched block to the disk tier in the background; True when the write now holds the
         block's share of the budget (it stays in memory until written)."""
         if self.disk is None:
@@ -344,7 +342,7 @@ class BlockCache:
         self._nursery.start_soon(self._write_block, key, data)
         return True
 
-    async def _write_block(self, key: str, data: bytes) -> None:
+    async def _write_block(self, key: str, data: Block) -> None:
         try:
             await self._run_disk(self._put_quietly, key, data)
         finally:
@@ -422,7 +420,7 @@ def _object_key(backend_id: str, path: str) -> str:
     return hashlib.blake2b(f"{backend_id}\0{path}".encode(), digest_size=16).hexdigest()
 
 
-def _read_blocks(disk: DiskTier, keys: list[str], first: int) -> dict[int, bytes]:
+def _read_blocks(disk: DiskTier, keys: list[str], first: int) -> dict[int, Block]:
     found = {}
     for offset, key in enumerate(keys):
         data = disk.get(key)

@@ -13,7 +13,6 @@ remounted node can use its cached blocks without asking the backend for every fi
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -37,6 +36,19 @@ class Seen:
     mtime_ns: int
     etag: str
     seen_at: float  # wall-clock seconds
+
+
+class _Chunks:
+    """A block as the file-like object diskcache reads in chunks, without copying it."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._view = memoryview(data)
+        self._at = 0
+
+    def read(self, size: int) -> memoryview:
+        chunk = self._view[self._at : self._at + size]
+        self._at += len(chunk)
+        return chunk
 
 
 class DiskTier:
@@ -79,10 +91,11 @@ class DiskTier:
     def __contains__(self, key: str) -> bool:
         return key in self._cache
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | memoryview) -> None:
         self._respect_free_space(len(data))
-        # As a file object: diskcache writes plain bytes line by line (thousands of writes per block).
-        self._cache.set(key, io.BytesIO(data), read=True, tag=zlib.crc32(data), retry=True)
+        # As a file object: diskcache writes plain bytes line by line (thousands of writes per block), and
+        # a BytesIO would copy the block first.
+        self._cache.set(key, _Chunks(data), read=True, tag=zlib.crc32(data), retry=True)
 
     def delete(self, key: str) -> None:
         self._cache.delete(key, retry=True)

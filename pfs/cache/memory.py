@@ -20,13 +20,13 @@ class MemoryTier:
         self.cached = 0  # bytes of blocks in the LRU
         self.reserved = 0  # bytes in flight: being fetched, or waiting for the disk tier
         self.peak = 0  # the most ever held at once
-        self._blocks: OrderedDict[str, bytes] = OrderedDict()
+        self._blocks: OrderedDict[str, bytes | memoryview] = OrderedDict()
 
     @property
     def used(self) -> int:
         return self.cached + self.reserved
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> bytes | memoryview | None:
         data = self._blocks.get(key)
         if data is not None:
             self._blocks.move_to_end(key)
@@ -35,7 +35,7 @@ class MemoryTier:
     def __contains__(self, key: str) -> bool:
         return key in self._blocks
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | memoryview) -> None:
         """Keep `data` if it fits once older blocks are evicted; otherwise drop it (it is also on disk)."""
         if key in self._blocks:
             self._blocks.move_to_end(key)
