@@ -156,13 +156,26 @@ class BlockCache:
         first, last = offset // bs, (end - 1) // bs
         if stream is not None:
             self._follow(stream, obj, offset, end, last, open_reader)
-        parts = []
+        # A random read of a big file takes just its bytes from the disk tier, not whole blocks.
+        random = stream is not None and stream.streak == 0 and obj.size > bs and self.disk is not None
+        parts: list[Block] = []
         for index in range(first, last + 1):
-            data = await self._block(obj, index, open_reader)
-            lo, hi = max(offset - index * bs, 0), min(end - index * bs, len(data))
-            # A view, not a copy: pyfuse3 hands any buffer to the kernel as it is.
-            parts.append(memoryview(data)[lo:hi])
+            lo, hi = max(offset - index * bs, 0), min(end - index * bs, bs)
+            part = await self._part_from_disk(obj, index, lo, hi) if random else None
+            if part is None:
+                # A view, not a copy: pyfuse3 hands any buffer to the kernel as it is.
+                part = memoryview(await self._block(obj, index, open_reader))[lo:hi]
+            parts.append(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _part_from_disk(self, obj: CachedObject, index: int, lo: int, hi: int) -> bytes | None:
+        key = obj.key(index)
+        if self._known(key) or self.disk is None:
+            return None
+        part = await self._run_disk(self.disk.get_range, key, lo, hi)
+        if part is not None:
+            self.stats.add("cache_hits_disk", 1)
+        return part
 
     def prefetch_whole(self, obj: CachedObject, open_reader: OpenReader) -> None:
         """Start fetching a small file's only block as it is opened: its first read is right behind."""

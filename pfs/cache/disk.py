@@ -1,11 +1,12 @@
 """The disk tier: cached blocks on local disk, shared by every pfs mount on the node and kept across remounts.
 
 Built on diskcache (SQLite plus one file per block), which is safe for several threads and processes at once.
-Every method blocks: the trio side calls them in worker threads. Each block carries a CRC32 (diskcache's tag
-column) that is checked on every read; a block failing it is dropped, counted and reported missing, so it is
-fetched again. Bounds are enforced on insert, never by a background sweep: the byte budget (diskcache culls
-the oldest blocks on every set, so the tier never exceeds it by more than one block) and a minimum
-ratio of free space on the file system holding the cache.
+Every method blocks: the trio side calls them in worker threads. Each block carries a CRC32 per 64 KiB
+chunk (diskcache's tag column), checked on every read, so a random read checks (and reads) only the chunks
+it needs; a block failing it is dropped, counted and reported missing, so it is fetched again. Bounds are
+enforced on insert, never by a background sweep: the byte budget (diskcache culls the oldest blocks on
+every set, so the tier never exceeds it by more than one block) and a minimum ratio of free space on the
+file system holding the cache.
 
 The same directory also keeps a small version book: the version (ETag) last seen for each object, so a
 remounted node can use its cached blocks without asking the backend for every file again.
@@ -13,6 +14,7 @@ remounted node can use its cached blocks without asking the backend for every fi
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import shutil
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # A block's value is stored as one file above this size; smaller ones live inside SQLite.
 _MIN_FILE_SIZE = 64 * 1024
+CHECK_CHUNK = 64 * 1024  # each block carries a CRC32 per chunk of this size
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,14 @@ class Seen:
     mtime_ns: int
     etag: str
     seen_at: float  # wall-clock seconds
+
+
+def _checksums(data: bytes | memoryview) -> bytes:
+    """CRC32 of every CHECK_CHUNK of `data`, packed: a random read checks only the chunks it reads."""
+    view = memoryview(data)
+    return array.array(
+        "I", (zlib.crc32(view[i : i + CHECK_CHUNK]) for i in range(0, len(view), CHECK_CHUNK))
+    ).tobytes()
 
 
 class _Chunks:
@@ -77,16 +88,32 @@ class DiskTier:
     # ---- blocks ------------------------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        value, crc = self._cache.get(key, default=None, tag=True, retry=True)
+        value, crcs = self._cache.get(key, default=None, tag=True, retry=True)
         if value is None:
             return None
-        if not isinstance(value, bytes) or zlib.crc32(value) != crc:
-            with self._count_lock:  # called from several worker threads
-                self.corrupt_blocks += 1
-            log.warning("dropped a corrupt cached block %s; it will be fetched again", key)
-            self._cache.delete(key, retry=True)
-            return None
+        if not isinstance(value, bytes) or crcs != _checksums(value):
+            return self._drop_corrupt(key)
         return value
+
+    def get_range(self, key: str, start: int, end: int) -> bytes | None:
+        """Bytes [start, end) of a block, reading and checking only the chunks that hold them."""
+        handle, crcs = self._cache.get(key, default=None, read=True, tag=True, retry=True)
+        if handle is None:
+            return None
+        with handle:
+            first, last = start // CHECK_CHUNK, (end - 1) // CHECK_CHUNK
+            handle.seek(first * CHECK_CHUNK)
+            data = handle.read((last + 1 - first) * CHECK_CHUNK)
+        expected = crcs[first * 4 : (last + 1) * 4] if isinstance(crcs, bytes) else None
+        if expected is None or len(expected) != (last + 1 - first) * 4 or _checksums(data) != expected:
+            return self._drop_corrupt(key)
+        return data[start - first * CHECK_CHUNK : end - first * CHECK_CHUNK]
+
+    def _drop_corrupt(self, key: str) -> None:
+        with self._count_lock:  # called from several worker threads
+            self.corrupt_blocks += 1
+        log.warning("dropped a corrupt cached block %s; it will be fetched again", key)
+        self._cache.delete(key, retry=True)
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache
@@ -95,7 +122,7 @@ class DiskTier:
         self._respect_free_space(len(data))
         # As a file object: diskcache writes plain bytes line by line (thousands of writes per block), and
         # a BytesIO would copy the block first.
-        self._cache.set(key, _Chunks(data), read=True, tag=zlib.crc32(data), retry=True)
+        self._cache.set(key, _Chunks(data), read=True, tag=_checksums(data), retry=True)
 
     def delete(self, key: str) -> None:
         self._cache.delete(key, retry=True)

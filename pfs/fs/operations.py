@@ -55,6 +55,7 @@ NAME_MAX = 255
 MAX_LISTINGS = 4096  # directory listings kept for lookups
 MAX_LISTING_ENTRIES = 200_000  # a bigger directory is listed again rather than held
 MAX_NEGATIVE_ENTRIES = 100_000
+MAX_RELIST_ENTRIES = 5_000  # an expired listing this small is taken again rather than one HEAD per name
 RESERVED_ROOT_NAME = ".pfs"  # the backend's own area (snapshots, temporary and detached objects)
 
 
@@ -132,6 +133,7 @@ class Operations(pyfuse3.Operations):
         self._listings: OrderedDict[str, tuple[float, dict[str, Entry]]] = OrderedDict()
         self._missing: dict[str, float] = {}  # negative entries: path -> when the backend said so
         self._nursery: trio.Nursery | None = None
+        self._relisting: dict[str, trio.Event] = {}  # directories being listed again for lookups
         self._handles: dict[int, Handle | DirHandle] = {}
         self.writes = WriteBack(backend, self._store_of, options.staging_dir, self._run, self.stats)
         self._next_fh = 1
@@ -221,6 +223,10 @@ class Operations(pyfuse3.Operations):
         now = time.monotonic()
         parent, _, name = path.rpartition("/")
         listed = self._listings.get(parent)
+        if listed is not None and now - listed[0] >= ttl and len(listed[1]) <= MAX_RELIST_ENTRIES:
+            # A directory read before (a dataset being walked again): one listing answers for all its
+            # names, where asking for each would cost a request per file.
+            listed = await self._relist(parent)
         if listed is not None and now - listed[0] < ttl:
             entry = listed[1].get(name)
             if entry is not None:
@@ -236,6 +242,22 @@ class Operations(pyfuse3.Operations):
             self._missing[path] = now
             return self._gone(inode, path)
         return self.inodes.add(path, entry)
+
+    async def _relist(self, path: str) -> tuple[float, dict[str, Entry]] | None:
+        """Refresh the cached listing of directory `path`, once however many lookups ask at the same time."""
+        pending = self._relisting.get(path)
+        if pending is not None:
+            await pending.wait()
+            return self._listings.get(path)
+        self._relisting[path] = done = trio.Event()
+        try:
+            await self._list_backend(path)
+        except NotFound:
+            self._listings.pop(path, None)
+        finally:
+            del self._relisting[path]
+            done.set()
+        return self._listings.get(path)
 
     def _gone(self, inode: Inode | None, path: str) -> Inode:
         if inode is not None and inode.open_handles:
@@ -339,15 +361,19 @@ class Operations(pyfuse3.Operations):
             raise NotADirectory(node.path)
         return self._new_fh(DirHandle(node))
 
-    async def _list(self, node: Inode) -> list[Entry]:
+    async def _list_backend(self, path: str) -> dict[str, Entry]:
+        """The backend's listing of directory `path`, kept for lookups of its names for the metadata TTL."""
         listed_at = time.monotonic()
-        entries = {e.name: e for e in await self._run(self.backend.list_dir, node.path)}
+        entries = {e.name: e for e in await self._run(self.backend.list_dir, path)}
         if len(entries) <= MAX_LISTING_ENTRIES:
-            self._listings[node.path] = (listed_at, entries)
-            self._listings.move_to_end(node.path)
+            self._listings[path] = (listed_at, entries)
+            self._listings.move_to_end(path)
             while len(self._listings) > MAX_LISTINGS:
                 self._listings.popitem(last=False)
-        entries = dict(entries)
+        return entries
+
+    async def _list(self, node: Inode) -> list[Entry]:
+        entries = dict(await self._list_backend(node.path))
         for child in self.writes.unpublished_below(node.path, direct=True):
             name = child.path.rpartition("/")[2]
             entries[name] = Entry(name, child.kind)
