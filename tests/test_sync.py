@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -94,7 +95,11 @@ def test_resumes_after_being_killed(tmp_path, s3):
         assert wait_until(lambda: len(live.list_dir("")) >= 20, timeout=60)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        present = {e.name: e.size for e in live.list_dir("")}
+        # A PUT whose body reached the server before the kill may still land: wait until nothing changes.
+        present: dict[str, int] = {}
+        while (listed := {e.name: e.size for e in live.list_dir("")}) != present:
+            present = listed
+            time.sleep(0.5)
         assert 20 <= len(present) < len(files), "killed midway"
         for name in present:  # what is there is whole: never a partial object
             reader = live.open_reader(name, present[name])
