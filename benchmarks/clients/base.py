@@ -200,3 +200,10 @@ class ChildMountClient(MountedClient):
         force_unmount(self.mountpoint, process.pid if process else None)
         if process is not None:
             process.wait()
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a file only its owner can read (credentials for a peer client)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

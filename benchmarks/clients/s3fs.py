@@ -12,10 +12,9 @@ The keys are in a passwd file of mode 600, never on the command line.
 
 from __future__ import annotations
 
-import os
 import subprocess
 
-from benchmarks.clients.base import ChildMountClient, Env, executable
+from benchmarks.clients.base import ChildMountClient, Env, executable, write_secret
 from pfs.testserver import REGION
 
 
@@ -34,9 +33,7 @@ class S3fsClient(ChildMountClient):
         super().__init__(env)
         self.binary = executable("s3fs", "apt-get install s3fs")
         self.passwd = self.dir / "passwd"
-        fd = os.open(self.passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{env.server.access_key}:{env.server.secret_key}\n")
+        write_secret(self.passwd, f"{env.server.access_key}:{env.server.secret_key}\n")
 
     def version(self) -> str:
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout

@@ -79,7 +79,6 @@ class Stream:
 class _Fetch:
     done: trio.Event = field(default_factory=trio.Event)
     blocks: dict[int, Block] = field(default_factory=dict)
-    error: BaseException | None = None
 
 
 class BlockCache:
@@ -293,9 +292,6 @@ class BlockCache:
                     if self._store_on_disk(obj.key(index), data):
                         held -= len(data)  # the writer releases it once on disk
             return fetch.blocks
-        except BaseException as exc:
-            fetch.error = exc
-            raise
         finally:
             self._release(held)
             for index, key in zip(indices, keys, strict=True):

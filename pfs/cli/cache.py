@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pfs.cli.common import human
 from pfs.errors import UsageError
 
 if TYPE_CHECKING:
@@ -66,11 +67,3 @@ def clear(cache_dir: str) -> None:
     finally:
         tier.close()
     click.echo(f"pfs: cleared {count:,} entries from {cache_dir}")
-
-
-def human(amount: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(amount) < 1024 or unit == "TiB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    raise AssertionError("unreachable")

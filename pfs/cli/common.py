@@ -110,3 +110,12 @@ class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed or 0:,.0f} {self._unit}/s", style="progress.data.speed")
+
+
+def human(amount: float) -> str:
+    """'512 B', '1.5 MiB', '2.0 TiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(amount) < 1024:
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TiB"

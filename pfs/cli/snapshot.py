@@ -11,7 +11,7 @@ import click
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pfs.backends import BackendOptions, finish, open_backend, redact_uri
-from pfs.cli.common import RateColumn, as_uri, connection_options, one_line_errors, progress_bar
+from pfs.cli.common import RateColumn, as_uri, connection_options, human, one_line_errors, progress_bar
 from pfs.options import MountOptions
 
 
@@ -28,14 +28,6 @@ def _snapshots(uri: str, backend_options: BackendOptions) -> Iterator:
         finally:
             backend.close()
             finish()
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 @click.group()
@@ -101,7 +93,7 @@ def create(
     rate = info.entries / elapsed if elapsed else 0.0
     click.echo(
         f"pfs: snapshot '{name}' of {store.where}: {info.entries:,} entries, {info.files:,} files, "
-        f"{_size(info.bytes)} ({rate:,.0f} entries/s)"
+        f"{human(info.bytes)} ({rate:,.0f} entries/s)"
     )
 
 
@@ -134,7 +126,7 @@ def show(
     click.echo(f"created   {info.created}")
     click.echo(f"source    {info.source}")
     click.echo(f"entries   {info.entries:,} ({info.files:,} files)")
-    click.echo(f"bytes     {info.bytes:,} ({_size(info.bytes)})")
+    click.echo(f"bytes     {info.bytes:,} ({human(info.bytes)})")
     click.echo(f"etags     {info.etags:,} of {info.files:,} files")
     if info.excludes:
         click.echo(f"excludes  {' '.join(info.excludes)}")

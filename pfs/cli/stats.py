@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from pfs import control
-from pfs.cli.cache import human
+from pfs.cli.common import human
 from pfs.errors import UsageError
 
 
@@ -55,7 +55,10 @@ def _table(mountpoint: str, data: dict, rates: dict[str, float]) -> Table:
     rows = [
         ("requests", f"{rates.get('ops', 0):,.0f}/s"),
         ("read", f"{human(rates.get('read', 0))}/s   (total {human(data.get('bytes_read', 0))})"),
-        ("uploaded", f"{human(rates.get('written', 0))}/s   (total {human(data.get('bytes_uploaded', 0))})"),
+        (
+            "uploaded",
+            f"{human(rates.get('written', 0))}/s   (total {human(data.get('bytes_uploaded', 0))})",
+        ),
         ("cache hits", "-" if ratio != ratio else f"{ratio:.1%} of block reads"),
         (
             "backend",

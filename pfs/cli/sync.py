@@ -17,7 +17,7 @@ from rich.progress import (
 )
 
 from pfs.backends import Backend, BackendOptions, finish, open_backend, redact_uri
-from pfs.cli.common import as_uri, connection_options, one_line_errors, progress_bar
+from pfs.cli.common import as_uri, connection_options, human, one_line_errors, progress_bar
 from pfs.errors import UsageError
 from pfs.listing import Excludes
 from pfs.options import MountOptions
@@ -52,14 +52,6 @@ class _Bar(SyncProgress):
         )
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
 def _open_destination(uri: str, options: BackendOptions, dry_run: bool) -> Backend | None:
     """The destination backend; a local directory that does not exist yet is made (in a dry run: None)."""
     if uri.startswith("file://") and not os.path.isdir(uri[len("file://") :].split("?")[0]):
@@ -79,7 +71,7 @@ def _dry_run_report(work: Plan) -> None:
     for path, why in work.conflicts:
         click.echo(f"conflict {path}: {why}")
     click.echo(
-        f"pfs: sync (dry run): would copy {len(work.copies):,} ({_size(work.bytes)}), compare "
+        f"pfs: sync (dry run): would copy {len(work.copies):,} ({human(work.bytes)}), compare "
         f"{len(work.compare):,}, delete {len(work.deletions):,}; {work.unchanged:,} unchanged, "
         f"{len(work.conflicts):,} conflicts"
     )
@@ -88,8 +80,8 @@ def _dry_run_report(work: Plan) -> None:
 def _summary(outcome: Outcome, seconds: float) -> str:
     rate = outcome.bytes / seconds if seconds > 0 else 0.0
     text = (
-        f"pfs: sync: copied {outcome.copied:,} ({_size(outcome.bytes)}), {outcome.unchanged:,} unchanged, "
-        f"{outcome.deleted:,} deleted, {len(outcome.failures):,} failed in {seconds:.2f} s ({_size(rate)}/s)"
+        f"pfs: sync: copied {outcome.copied:,} ({human(outcome.bytes)}), {outcome.unchanged:,} unchanged, "
+        f"{outcome.deleted:,} deleted, {len(outcome.failures):,} failed in {seconds:.2f} s ({human(rate)}/s)"
     )
     if outcome.deletions_skipped:
         text += "; deletions skipped because of the failures"

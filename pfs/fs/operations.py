@@ -18,7 +18,6 @@ import os
 import stat
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from pfs.errors import (
     errno_of,
 )
 from pfs.fs.inodes import Inode, InodeTable
+from pfs.fs.names import NameCache
 from pfs.fs.writeback import WriteBack
 from pfs.options import MountOptions
 from pfs.stats import Stats, rss_bytes
@@ -52,10 +52,6 @@ from pfs.stats import Stats, rss_bytes
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
-MAX_LISTINGS = 4096  # directory listings kept for lookups
-MAX_LISTING_ENTRIES = 200_000  # a bigger directory is listed again rather than held
-MAX_NEGATIVE_ENTRIES = 100_000
-MAX_RELIST_ENTRIES = 5_000  # an expired listing this small is taken again rather than one HEAD per name
 RESERVED_ROOT_NAME = ".pfs"  # the backend's own area (snapshots, temporary and detached objects)
 
 
@@ -130,8 +126,7 @@ class Operations(pyfuse3.Operations):
         )
         self.cache = BlockCache(config, disk, self.stats, self._run, self._run_disk)
         self._readers: dict[int, tuple[CachedObject, Reader]] = {}  # per inode, opened on the first miss
-        self._listings: OrderedDict[str, tuple[float, dict[str, Entry]]] = OrderedDict()
-        self._missing: dict[str, float] = {}  # negative entries: path -> when the backend said so
+        self.names = NameCache(options.metadata_ttl)
         self._nursery: trio.Nursery | None = None
         self._relisting: dict[str, trio.Event] = {}  # directories being listed again for lookups
         self._handles: dict[int, Handle | DirHandle] = {}
@@ -222,53 +217,43 @@ class Operations(pyfuse3.Operations):
             return inode
         now = time.monotonic()
         parent, _, name = path.rpartition("/")
-        listed = self._listings.get(parent)
-        if listed is not None and now - listed[0] >= ttl and len(listed[1]) <= MAX_RELIST_ENTRIES:
-            # A directory read before (a dataset being walked again): one listing answers for all its
-            # names, where asking for each would cost a request per file.
-            listed = await self._relist(parent)
-        if listed is not None and now - listed[0] < ttl:
-            entry = listed[1].get(name)
+        if self.names.worth_relisting(parent, now):
+            await self._relist(parent)
+        listed = self.names.listing(parent, now)
+        if listed is not None:
+            entry = listed.entries.get(name)
             if entry is not None:
-                return self.inodes.add(path, entry, seen_at=listed[0])
+                return self.inodes.add(path, entry, seen_at=listed.at)
             return self._gone(inode, path)
-        if now - self._missing.get(path, -ttl) < ttl:
+        if self.names.is_missing(path, now):
             return self._gone(inode, path)
         try:
             entry = await self._run(self.backend.stat, path)
         except NotFound:
-            if len(self._missing) >= MAX_NEGATIVE_ENTRIES:
-                self._missing.clear()
-            self._missing[path] = now
+            self.names.mark_missing(path, now)
             return self._gone(inode, path)
         return self.inodes.add(path, entry)
 
-    async def _relist(self, path: str) -> tuple[float, dict[str, Entry]] | None:
-        """Refresh the cached listing of directory `path`, once however many lookups ask at the same time."""
+    async def _relist(self, path: str) -> None:
+        """List directory `path` again for lookups, once however many lookups ask at the same time."""
         pending = self._relisting.get(path)
         if pending is not None:
             await pending.wait()
-            return self._listings.get(path)
+            return
         self._relisting[path] = done = trio.Event()
         try:
             await self._list_backend(path)
         except NotFound:
-            self._listings.pop(path, None)
+            self.names.forget_directory(path)
         finally:
             del self._relisting[path]
             done.set()
-        return self._listings.get(path)
 
     def _gone(self, inode: Inode | None, path: str) -> Inode:
         if inode is not None and inode.open_handles:
             return inode  # another writer removed it; our open handles keep their view
         self.inodes.remove_path(path)
         raise NotFound(path)
-
-    def _changed(self, path: str) -> None:
-        """This mount changed the name `path`: forget what was cached about it and its directory."""
-        self._missing.pop(path, None)
-        self._listings.pop(path.rpartition("/")[0], None)
 
     def _new_fh(self, handle: Handle | DirHandle) -> int:
         fh = self._next_fh
@@ -365,11 +350,7 @@ class Operations(pyfuse3.Operations):
         """The backend's listing of directory `path`, kept for lookups of its names for the metadata TTL."""
         listed_at = time.monotonic()
         entries = {e.name: e for e in await self._run(self.backend.list_dir, path)}
-        if len(entries) <= MAX_LISTING_ENTRIES:
-            self._listings[path] = (listed_at, entries)
-            self._listings.move_to_end(path)
-            while len(self._listings) > MAX_LISTINGS:
-                self._listings.popitem(last=False)
+        self.names.keep(path, entries, listed_at)
         return entries
 
     async def _list(self, node: Inode) -> list[Entry]:
@@ -406,7 +387,7 @@ class Operations(pyfuse3.Operations):
         self._check_writable()
         path = self._child_path(self.inodes[parent_inode], name)
         await self._run(self.backend.make_dir, path)
-        self._changed(path)
+        self.names.changed(path)
         inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
         inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
         inode.lookups += 1
@@ -422,7 +403,7 @@ class Operations(pyfuse3.Operations):
         if self.writes.unpublished_below(path, direct=True):
             raise NotEmpty(path)
         await self._run(self.backend.remove_dir, path)
-        self._changed(path)
+        self.names.changed(path)
         self.inodes.remove_path(path)
 
     # ---- names ------------------------------------------------------------------------------------------
@@ -432,7 +413,7 @@ class Operations(pyfuse3.Operations):
         self._check_writable()
         path = self._child_path(self.inodes[parent_inode], name)
         entry = await self._run(self.backend.write_symlink, path, os.fsdecode(target))
-        self._changed(path)
+        self.names.changed(path)
         inode = self.inodes.add(path, entry)
         inode.symlink_target = os.fsdecode(target)
         inode.lookups += 1
@@ -450,7 +431,7 @@ class Operations(pyfuse3.Operations):
     async def _remove(self, inode: Inode) -> None:
         """Remove a file's name; an open file stays readable (under a hidden name) until its last close."""
         path = inode.path
-        self._changed(path)
+        self.names.changed(path)
         if inode.on_backend and inode.open_handles:
             await self._detach(inode)
         elif inode.on_backend:
@@ -506,10 +487,10 @@ class Operations(pyfuse3.Operations):
             # Publish first, so that the backend renames (atomically on file://) over the old target.
             await self.writes.upload(inode)
         await self._run(self.backend.rename, src, dst)
-        self._changed(src)
-        self._changed(dst)
+        self.names.changed(src)
+        self.names.changed(dst)
         if inode.kind is Kind.DIR:
-            self._listings.clear()  # every directory below moved
+            self.names.clear_listings()  # every directory below moved
         moved = self.inodes.move(src, dst, tree=inode.kind is Kind.DIR)
         if target is not None:
             self.inodes.prune(target)
@@ -561,19 +542,15 @@ class Operations(pyfuse3.Operations):
         is opened now (one HEAD) and its reader kept for the first miss."""
         if self.backend.cheap_open:  # revalidate now: it costs nothing, and an open sees the latest version
             inode.update(await self._run(self.backend.stat, inode.path))
-            return self._object(inode)
-        version = self.backend.known_version(inode.path, inode.size, inode.mtime_ns)
-        if version is None:
-            args = (self.backend.id, inode.path, inode.size, inode.mtime_ns)
-            version = await self.cache.trusted_etag(*args)
-            if version is None:
+        elif self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
+            etag = await self.cache.trusted_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns)
+            if etag is None:
                 reader = await self._open_reader(inode)  # may refresh the attributes of a replaced object
-                version = reader.version
-                obj = self.cache.object(self.backend.id, inode.path, version, inode.size)
-                await self._keep_reader(inode, obj, reader)
-                await self.cache.saw_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns, version)
-            inode.etag = version
-        return self.cache.object(self.backend.id, inode.path, version, inode.size)
+                etag = inode.etag = reader.version
+                await self._keep_reader(inode, self._object(inode), reader)
+                await self.cache.saw_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns, etag)
+            inode.etag = etag
+        return self._object(inode)
 
     def _object(self, inode: Inode) -> CachedObject:
         version = self.backend.known_version(inode.path, inode.size, inode.mtime_ns) or inode.etag
@@ -690,7 +667,7 @@ class Operations(pyfuse3.Operations):
         was_new = not inode.on_backend
         await self.writes.upload(inode)
         if was_new and inode.on_backend:
-            self._changed(inode.path)
+            self.names.changed(inode.path)
 
     @handler
     async def flush(self, fh: int):
@@ -763,6 +740,6 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext):
         if inode == pyfuse3.ROOT_INODE and name == control.FLUSH:
             await self.writes.flush_all()
-            self._listings.clear()
+            self.names.clear_listings()
             return
         raise pyfuse3.FUSEError(errno.ENOTSUP)

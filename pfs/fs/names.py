@@ -1,0 +1,71 @@
+"""What the backend said about names, trusted for the metadata TTL: directory listings and missing names.
+
+A lookup of a name in a directory listed within the TTL is answered from that listing, and a name the
+backend said is missing stays missing for the TTL. Changes made through the mount drop what they affect at
+once. Pure bookkeeping, like the inode table: no I/O and no awaits.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from pfs.backends import Entry
+
+MAX_LISTINGS = 4096  # directory listings kept for lookups
+MAX_LISTING_ENTRIES = 200_000  # a bigger directory is listed again rather than held
+MAX_NEGATIVE_ENTRIES = 100_000
+MAX_RELIST_ENTRIES = 5_000  # an expired listing this small is taken again rather than one HEAD per name
+
+
+@dataclass(frozen=True)
+class Listing:
+    at: float  # monotonic time the backend was asked
+    entries: dict[str, Entry]
+
+
+class NameCache:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._listings: OrderedDict[str, Listing] = OrderedDict()
+        self._missing: dict[str, float] = {}  # path -> when the backend said it is missing
+
+    def listing(self, directory: str, now: float) -> Listing | None:
+        """The listing of `directory` if it is still fresh."""
+        listed = self._listings.get(directory)
+        return listed if listed is not None and now - listed.at < self.ttl else None
+
+    def worth_relisting(self, directory: str, now: float) -> bool:
+        """A small directory listed before whose listing expired: one listing answers for all its names
+        (a dataset being walked again), where asking for each would cost a request per file."""
+        listed = self._listings.get(directory)
+        if listed is None:
+            return False
+        return now - listed.at >= self.ttl and len(listed.entries) <= MAX_RELIST_ENTRIES
+
+    def keep(self, directory: str, entries: dict[str, Entry], at: float) -> None:
+        if len(entries) > MAX_LISTING_ENTRIES:
+            return
+        self._listings[directory] = Listing(at, entries)
+        self._listings.move_to_end(directory)
+        while len(self._listings) > MAX_LISTINGS:
+            self._listings.popitem(last=False)
+
+    def is_missing(self, path: str, now: float) -> bool:
+        return now - self._missing.get(path, -self.ttl) < self.ttl
+
+    def mark_missing(self, path: str, now: float) -> None:
+        if len(self._missing) >= MAX_NEGATIVE_ENTRIES:
+            self._missing.clear()
+        self._missing[path] = now
+
+    def forget_directory(self, directory: str) -> None:
+        self._listings.pop(directory, None)
+
+    def changed(self, path: str) -> None:
+        """This mount changed the name `path`: forget what was kept about it and its directory."""
+        self._missing.pop(path, None)
+        self._listings.pop(path.rpartition("/")[0], None)
+
+    def clear_listings(self) -> None:
+        self._listings.clear()
