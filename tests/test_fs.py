@@ -146,6 +146,7 @@ def test_unlinked_open_file_stays_readable_until_closed(d):
         head = f.read(MiB)
         os.unlink(f"{d}/f")
         assert os.listdir(d) == []
+        assert os.fstat(f.fileno()).st_nlink == 0
         assert head + f.read() == data
     assert os.listdir(d) == []
 
@@ -355,6 +356,7 @@ def test_unlink_while_writing_publishes_nothing(mnt, backend_case, d):
     with open(f"{d}/scratch", "wb") as f:
         f.write(b"temporary")
         os.unlink(f"{d}/scratch")
+        assert os.fstat(f.fileno()).st_nlink == 0
         f.write(b" and more")
     assert os.listdir(d) == []
     assert not backend_case.raw.exists(rel(mnt, f"{d}/scratch"))

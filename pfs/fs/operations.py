@@ -185,7 +185,8 @@ class Operations(pyfuse3.Operations):
         attrs.st_ino = inode.ino
         attrs.generation = 0
         attrs.st_mode = mode
-        attrs.st_nlink = 2 if inode.kind is Kind.DIR else 1
+        # An unlinked file still open here has no name left: POSIX says its link count is 0.
+        attrs.st_nlink = 2 if inode.kind is Kind.DIR else 0 if inode.detached else 1
         attrs.st_uid = ov.uid if ov.uid is not None else self.options.uid
         attrs.st_gid = ov.gid if ov.gid is not None else self.options.gid
         attrs.st_size = size
