@@ -61,6 +61,18 @@ class BackendError(PfsError):
     """The backend answered with an error pfs has no better name for."""
 
 
+class StagingFailed(PfsError):
+    """The local staging directory failed to hold a file being written (other than by being full)."""
+
+
+class NoSpace(PfsError):
+    """No space left: in the staging directory, or on the backend."""
+
+
+class InvalidName(PfsError):
+    """A name that is not valid UTF-8: no backend can store it (object keys and HDFS paths are UTF-8)."""
+
+
 class UsageError(PfsError):
     """A user mistake: the CLI prints the message as one line and exits with `exit_code`."""
 
@@ -82,6 +94,9 @@ _ERRNO: dict[type[PfsError], int] = {
     Stale: errno.ESTALE,
     Transient: errno.EIO,
     BackendError: errno.EIO,
+    StagingFailed: errno.EIO,
+    NoSpace: errno.ENOSPC,
+    InvalidName: errno.EILSEQ,
     UsageError: errno.EINVAL,
 }
 

@@ -130,7 +130,9 @@ class Operations(pyfuse3.Operations):
         self._nursery: trio.Nursery | None = None
         self._relisting: dict[str, trio.Event] = {}  # directories being listed again for lookups
         self._handles: dict[int, Handle | DirHandle] = {}
-        self.writes = WriteBack(backend, self._store_of, options.staging_dir, self._run, self.stats)
+        self.writes = WriteBack(
+            backend, self._store_of, options.staging_dir, self._run, self.stats, self._discarded
+        )
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
 
@@ -657,10 +659,19 @@ class Operations(pyfuse3.Operations):
         handle = self._file_handle(fh)
         if not handle.writable:
             raise PermissionDenied("file not open for writing")
-        staged = await self.writes.stage(handle.inode)
-        written = await self._run(staged.write, off, buf)
+        written = await self.writes.write(handle.inode, off, buf)
         self.stats.add("bytes_written", written)
         return written
+
+    def _discarded(self, inode: Inode) -> None:
+        """Bytes written here were dropped unpublished: the name shows the backend's version again, or
+        nothing if it never was uploaded, and the kernel forgets the pages of the dropped bytes."""
+        inode.opened_version = None
+        inode.attrs_at = 0.0
+        if not inode.on_backend and self.inodes.at(inode.path) is inode:
+            self.inodes.remove_path(inode.path)
+            self.names.changed(inode.path)
+        self._forget_in_kernel(inode.ino)
 
     async def _publish(self, inode: Inode) -> None:
         if inode.staged is None:

@@ -7,11 +7,16 @@ a line costs no download: the base ranges are streamed through only when the fil
 
 All methods block (disk and backend I/O): call them from worker threads. A `StagedFile` is shared by every
 handle of one inode; `lock` serialises the interval bookkeeping against concurrent writers.
+
+A write the staging directory cannot hold (full, or failing) breaks the staged file for good: the bytes it
+holds are no longer what the writer wrote, so every later write fails the same way and `broken` tells the
+write-back never to upload it. A broken file must never be published.
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
 import io
 import os
 import tempfile
@@ -20,12 +25,22 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from pfs.backends import Reader
+from pfs.errors import NoSpace, PfsError, StagingFailed
+
+
+def _staging_error(exc: OSError, what: str) -> PfsError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpace(f"{what}: no space left in the staging directory")
+    return StagingFailed(f"{what}: the staging directory failed: {exc.strerror or exc}")
 
 
 class StagedFile:
     def __init__(self, staging_dir: str, base_size: int, open_base: Callable[[], Reader] | None) -> None:
         # Unlinked at once: a crash leaves nothing behind.
-        self._file: BinaryIO = tempfile.TemporaryFile(dir=staging_dir, prefix="pfs-staged-")  # noqa: SIM115
+        try:
+            self._file: BinaryIO = tempfile.TemporaryFile(dir=staging_dir, prefix="pfs-staged-")  # noqa: SIM115
+        except OSError as exc:
+            raise _staging_error(exc, "create a staged file") from exc
         self._fd = self._file.fileno()
         self._open_base = open_base
         self._base: Reader | None = None
@@ -36,11 +51,19 @@ class StagedFile:
         self._starts: list[int] = []
         self._ends: list[int] = []
         self.modified = False
+        self.broken: PfsError | None = None  # why this content can never be uploaded
         self.lock = threading.Lock()
 
     def write(self, offset: int, data: bytes) -> int:
         with self.lock:
-            written = os.pwrite(self._fd, data, offset)
+            self._check_intact()
+            try:
+                written = 0
+                while written < len(data):  # a short write means the next one fails: find out now
+                    written += os.pwrite(self._fd, data[written:], offset + written)
+            except OSError as exc:
+                self.broken = _staging_error(exc, "write")
+                raise self.broken from exc
             self._add_range(offset, offset + written)
             self.size = max(self.size, offset + written)
             self.modified = True
@@ -48,11 +71,20 @@ class StagedFile:
 
     def truncate(self, length: int) -> None:
         with self.lock:
+            self._check_intact()
+            try:
+                os.ftruncate(self._fd, length)
+            except OSError as exc:
+                self.broken = _staging_error(exc, "truncate")
+                raise self.broken from exc
             self._base_visible = min(self._base_visible, length)
             self._clip_ranges(length)
-            os.ftruncate(self._fd, length)
             self.size = length
             self.modified = True
+
+    def _check_intact(self) -> None:
+        if self.broken is not None:
+            raise type(self.broken)(f"an earlier write failed ({self.broken})")
 
     def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.size)

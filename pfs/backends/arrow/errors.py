@@ -65,6 +65,8 @@ _ERRNOS: dict[int, type[errors.PfsError]] = {
     errno.EPERM: errors.PermissionDenied,
     errno.ENAMETOOLONG: errors.NameTooLong,
     errno.EROFS: errors.ReadOnly,
+    errno.ENOSPC: errors.NoSpace,
+    errno.EDQUOT: errors.NoSpace,
     errno.ETIMEDOUT: errors.Transient,
     errno.ECONNREFUSED: errors.Transient,
     errno.ECONNRESET: errors.Transient,

@@ -1,0 +1,60 @@
+"""Writes that cannot complete never publish anything partial, never hang a mount, never leave litter."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+import pytest
+
+from pfs import control
+from tests.conftest import unique
+from tests.mounting import Mount
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def case(backend_case):
+    return backend_case.subcase(unique("w"))
+
+
+@pytest.fixture
+def small_staging(tmp_path):
+    """A staging directory on a file system of 8 MiB."""
+    path = tmp_path / "staging"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(path)], check=True)
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_a_full_staging_disk_fails_the_write_and_keeps_the_old_version(case, tmp_path, small_staging):
+    case.raw.put("keepme", b"good\n")
+    args = ("-o", f"staging_dir={small_staging},metadata_ttl=1")
+    with Mount(case.uri, str(tmp_path / "m"), env=case.env, args=args) as m:
+        for name in ("keepme", "fresh"):
+            with pytest.raises(OSError) as failed:
+                write(f"{m.path}/{name}", os.urandom(20 * MiB))
+            assert failed.value.errno == errno.ENOSPC
+        assert case.raw.get("keepme") == b"good\n"
+        assert not case.raw.exists("fresh")
+        assert read(f"{m.path}/keepme") == b"good\n"
+        assert sorted(os.listdir(m.path)) == ["keepme"]
+        stats = control.stats(m.path)
+        assert stats["pending_uploads"] == 0 and stats["staging_failures"] == 2
+        write(f"{m.path}/keepme", b"better\n")  # the space was given back
+        assert case.raw.get("keepme") == b"better\n"
