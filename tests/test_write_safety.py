@@ -58,3 +58,20 @@ def test_a_full_staging_disk_fails_the_write_and_keeps_the_old_version(case, tmp
         assert stats["pending_uploads"] == 0 and stats["staging_failures"] == 2
         write(f"{m.path}/keepme", b"better\n")  # the space was given back
         assert case.raw.get("keepme") == b"better\n"
+
+
+def test_a_name_that_is_not_utf8_is_refused_and_nothing_stays_pending(case, tmp_path):
+    with Mount(case.uri, str(tmp_path / "m"), env=case.env) as m:
+        bad = os.fsencode(m.path) + b"/bad\xff\xfe"
+        for make in (lambda p: open(p, "wb"), os.mkdir, lambda p: os.symlink("target", p)):
+            with pytest.raises(OSError) as refused:
+                make(bad)
+            assert refused.value.errno == errno.EILSEQ
+        write(f"{m.path}/good", b"x")
+        with pytest.raises(OSError) as refused:
+            os.rename(f"{m.path}/good", bad)
+        assert refused.value.errno == errno.EILSEQ
+        assert not os.path.lexists(bad)
+        assert os.listdir(m.path) == ["good"]
+        assert control.stats(m.path)["pending_uploads"] == 0
+    # leaving the block runs `pfs umount`, which fails the test if anything is left pending

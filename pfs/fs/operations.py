@@ -31,6 +31,7 @@ from pfs.backends import Backend, Entry, Kind, Reader
 from pfs.cache import BlockCache, CacheConfig, CachedObject, DiskTier, Stream
 from pfs.errors import (
     AlreadyExists,
+    InvalidName,
     IsADirectory,
     NameTooLong,
     NotADirectory,
@@ -158,7 +159,11 @@ class Operations(pyfuse3.Operations):
         return await trio.to_thread.run_sync(fn, *args, limiter=self._disk_limiter)
 
     def _child_path(self, parent: Inode, name: bytes) -> str:
-        text = os.fsdecode(name)
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            # Object keys and HDFS paths are UTF-8: such a name could never be uploaded.
+            raise InvalidName(f"{os.fsdecode(name)!r}: names must be valid UTF-8") from None
         if len(name) > NAME_MAX:
             raise NameTooLong(text[:40] + "...")
         if parent.kind is not Kind.DIR:
@@ -276,7 +281,7 @@ class Operations(pyfuse3.Operations):
         parent = self.inodes[parent_inode]
         try:
             inode = await self._stat(self._child_path(parent, name))
-        except (NotFound, PermissionDenied):  # the reserved name simply does not exist for lookups
+        except (NotFound, PermissionDenied, InvalidName):  # names that cannot exist are simply missing
             missing = pyfuse3.EntryAttributes()
             missing.st_ino = 0  # a negative entry: the kernel trusts the absence for the TTL too
             missing.entry_timeout = self.options.metadata_ttl
