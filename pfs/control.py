@@ -13,6 +13,7 @@ PID = b"user.pfs.pid"  # the daemon's process id
 BACKEND = b"user.pfs.backend"  # the backend id (no secrets)
 STATS = b"user.pfs.stats"  # JSON counters
 FLUSH = b"user.pfs.flush"  # write anything: upload every pending write now
+DISCARD = b"user.pfs.discard"  # write anything: drop every pending write whose upload failed
 READABLE = (PID, BACKEND, STATS)
 
 # Commands on one file, read with getxattr (so they work on read-only mounts too); each answers
@@ -39,3 +40,7 @@ def file_command(path: str, command: bytes) -> tuple[int, int]:
 
 def flush(mountpoint: str) -> None:
     os.setxattr(mountpoint, FLUSH, b"1")
+
+
+def discard_failed(mountpoint: str) -> None:
+    os.setxattr(mountpoint, DISCARD, b"1")

@@ -80,23 +80,53 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
     return process.pid  # "ready" is sent only once the root answered the daemon's stat as inode 1
 
 
-def stop(mountpoint: str, lazy: bool = False, timeout: float = 300.0) -> None:
+def stop(mountpoint: str, lazy: bool = False, timeout: float = 300.0, discard: bool = False) -> list[str]:
+    """Upload pending writes, unmount and wait for the daemon. Returns the files whose pending writes were
+    dropped because they could not be uploaded (only with `discard`; otherwise that refuses to unmount)."""
     path = os.path.abspath(mountpoint)
     if mounter.is_stale(path):
         mounter.unmount(path, lazy=True)  # the daemon is gone; only the kernel's entry is left
-        return
+        return []
     entry = mounter.mount_at(path)
     if entry is None or entry.fstype != "fuse.pfs":
         raise UsageError(f"{mountpoint} is not a pfs mount")
     pid = control.daemon_pid(path)
-    try:
-        control.flush(path)
-    except OSError as exc:
-        if exc.errno != errno.EROFS:  # a read-only mount has nothing to upload (and refuses setxattr)
-            raise UsageError(
-                f"pending writes on {mountpoint} could not be uploaded ({os.strerror(exc.errno or 5)}); "
-                "not unmounting so nothing is lost: check the backend and retry"
-            ) from None
+    dropped = _upload_pending(path, mountpoint, discard)
     mounter.unmount(path, lazy=lazy)
     if not lazy and not mounter.wait_for_exit(pid, timeout):
         raise UsageError(f"unmounted {mountpoint}, but its daemon (pid {pid}) is still running")
+    return dropped
+
+
+def _upload_pending(path: str, mountpoint: str, discard: bool) -> list[str]:
+    """Flush the mount; with `discard`, drop what cannot be uploaded and say which files those were."""
+    try:
+        control.flush(path)
+        return []
+    except OSError as exc:
+        if exc.errno == errno.EROFS:  # a read-only mount has nothing to upload (and refuses setxattr)
+            return []
+        reason = os.strerror(exc.errno or errno.EIO)
+    counters = control.stats(path)
+    failed = counters.get("failed_uploads", [])
+    unnamed = counters.get("pending_failed_uploads", 0) - len(failed)
+    if unnamed > 0:
+        failed = [*failed, f"... and {unnamed} more, named in the mount's log"]
+    if not discard:
+        raise UsageError(
+            f"pending writes on {mountpoint} could not be uploaded ({reason}): {_names(failed)}; "
+            "not unmounting so nothing is lost: check the backend and retry, "
+            "or 'pfs umount --discard' to unmount without them"
+        )
+    control.discard_failed(path)
+    try:
+        control.flush(path)  # anything written meanwhile
+    except OSError as exc:
+        raise UsageError(
+            f"pending writes on {mountpoint} still could not be uploaded ({os.strerror(exc.errno or 5)})"
+        ) from None
+    return failed
+
+
+def _names(paths: list[str]) -> str:
+    return ", ".join(paths) if paths else "(see the mount's log)"

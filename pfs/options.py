@@ -37,6 +37,8 @@ class MountOptions:
     threads: int = 32  # backend calls in flight at once
     readahead_kb: int = 1024  # the mount's kernel readahead: 1 MiB reads instead of 128 KiB ones
     staging_dir: str = f"{DEFAULT_STATE_DIR}/staging"
+    # After a failed upload: "keep" the bytes staged for a retry (next fsync/close, unmount) or "drop" them.
+    failed_uploads: str = "keep"
     cache_dir: str = DEFAULT_CACHE_DIR  # the disk tier, shared by every mount on the node
     cache_size: int = 20 << 30  # bytes of the disk tier; 0 turns it off
     free_space_ratio: float = 0.1  # the disk tier shrinks to keep this share of its file system free
@@ -65,6 +67,7 @@ _MOUNT_VALUES = {
     "threads": int,
     "readahead_kb": int,
     "staging_dir": str,
+    "failed_uploads": str,
     "log_file": str,
     "cache_dir": str,
     "cache_size": parse_size,
@@ -128,6 +131,8 @@ def check(options: MountOptions) -> None:
         raise UsageError("memory_limit must hold at least 4 blocks")
     if options.threads < 1:
         raise UsageError("threads must be >= 1")
+    if options.failed_uploads not in ("keep", "drop"):
+        raise UsageError("failed_uploads must be 'keep' or 'drop'")
 
 
 def to_dict(options: MountOptions) -> dict:

@@ -13,9 +13,9 @@ import time
 import pyarrow.fs as pafs
 import pytest
 
-from pfs import mounter
+from pfs import control, mounter
 from pfs.testserver import start_s3_server
-from tests.mounting import Mount, run_pfs
+from tests.mounting import Mount, run_pfs, wait_until
 
 TIMEOUT = 3.0
 # A failed readahead is retried once by the kernel as a plain read, and each try may use the whole deadline.
@@ -35,11 +35,15 @@ def raw(server):
     return server.raw_client()
 
 
-@pytest.fixture
-def mount(server, tmp_path):
+def faults_mount(server, path: str, *args: str) -> Mount:
     env = {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
     uri = f"s3://faults?endpoint_override={server.endpoint}&scheme=http"
-    m = Mount(uri, str(tmp_path / "m"), env=env, args=("--timeout", str(TIMEOUT))).start()
+    return Mount(uri, path, env=env, args=("--timeout", str(TIMEOUT), *args))
+
+
+@pytest.fixture
+def mount(server, tmp_path):
+    m = faults_mount(server, str(tmp_path / "m")).start()
     try:
         yield m
     finally:
@@ -54,6 +58,15 @@ def outage(server, kind: str):
         return server.resume
     server.stop()
     return server.restart
+
+
+@contextlib.contextmanager
+def paused(server):
+    server.pause()
+    try:
+        yield
+    finally:
+        server.resume()
 
 
 def timed(fn):
@@ -165,3 +178,70 @@ def test_umount_keeps_the_mount_while_pending_writes_cannot_be_uploaded(server, 
     mount.stop()
     with raw.open_input_file("faults/pending") as g:
         assert g.read() == b"must not be lost"
+
+
+def _read_bytes(pid: int) -> int:
+    """Bytes the process has read so far (its staging file, while it uploads)."""
+    with open(f"/proc/{pid}/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def test_a_stalled_upload_fails_close_within_the_timeout_and_is_not_completed_behind_its_back(
+    server, raw, mount
+):
+    data = os.urandom(128 * MiB)
+    f = open(f"{mount.path}/stalled", "wb")
+    f.write(data)
+    before = _read_bytes(mount.pid)
+    result: list[tuple[int | None, float]] = []
+    closing = threading.Thread(target=lambda: result.append(timed(f.close)))
+    closing.start()
+    try:
+        assert wait_until(lambda: _read_bytes(mount.pid) - before > 64 * MiB, timeout=20, interval=0.005)
+        server.pause()  # mid-upload: some parts are on the server, more are on their way
+        closing.join(60)
+        code, elapsed = result[0]
+        assert code == errno.EIO
+        assert elapsed < TIMEOUT + 3  # the data in flight, then no progress for TIMEOUT (was 28 s)
+    finally:
+        server.resume()
+    time.sleep(TIMEOUT)  # room for anything still running in the daemon to finish the upload
+    assert raw.get_file_info("faults/stalled").type == pafs.FileType.NotFound
+    assert control.stats(mount.path)["failed_uploads"] == ["stalled"]
+    mount.stop()  # the documented default: a failed upload stays staged and unmounting retries it
+    with raw.open_input_file("faults/stalled") as g:
+        assert g.read() == data
+
+
+def test_umount_names_what_cannot_be_uploaded_and_discard_drops_it(server, raw, mount):
+    f = open(f"{mount.path}/doomed", "wb")
+    f.write(b"never reaches the server")
+    with paused(server):
+        assert timed(f.close)[0] == errno.EIO
+        refused = run_pfs("umount", mount.path)
+        assert refused.returncode == 2
+        assert "doomed" in refused.stderr and "--discard" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert control.stats(mount.path)["failed_uploads"] == ["doomed"]
+        discarded = run_pfs("umount", "--discard", mount.path)
+        assert discarded.returncode == 0, discarded.stderr
+        assert "doomed" in discarded.stderr
+        assert mounter.mount_at(mount.path) is None
+    assert raw.get_file_info("faults/doomed").type == pafs.FileType.NotFound
+    assert "doomed: pending upload discarded" in mount.log()
+
+
+def test_failed_uploads_can_be_dropped_at_once(server, raw, tmp_path):
+    with faults_mount(server, str(tmp_path / "drop"), "-o", "failed_uploads=drop") as m:
+        with open(f"{m.path}/keep", "wb") as f:
+            f.write(b"old")
+        f = open(f"{m.path}/keep", "wb")
+        f.write(b"new")
+        with paused(server):
+            assert timed(f.close)[0] == errno.EIO
+        assert wait_until(lambda: control.stats(m.path)["pending_uploads"] == 0)
+        assert "upload of keep failed, dropped" in m.log()
+        with open(f"{m.path}/keep", "rb") as g:
+            assert g.read() == b"old"
+    with raw.open_input_file("faults/keep") as g:
+        assert g.read() == b"old"

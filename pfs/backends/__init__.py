@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo
+from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo, UploadGuard
 from pfs.backends.location import parse_location
 from pfs.backends.options import BackendOptions, redact_uri
 
@@ -43,6 +43,7 @@ __all__ = [
     "Kind",
     "Reader",
     "SpaceInfo",
+    "UploadGuard",
     "finish",
     "open_backend",
     "redact_uri",

@@ -9,10 +9,14 @@ backend until its deadline and then raised as `Transient`.
 from __future__ import annotations
 
 import enum
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from pfs.errors import BackendError
 
 
 class Kind(enum.Enum):
@@ -55,7 +59,53 @@ class Reader(ABC):
     def close(self) -> None: ...
 
 
+class UploadGuard:
+    """Shared by a caller waiting for `write_file` and the worker thread running it, so that the caller can
+    stop waiting for a stalled upload and be sure the new version never appears afterwards.
+
+    The uploading side calls `progressed()` whenever data moved (it raises once the upload was abandoned)
+    and `commit()` right before the step that makes the new version visible (completing a multipart upload,
+    moving a temporary file into place); the waiting side calls `abandon()`. Exactly one of commit and
+    abandon wins: an abandoned upload can no longer commit, and a committing one can no longer be abandoned
+    (its caller must wait for the outcome, which is one request).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "open"  # -> "committing" (back to "open" for a retry) | "abandoned"
+        self.last_progress = time.monotonic()
+
+    def progressed(self) -> None:
+        if self._state == "abandoned":
+            raise BackendError("the upload was abandoned")
+        self.last_progress = time.monotonic()
+
+    def commit(self) -> None:
+        with self._lock:
+            if self._state == "abandoned":
+                raise BackendError("the upload was abandoned")
+            self._state = "committing"
+
+    def retry(self) -> None:
+        """A new attempt starts from the beginning: it may be abandoned again until it commits."""
+        with self._lock:
+            if self._state == "committing":
+                self._state = "open"
+            self.last_progress = time.monotonic()
+
+    def abandon(self) -> bool:
+        """True if the upload will never be completed; False if it is completing and must be waited for."""
+        with self._lock:
+            if self._state == "committing":
+                return False
+            self._state = "abandoned"
+            return True
+
+
 class Backend(ABC):
+    #: Seconds a request may go unanswered, retries included (`--timeout`); an upload that moves no data
+    #: for this long is abandoned by its caller.
+    timeout: float = 30.0
     #: Opening a file costs no network round trip (a local directory): callers may revalidate on every open.
     cheap_open: bool = False
     #: Identifies the data source without secrets, e.g. 's3://127.0.0.1:9000/bucket/prefix'. Used in logs
@@ -85,10 +135,11 @@ class Backend(ABC):
         """Open a file of known `size` for positional reads (no extra metadata request where avoidable)."""
 
     @abstractmethod
-    def write_file(self, path: str, source: BinaryIO, size: int) -> Entry:
+    def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
         """Publish `size` bytes read from `source` as the file at `path`, atomically: readers see either
         the old object or the whole new one, never a partial one. Large files are streamed (multipart on
-        object stores), never held in memory. Returns the new entry."""
+        object stores), never held in memory. `guard` lets the caller abandon the upload. Returns the new
+        entry."""
 
     def put_file(self, path: str, source: BinaryIO, size: int) -> None:
         """Publish like `write_file`, for a caller that knows from a fresh listing that `path` is free or a

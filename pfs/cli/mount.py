@@ -21,7 +21,8 @@ URI forms:
 MOUNT_O_HELP = (
     "Mount options: ro, allow_other, uid=N, gid=N, umask=022, metadata_ttl=S, timeout=S, "
     "endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, anonymous, threads=N, "
-    "readahead_kb=N, staging_dir=DIR, log_file=FILE, snapshot=NAME, debug; cache: cache_dir=DIR, "
+    "readahead_kb=N, staging_dir=DIR, failed_uploads=keep|drop, log_file=FILE, snapshot=NAME, debug; "
+    "cache: cache_dir=DIR, "
     "cache_size=SIZE, free_space_ratio=R, memory_limit=SIZE, block_size=SIZE, prefetch=SIZE, metrics_port=N."
 )
 
@@ -107,8 +108,19 @@ def mount(
 @click.command()
 @click.argument("mountpoint", type=click.Path())
 @click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are open; finish when they close.")
-def umount(mountpoint: str, lazy: bool) -> None:
-    """Upload pending writes, unmount MOUNTPOINT and wait for its daemon to exit."""
+@click.option(
+    "--discard",
+    is_flag=True,
+    help="Unmount even if some pending writes cannot be uploaded: drop them, naming each file.",
+)
+def umount(mountpoint: str, lazy: bool, discard: bool) -> None:
+    """Upload pending writes, unmount MOUNTPOINT and wait for its daemon to exit.
+
+    Refuses (exit 2, naming the files) while pending writes cannot be uploaded, unless --discard."""
     from pfs import lifecycle
 
-    lifecycle.stop(mountpoint, lazy=lazy)
+    dropped = lifecycle.stop(mountpoint, lazy=lazy, discard=discard)
+    if dropped:
+        click.echo(f"pfs: discarded the pending writes of {len(dropped)} file(s):", err=True)
+        for path in dropped:
+            click.echo(f"  {path}", err=True)

@@ -71,13 +71,23 @@ def _table(mountpoint: str, data: dict, rates: dict[str, float]) -> Table:
             f"{human(data.get('memory_in_flight', 0))} in flight "
             f"(limit {human(data.get('memory_limit', 0))})",
         ),
-        ("pending uploads", str(data.get("pending_uploads", 0))),
+        ("pending uploads", _pending(data)),
         ("corrupt blocks", str(data.get("cache_corrupt_blocks", 0))),
         ("top requests", ", ".join(f"{k}={v:,}" for k, v in _busiest(data["ops"]))),
     ]
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _pending(data: dict) -> str:
+    text = str(data.get("pending_uploads", 0))
+    failed = data.get("pending_failed_uploads", 0)
+    if failed:
+        names = data.get("failed_uploads", [])
+        more = f" and {failed - len(names)} more" if failed > len(names) else ""
+        text += f"   ({failed} failed, retried at unmount: {', '.join(names)}{more})"
+    return text
 
 
 def _busiest(ops: dict[str, int]) -> list[tuple[str, int]]:

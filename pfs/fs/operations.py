@@ -132,7 +132,13 @@ class Operations(pyfuse3.Operations):
         self._relisting: dict[str, trio.Event] = {}  # directories being listed again for lookups
         self._handles: dict[int, Handle | DirHandle] = {}
         self.writes = WriteBack(
-            backend, self._store_of, options.staging_dir, self._run, self.stats, self._discarded
+            backend,
+            self._store_of,
+            options.staging_dir,
+            self._run,
+            self.stats,
+            self._discarded,
+            keep_failed=options.failed_uploads == "keep",
         )
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
@@ -144,7 +150,7 @@ class Operations(pyfuse3.Operations):
 
     def counters(self) -> dict:
         gauges = self.cache.gauges()
-        return self.stats.snapshot(pending_uploads=self.writes.pending(), rss_bytes=rss_bytes(), **gauges)
+        return self.stats.snapshot(rss_bytes=rss_bytes(), **self.writes.counters(), **gauges)
 
     def close(self) -> None:
         if self.cache.disk is not None:
@@ -152,8 +158,10 @@ class Operations(pyfuse3.Operations):
 
     # ---- plumbing ---------------------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable, *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+    async def _run(self, fn: Callable, *args: Any, cancellable: bool = False) -> Any:
+        """`fn(*args)` in a worker thread. `cancellable`: a cancelled caller stops waiting at once and the
+        thread finishes on its own (still counted by the limiter until then)."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter, cancellable=cancellable)
 
     async def _run_disk(self, fn: Callable, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._disk_limiter)
@@ -678,11 +686,11 @@ class Operations(pyfuse3.Operations):
             self.names.changed(inode.path)
         self._forget_in_kernel(inode.ino)
 
-    async def _publish(self, inode: Inode) -> None:
+    async def _publish(self, inode: Inode, again: bool = True) -> None:
         if inode.staged is None:
             return  # nothing written: nothing to upload
         was_new = not inode.on_backend
-        await self.writes.upload(inode)
+        await self.writes.upload(inode, again)
         if was_new and inode.on_backend:
             self.names.changed(inode.path)
 
@@ -700,7 +708,8 @@ class Operations(pyfuse3.Operations):
         assert isinstance(handle, Handle)
         inode = handle.inode
         try:
-            await self._publish(inode)  # a failure keeps the bytes staged; flush_all retries at unmount
+            # The flush of this close already tried: a failed upload is not tried again behind its back.
+            await self._publish(inode, again=False)
         finally:
             inode.open_handles -= 1
             if handle.reader is not None:
@@ -758,5 +767,8 @@ class Operations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE and name == control.FLUSH:
             await self.writes.flush_all()
             self.names.clear_listings()
+            return
+        if inode == pyfuse3.ROOT_INODE and name == control.DISCARD:
+            await self.writes.discard_failed()
             return
         raise pyfuse3.FUSEError(errno.ENOTSUP)

@@ -51,7 +51,8 @@ class StagedFile:
         self._starts: list[int] = []
         self._ends: list[int] = []
         self.modified = False
-        self.broken: PfsError | None = None  # why this content can never be uploaded
+        self.broken: PfsError | None = None  # why this content will never be uploaded
+        self.failure: str | None = None  # why the last upload of this content failed (kept for a retry)
         self.lock = threading.Lock()
 
     def write(self, offset: int, data: bytes) -> int:
@@ -84,7 +85,7 @@ class StagedFile:
 
     def _check_intact(self) -> None:
         if self.broken is not None:
-            raise type(self.broken)(f"an earlier write failed ({self.broken})")
+            raise type(self.broken)(str(self.broken))
 
     def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.size)

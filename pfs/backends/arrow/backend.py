@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 from pfs.backends.arrow import transfer
 from pfs.backends.arrow.connect import Store
 from pfs.backends.arrow.errors import translate
-from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo
+from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo, UploadGuard
 from pfs.backends.retry import retry_call
 from pfs.errors import (
     AlreadyExists,
@@ -75,6 +75,7 @@ class ArrowBackend(Backend):
         self._hide_reserved = hide_reserved
         self._tmp_dir = f"{store.root.rstrip('/')}/{RESERVED}/tmp"
         self.id = f"{store.id}/{subdir}" if subdir else store.id
+        self.timeout = store.timeout
         self.cheap_open = isinstance(store.fs, pafs.LocalFileSystem)
 
     def reserved_area(self) -> ArrowBackend:
@@ -253,19 +254,25 @@ class ArrowBackend(Backend):
 
     # ---- changing the namespace ---------------------------------------------------------------------
 
-    def _publish(self, path: str, key: str, source: BinaryIO, size: int) -> None:
+    def _publish(
+        self, path: str, key: str, source: BinaryIO, size: int, guard: UploadGuard | None = None
+    ) -> None:
         """Write `size` bytes of `source` under `key` atomically; retried from the start if `source` can
         seek back, else tried once."""
         start = source.tell() if source.seekable() else None
+        guard = guard or UploadGuard()
 
         def once() -> None:
             if start is not None:
                 source.seek(start)
+            guard.retry()
             if self._store.object_store:
-                transfer.upload_object(self._fs, key, source, size, path)
+                transfer.upload_object(self._fs, key, source, size, path, guard)
             else:
                 replace_first = not self._store.move_replaces
-                transfer.write_via_temp(self._fs, self._tmp_dir, key, source, size, path, replace_first)
+                transfer.write_via_temp(
+                    self._fs, self._tmp_dir, key, source, size, path, replace_first, guard
+                )
 
         if start is None:
             self._call(f"write {path}", once, give_up=lambda exc: True)
@@ -278,14 +285,14 @@ class ArrowBackend(Backend):
             raise NotFound(f"{path}: vanished right after it was written")
         return self._entry(_name(path), info, kind)
 
-    def write_file(self, path: str, source: BinaryIO, size: int) -> Entry:
+    def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
         self._check(path, creating=True)
         self._check_new_leaf(path)
         existing = self._lookup(path)
         if existing is not None and existing.kind is Kind.DIR:
             raise IsADirectory(f"{path}: is a directory")
         full = self._full(path)
-        self._publish(path, full, source, size)
+        self._publish(path, full, source, size, guard)
         if existing is not None and existing.kind is Kind.SYMLINK:
             self._call(f"write {path}", lambda: self._fs.delete_file(full + LINK_SUFFIX))
         return self._stat_key(path, full, Kind.FILE)

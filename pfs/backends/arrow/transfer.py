@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import pyarrow.fs as pafs
 
-from pfs.backends.base import Reader
+from pfs.backends.base import Reader, UploadGuard
 from pfs.errors import BackendError, PfsError, Stale
 
 Call = Callable[[str, Callable[[], Any]], Any]  # the backend's translate-and-retry wrapper
@@ -67,14 +67,18 @@ def _abandon(stream: pafs.NativeFile) -> None:
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(stream))
 
 
-def upload_object(fs: pafs.FileSystem, key: str, source: BinaryIO, size: int, path: str) -> None:
-    """Publish `size` bytes of `source` as object `key`, all or nothing."""
+def upload_object(
+    fs: pafs.FileSystem, key: str, source: BinaryIO, size: int, path: str, guard: UploadGuard
+) -> None:
+    """Publish `size` bytes of `source` as object `key`: all, or nothing (always nothing once abandoned)."""
     if size <= CHUNK:
         # Read first: if the source fails, no request was made at all. One PutObject at close.
         data = read_source(source, size, path)
+        guard.progressed()
         stream = fs.open_output_stream(key)
         try:
             stream.write(data)
+            guard.commit()
         except BaseException:
             _abandon(stream)
             raise
@@ -85,12 +89,16 @@ def upload_object(fs: pafs.FileSystem, key: str, source: BinaryIO, size: int, pa
         remaining, unflushed = size, 0
         while remaining:
             chunk = read_source(source, min(CHUNK, remaining), path)
+            guard.progressed()
             stream.write(chunk)
             remaining -= len(chunk)
             unflushed += len(chunk)
             if unflushed >= FLUSH_EVERY:
                 stream.flush()  # waits for the parts in flight; raises if one of them failed
                 unflushed = 0
+        # Every part is stored before the commit, so what is left after it is one completion request.
+        stream.flush()
+        guard.commit()
     except BaseException:
         _abandon(stream)
         raise
@@ -107,6 +115,7 @@ def write_via_temp(
     size: int,
     path: str,
     replace_first: bool,
+    guard: UploadGuard,
 ) -> None:
     """Write to a temporary file under `tmp_dir`, then move it to `target`.
 
@@ -120,8 +129,10 @@ def write_via_temp(
             remaining = size
             while remaining:
                 chunk = read_source(source, min(CHUNK, remaining), path)
+                guard.progressed()
                 out.write(chunk)
                 remaining -= len(chunk)
+        guard.commit()
         if replace_first and fs.get_file_info(target).type == pafs.FileType.File:
             fs.delete_file(target)
         fs.move(tmp, target)
