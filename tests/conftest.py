@@ -85,8 +85,13 @@ class S3Raw:
     def _key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
-    def put(self, rel: str, data: bytes) -> None:
-        self._client().put_object(Bucket=self.bucket, Key=self._key(rel), Body=data)
+    def put(self, rel: str, data: bytes, content_type: str = "binary/octet-stream") -> None:
+        self._client().put_object(Bucket=self.bucket, Key=self._key(rel), Body=data, ContentType=content_type)
+
+    def list_keys(self) -> list[str]:
+        """Every key under this store's prefix, relative to it."""
+        listing = self._client().list_objects_v2(Bucket=self.bucket, Prefix=self._key(""))
+        return sorted(obj["Key"][len(self._key("")) :] for obj in listing.get("Contents", []))
 
     def get(self, rel: str) -> bytes:
         return self._client().get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from pfs import control
-from tests.conftest import unique
+from tests.conftest import s3_case, unique
 from tests.mounting import Mount
 
 MiB = 1 << 20
@@ -75,3 +75,29 @@ def test_a_name_that_is_not_utf8_is_refused_and_nothing_stays_pending(case, tmp_
         assert os.listdir(m.path) == ["good"]
         assert control.stats(m.path)["pending_uploads"] == 0
     # leaving the block runs `pfs umount`, which fails the test if anything is left pending
+
+
+def test_an_empty_object_typed_as_a_directory_is_a_directory_everywhere(request, tmp_path):
+    """Older S3 tools wrote directories as an empty object `odd` of type application/x-directory."""
+    case = s3_case(request)
+    case.raw.put("odd", b"", content_type="application/x-directory")
+    case.raw.put("odd2", b"", content_type="application/x-directory")
+    case.raw.put("empty", b"")
+    with Mount(case.uri, str(tmp_path / "m"), env=case.env, args=("-o", "metadata_ttl=1")) as m:
+        kinds = {e.name: e.is_dir() for e in os.scandir(m.path)}
+        assert kinds == {"odd": True, "odd2": True, "empty": False}
+        assert os.path.isdir(f"{m.path}/odd") and os.listdir(f"{m.path}/odd") == []
+        with pytest.raises(IsADirectoryError):
+            write(f"{m.path}/odd", b"hi")
+        with pytest.raises(IsADirectoryError):
+            os.unlink(f"{m.path}/odd")
+        write(f"{m.path}/odd/inside", b"x")
+        os.rename(f"{m.path}/odd", f"{m.path}/moved")
+        assert not os.path.exists(f"{m.path}/odd")
+        assert os.listdir(f"{m.path}/moved") == ["inside"]
+        os.rmdir(f"{m.path}/odd2")
+        assert sorted(os.listdir(m.path)) == ["empty", "moved"]
+        assert control.stats(m.path)["pending_uploads"] == 0
+    left = case.raw.list_keys()
+    assert "odd" not in left and "odd2" not in left
+    assert case.raw.get("moved/inside") == b"x"

@@ -47,6 +47,7 @@ from pfs.errors import (
 T = TypeVar("T")
 
 LINK_SUFFIX = ".rclonelink"
+DIRECTORY_CONTENT_TYPE = b"application/x-directory"
 RESERVED = ".pfs"
 MAX_NAME_BYTES = 255  # one path component, as on Linux filesystems
 MAX_KEY_BYTES = 1024  # a whole object key, as on S3
@@ -177,6 +178,8 @@ class ArrowBackend(Backend):
                 if len(name) > len(LINK_SUFFIX):
                     target_name = name[: -len(LINK_SUFFIX)]
                     links[target_name] = self._entry(target_name, info, Kind.SYMLINK)
+            elif info.type == _FILE and self._is_directory_object(info):
+                entries[name] = self._entry(name, info, Kind.DIR)
             elif info.type == _FILE:
                 entries[name] = self._entry(name, info, Kind.FILE)
             elif info.type == _DIR:
@@ -185,6 +188,34 @@ class ArrowBackend(Backend):
         for name, link in links.items():
             entries.setdefault(name, link)
         return entries
+
+    def _is_directory_object(self, info: pafs.FileInfo) -> bool:
+        """An empty object that older S3 tools wrote for a directory, without the trailing slash but with
+        Content-Type application/x-directory. pyarrow's stat calls it a directory and its listings a file;
+        pfs calls it a directory everywhere, which costs one HEAD per empty object in a listing."""
+        if not self._store.object_store or info.size:
+            return False
+
+        def content_type() -> bytes:
+            with self._fs.open_input_file(info.path) as f:
+                return (f.metadata() or {}).get("Content-Type", b"")
+
+        try:
+            found = self._call(f"stat {info.base_name}", content_type)
+        except NotFound:  # removed since it was listed
+            return False
+        return found.split(b";")[0].strip().lower() == DIRECTORY_CONTENT_TYPE
+
+    def _remove_directory_object(self, path: str) -> bool:
+        """Remove the directory object of `path` if there is one (see _is_directory_object)."""
+        if not self._store.object_store:
+            return False
+        full = self._full(path)
+        try:
+            self._call(f"rmdir {path}", lambda: self._fs.delete_file(full))
+        except NotFound:
+            return False
+        return True
 
     # ---- reading the namespace ----------------------------------------------------------------------
 
@@ -350,7 +381,13 @@ class ArrowBackend(Backend):
         # pyarrow's delete_dir removes a whole tree: refuse unless the directory is empty.
         if self.list_dir(path):
             raise NotEmpty(f"{path}: directory not empty")
-        self._call(f"rmdir {path}", lambda: self._fs.delete_dir(self._full(path)))
+        try:
+            self._call(f"rmdir {path}", lambda: self._fs.delete_dir(self._full(path)))
+        except NotFound:
+            if not self._remove_directory_object(path):  # nothing but a directory object: removed now
+                raise
+            return
+        self._remove_directory_object(path)
 
     def rename(self, src: str, dst: str) -> None:
         self._check(src)
@@ -428,3 +465,4 @@ class ArrowBackend(Backend):
                 self._call(f"rename {src}", lambda info=info, dest=dest: self._fs.move(info.path, dest))
         with contextlib.suppress(NotFound):  # nothing left: the source was a prefix without a marker
             self._call(f"rename {src}", lambda: self._fs.delete_dir(old))
+        self._remove_directory_object(src)
