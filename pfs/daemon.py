@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from pfs import metrics, mounter
-from pfs.backends import BackendOptions, open_backend
+from pfs.backends import BackendOptions, leftovers, open_backend
 from pfs.errors import PfsError
 from pfs.fs.operations import Operations
 from pfs.options import MountOptions
@@ -96,6 +96,19 @@ async def _when_answering(operations: Operations, mountpoint: str, on_ready: Cal
         log.warning("could not raise the readahead of %s: %s", mountpoint, exc)
     log.info("mounted %s at %s", operations.backend.id, mountpoint)
     on_ready()
+    if not operations.options.read_only and not operations.options.snapshot:
+        await _sweep_leftovers(operations)
+
+
+async def _sweep_leftovers(operations: Operations) -> None:
+    """Remove what dead processes left in the backend's reserved area (pfs/backends/leftovers.py)."""
+    try:
+        swept = await trio.to_thread.run_sync(leftovers.sweep, operations.reserved)
+    except PfsError as exc:
+        log.warning("leftovers of dead mounts not cleared: %s", exc)
+        return
+    if swept.files:
+        log.info("removed %d leftover file(s) of dead mounts (%d bytes) from .pfs", swept.files, swept.bytes)
 
 
 async def _stop_on_signal(operations: Operations) -> None:

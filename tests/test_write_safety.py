@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
-from pfs import control
+from pfs import control, mounter
 from tests.conftest import s3_case, unique
-from tests.mounting import Mount
+from tests.mounting import Mount, wait_until
 
 MiB = 1 << 20
 
@@ -101,3 +105,40 @@ def test_an_empty_object_typed_as_a_directory_is_a_directory_everywhere(request,
     left = case.raw.list_keys()
     assert "odd" not in left and "odd2" not in left
     assert case.raw.get("moved/inside") == b"x"
+
+
+def _tag_of_an_exited_process() -> str:
+    code = "from pfs.backends.leftovers import owner_tag; print(owner_tag())"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_leftovers_of_dead_mounts_are_cleared_and_those_of_live_ones_kept(tmp_path):
+    root = tmp_path / "root"
+    tmp, detached = root / ".pfs" / "tmp", root / ".pfs" / "detached"
+    tmp.mkdir(parents=True)
+    detached.mkdir()
+    (tmp / f"{_tag_of_an_exited_process()}upload.part").write_bytes(b"x" * 1000)
+    (tmp / "untagged-old.part").write_bytes(b"x")
+    os.utime(tmp / "untagged-old.part", (time.time() - 2 * 86400,) * 2)
+    (tmp / "untagged-new.part").write_bytes(b"x")  # may be a live upload of an older pfs
+    other_node = "o0badc0de.1.2.3.4-mount-5"  # another machine's mount: it may still read it
+    (detached / other_node).write_bytes(b"x")
+    uri = f"file://{root}"
+    killed = Mount(uri, str(tmp_path / "m")).start()
+    try:
+        write(f"{killed.path}/held", b"held open")
+        held = open(f"{killed.path}/held", "rb")
+        os.unlink(f"{killed.path}/held")
+        assert len(os.listdir(detached)) == 2
+        os.kill(killed.pid, signal.SIGKILL)
+        assert mounter.wait_for_exit(killed.pid, 10)
+        with contextlib.suppress(OSError):
+            held.close()
+    finally:
+        killed.cleanup()
+    with Mount(uri, str(tmp_path / "m")) as m:
+        assert wait_until(lambda: sorted(os.listdir(tmp)) == ["untagged-new.part"])
+        assert os.listdir(detached) == [other_node]
+        assert "removed 1 leftover file(s) of dead mounts (9 bytes)" in m.log()  # the detached one

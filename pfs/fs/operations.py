@@ -28,6 +28,7 @@ import trio
 
 from pfs import control
 from pfs.backends import Backend, Entry, Kind, Reader
+from pfs.backends.leftovers import owner_tag
 from pfs.cache import BlockCache, CacheConfig, CachedObject, DiskTier, Stream
 from pfs.errors import (
     AlreadyExists,
@@ -457,7 +458,7 @@ class Operations(pyfuse3.Operations):
         self.inodes.remove_path(path)
 
     async def _detach(self, inode: Inode) -> None:
-        hidden = f"detached/{self._mount_id}-{inode.ino}"
+        hidden = f"detached/{owner_tag()}{self._mount_id}-{inode.ino}"  # see pfs/backends/leftovers.py
         await self._run(self.backend.move_to_reserved, inode.path, hidden)
         self.inodes.remove_path(inode.path)
         inode.path = hidden

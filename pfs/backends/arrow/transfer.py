@@ -5,8 +5,9 @@ Publishing differs by kind of store and is kept here, in two functions:
 - object stores (`upload_object`): the bytes stream from `source` through pyarrow's output stream in
   8 MiB chunks (pyarrow turns more than one part into a multipart upload); the object appears only when the
   upload is completed, so readers see the old object or the whole new one.
-- file:// and HDFS (`write_via_temp`): the bytes go to `<root>/.pfs/tmp/<random>.part`, then one move puts
-  the file under its name (rename(2) on file://, so a crash never leaves a half-written file there).
+- file:// and HDFS (`write_via_temp`): the bytes go to `<root>/.pfs/tmp/<owner>-<random>.part`, then one
+  move puts the file under its name (rename(2) on file://, so a crash never leaves a half-written file
+  there; pfs/backends/leftovers.py clears what a killed process left in .pfs/tmp).
 
 This module must never publish a partial object, and never hold a whole large file in memory.
 """
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO
 import pyarrow.fs as pafs
 
 from pfs.backends.base import Reader, UploadGuard
+from pfs.backends.leftovers import owner_tag
 from pfs.errors import BackendError, PfsError, Stale
 
 Call = Callable[[str, Callable[[], Any]], Any]  # the backend's translate-and-retry wrapper
@@ -123,7 +125,7 @@ def write_via_temp(
     the move; the replacement is then not atomic (a reader may briefly find no file).
     """
     fs.create_dir(tmp_dir, recursive=True)
-    tmp = f"{tmp_dir}/{uuid.uuid4().hex}.part"
+    tmp = f"{tmp_dir}/{owner_tag()}{uuid.uuid4().hex}.part"  # owner tag: see pfs/backends/leftovers.py
     try:
         with fs.open_output_stream(tmp) as out:
             remaining = size
