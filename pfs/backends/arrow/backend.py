@@ -9,6 +9,8 @@ Conventions every store shares:
 - Symlinks are regular objects `<name>.rclonelink` holding the target (UTF-8), the representation of
   `rclone --links`, so rclone and pfs read each other's links. A *file* whose name ends in `.rclonelink` is
   never shown under that name; creating one is refused (PermissionDenied).
+- An empty object of Content-Type application/x-directory (older S3 tools' directories, no trailing
+  slash) is a directory in stat, listings, rmdir and rename alike (`_is_directory_object`).
 - `.pfs` at the top of the root is reserved for pfs's own data: hidden from listings, NotFound for stat,
   PermissionDenied for changes. `reserved_area()` gives pfs itself a backend rooted there.
 
