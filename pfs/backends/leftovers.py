@@ -64,10 +64,14 @@ def _start_time(pid: int) -> int | None:
     return int(stat.rpartition(")")[2].split()[19])  # field 22: starttime
 
 
+@functools.cache
+def _owner(pid: int) -> str:
+    return f"o{_boot_id()}.{_pid_namespace()}.{pid}.{_start_time(pid) or 0}"
+
+
 def owner_tag() -> str:
     """'o<boot>.<pid namespace>.<pid>.<start>.<now>-': names a file as made now by this very process."""
-    pid = os.getpid()
-    return f"o{_boot_id()}.{_pid_namespace()}.{pid}.{_start_time(pid) or 0}.{int(time.time())}-"
+    return f"{_owner(os.getpid())}.{int(time.time())}-"
 
 
 def owner_is_gone(name: str) -> bool:
