@@ -13,6 +13,8 @@ import time
 import pytest
 
 from pfs import control, mounter
+from pfs.backends import UploadGuard
+from pfs.errors import BackendError
 from tests.conftest import s3_case, unique
 from tests.mounting import Mount, wait_until
 
@@ -142,3 +144,18 @@ def test_leftovers_of_dead_mounts_are_cleared_and_those_of_live_ones_kept(tmp_pa
         assert wait_until(lambda: sorted(os.listdir(tmp)) == ["untagged-new.part"])
         assert os.listdir(detached) == [other_node]
         assert "removed 1 leftover file(s) of dead mounts (9 bytes)" in m.log()  # the detached one
+
+
+def test_an_upload_is_either_abandoned_or_committed_never_both():
+    waiting_gave_up = UploadGuard()
+    waiting_gave_up.progressed()
+    assert waiting_gave_up.abandon()
+    with pytest.raises(BackendError):
+        waiting_gave_up.progressed()  # the uploading thread stops at its next chunk...
+    with pytest.raises(BackendError):
+        waiting_gave_up.commit()  # ...and can never make its version visible
+    completing = UploadGuard()
+    completing.commit()
+    assert not completing.abandon()  # the caller must wait for the one completion request
+    completing.retry()  # that request failed and is tried again from the start: abandonable again
+    assert completing.abandon()
