@@ -5,6 +5,7 @@ User mistakes are one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -42,6 +43,8 @@ for command in COMMANDS:
 
 
 def main() -> None:
+    # What the library warns about while a command runs (a cache set aside, say) is one line too.
+    logging.basicConfig(level=logging.WARNING, format="pfs: %(message)s")
     try:
         cli(standalone_mode=False)
     except UsageError as exc:

@@ -28,7 +28,7 @@ import trio
 
 from pfs import control
 from pfs.backends import Backend, Entry, Kind, Reader
-from pfs.cache import BlockCache, CacheConfig, CachedObject, DiskTier, Stream
+from pfs.cache import BlockCache, CacheConfig, CachedObject, CacheUnavailable, DiskTier, Stream
 from pfs.errors import (
     AlreadyExists,
     IsADirectory,
@@ -118,7 +118,12 @@ class Operations(pyfuse3.Operations):
         self._disk_limiter = trio.CapacityLimiter(4)
         disk = None
         if options.cache_size > 0:
-            disk = DiskTier(options.cache_dir, options.cache_size, options.free_space_ratio)
+            try:
+                disk = DiskTier(
+                    options.cache_dir, options.cache_size, options.free_space_ratio, options.block_size
+                )
+            except CacheUnavailable as exc:  # the cache is an optimisation: serve without it
+                log.warning("%s; mounted without a disk cache", exc)
         config = CacheConfig(
             block_size=options.block_size,
             prefetch_blocks=max(1, options.prefetch // options.block_size),
