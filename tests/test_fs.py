@@ -7,6 +7,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 import uuid
 
 import pytest
@@ -200,6 +201,23 @@ def test_chmod_chown_utime(d):
     os.chown(f"{d}/f", 1234, 5678)
     assert (os.stat(f"{d}/f").st_uid, os.stat(f"{d}/f").st_gid) == (1234, 5678)
     os.utime(f"{d}/f", ns=(1_000_000_000, 2_000_000_000))
+    assert os.stat(f"{d}/f").st_mtime_ns == 2_000_000_000
+
+
+def test_attribute_changes_set_ctime_to_now(d):
+    write(f"{d}/f", b"1")
+    os.utime(f"{d}/f", ns=(1_000_000_000, 1_000_000_000))  # 2001-09-09, as `touch -d` would
+    changes = [
+        lambda: os.chmod(f"{d}/f", 0o640),
+        lambda: os.chown(f"{d}/f", 1234, 5678),
+        lambda: os.utime(f"{d}/f", ns=(1_500_000_000, 1_000_000_000)),  # touch -a
+        lambda: os.utime(f"{d}/f", ns=(2_000_000_000, 2_000_000_000)),
+    ]
+    for change in changes:
+        before = time.time_ns()
+        change()
+        st = os.stat(f"{d}/f")
+        assert before - 10**9 <= st.st_ctime_ns <= time.time_ns() + 10**9
     assert os.stat(f"{d}/f").st_mtime_ns == 2_000_000_000
 
 

@@ -197,7 +197,7 @@ class Operations(pyfuse3.Operations):
         attrs.st_blksize = 1 << 20
         attrs.st_blocks = (size + 511) // 512
         attrs.st_mtime_ns = mtime
-        attrs.st_ctime_ns = mtime
+        attrs.st_ctime_ns = max(mtime, ov.ctime_ns or 0)
         attrs.st_atime_ns = ov.atime_ns if ov.atime_ns is not None else mtime
         attrs.entry_timeout = self.options.metadata_ttl
         attrs.attr_timeout = self.options.metadata_ttl
@@ -322,6 +322,7 @@ class Operations(pyfuse3.Operations):
             ov.mtime_ns = attr.st_mtime_ns
         if fields.update_atime:
             ov.atime_ns = attr.st_atime_ns
+        ov.ctime_ns = time.time_ns()  # any change of attributes is a status change, whatever times were given
         return self._attrs(node)
 
     @handler
