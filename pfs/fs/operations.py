@@ -43,6 +43,7 @@ from pfs.errors import (
     Unsupported,
     errno_of,
 )
+from pfs.fs.flights import Flights
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.names import NameCache
 from pfs.fs.writeback import WriteBack
@@ -133,7 +134,7 @@ class Operations(pyfuse3.Operations):
         self._readers: dict[int, tuple[CachedObject, Reader]] = {}  # per inode, opened on the first miss
         self.names = NameCache(options.metadata_ttl)
         self._nursery: trio.Nursery | None = None
-        self._relisting: dict[str, trio.Event] = {}  # directories being listed again for lookups
+        self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same
         self._handles: dict[int, Handle | DirHandle] = {}
         self.writes = WriteBack(backend, self._store_of, options.staging_dir, self._run, self.stats)
         self._next_fh = 1
@@ -233,26 +234,23 @@ class Operations(pyfuse3.Operations):
         if self.names.is_missing(path, now):
             return self._gone(inode, path)
         try:
-            entry = await self._run(self.backend.stat, path)
+            entry = await self._shared(("stat", path), self.backend.stat, path)
         except NotFound:
             self.names.mark_missing(path, now)
             return self._gone(inode, path)
         return self.inodes.add(path, entry)
 
     async def _relist(self, path: str) -> None:
-        """List directory `path` again for lookups, once however many lookups ask at the same time."""
-        pending = self._relisting.get(path)
-        if pending is not None:
-            await pending.wait()
-            return
-        self._relisting[path] = done = trio.Event()
+        """List directory `path` again for lookups (once for all the lookups asking at the same time)."""
         try:
             await self._list_backend(path)
         except NotFound:
             self.names.forget_directory(path)
-        finally:
-            del self._relisting[path]
-            done.set()
+
+    async def _shared(self, what: tuple[str, str], fn: Callable, *args: Any) -> Any:
+        """`fn(*args)` in a worker thread, shared with every request asking `what` at the same time, unless
+        this mount changed a name since it was asked."""
+        return await self._flights.run((*what, self.names.generation), lambda: self._run(fn, *args))
 
     def _gone(self, inode: Inode | None, path: str) -> Inode:
         if inode is not None and inode.open_handles:
@@ -354,10 +352,14 @@ class Operations(pyfuse3.Operations):
 
     async def _list_backend(self, path: str) -> dict[str, Entry]:
         """The backend's listing of directory `path`, kept for lookups of its names for the metadata TTL."""
-        listed_at = time.monotonic()
-        entries = {e.name: e for e in await self._run(self.backend.list_dir, path)}
-        self.names.keep(path, entries, listed_at)
-        return entries
+
+        async def list_now() -> dict[str, Entry]:
+            listed_at = time.monotonic()
+            entries = {e.name: e for e in await self._run(self.backend.list_dir, path)}
+            self.names.keep(path, entries, listed_at)
+            return entries
+
+        return await self._flights.run(("list", path, self.names.generation), list_now)
 
     async def _list(self, node: Inode) -> list[Entry]:
         entries = dict(await self._list_backend(node.path))
