@@ -234,6 +234,36 @@ def test_names_too_long_are_refused(d):
     assert os.listdir(d) == []
 
 
+def test_xattrs_and_acls_are_not_supported(d):
+    write(f"{d}/f", b"1")
+    for call in [
+        lambda: os.setxattr(f"{d}/f", "user.tag", b"v"),
+        lambda: os.getxattr(f"{d}/f", "user.tag"),
+        lambda: os.removexattr(f"{d}/f", "user.tag"),
+        lambda: os.setxattr(f"{d}/f", "system.posix_acl_access", b"\x02\0\0\0"),
+        lambda: os.getxattr(d, "system.posix_acl_default"),
+    ]:
+        with pytest.raises(OSError) as exc:
+            call()
+        assert exc.value.errno == errno.ENOTSUP
+    assert os.listxattr(f"{d}/f") == []
+
+
+def test_object_keys_longer_than_1024_bytes_are_refused(mnt, backend_case, d):
+    if not backend_case.object_store:
+        pytest.skip("a limit of object keys")
+    path = d
+    for i in range(3):
+        path = f"{path}/{str(i) * 250}"
+        os.mkdir(path)
+    for make in (lambda p: open(p, "wb"), os.mkdir):
+        with pytest.raises(OSError) as exc:
+            make(f"{path}/{'x' * 250}")  # each name fits, the key does not
+        assert exc.value.errno == errno.ENAMETOOLONG
+    write(f"{path}/short", b"fits")
+    assert read(f"{path}/short") == b"fits"
+
+
 def test_reserved_name_is_hidden_and_refused(mnt):
     assert ".pfs" not in os.listdir(mnt.path)
     with pytest.raises(PermissionError):

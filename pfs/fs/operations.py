@@ -717,7 +717,9 @@ class Operations(pyfuse3.Operations):
                 return json.dumps(self.counters()).encode()
         elif name in control.FILE_COMMANDS:
             return await self._file_command(self.inodes[inode], name)
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if name.startswith(control.PREFIX):  # a control name asked where it does not apply
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise Unsupported("extended attributes and ACLs are not supported")
 
     async def _file_command(self, node: Inode, name: bytes) -> bytes:
         """warmup / cached / evict on one file, answered as 'CACHED_BYTES SIZE'."""
@@ -750,4 +752,8 @@ class Operations(pyfuse3.Operations):
             await self.writes.flush_all()
             self.names.clear_listings()
             return
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        raise Unsupported("extended attributes and ACLs are not supported")
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext):
+        raise Unsupported("extended attributes and ACLs are not supported")
