@@ -50,6 +50,9 @@ def main() -> None:
     except UsageError as exc:
         click.echo(f"pfs: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `pfs` or `pfs cache`: the help it asks for
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:  # a bad argument or flag: one line too, not the usage text
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         click.echo(f"pfs: error: {exc.format_message()}{hint}", err=True)
