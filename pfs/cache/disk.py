@@ -33,7 +33,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import diskcache
 
@@ -100,8 +100,14 @@ class _BoundedDisk(diskcache.Disk):
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         if mode != diskcache.core.MODE_BINARY or not filename:
             return super().fetch(mode, filename, value, read)
-        data = _read_value_file(self._directory, filename, self.max_value)
-        return io.BytesIO(data) if read else data
+        opened = _open_value_file(self._directory, filename, self.max_value)
+        if opened is None:
+            return io.BytesIO() if read else b""
+        file, size = opened
+        if read:
+            return file
+        with file:
+            return file.read(size)
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
         self._written.path = None
@@ -119,36 +125,32 @@ class _BoundedDisk(diskcache.Disk):
         return name, full_path
 
 
-def _read_value_file(directory: str, filename: str, limit: int) -> bytes:
-    """The bytes of `filename` below `directory`, or b"" unless every part of the path is what diskcache
-    made: directories and then a regular file of at most `limit` bytes, none of them a link."""
+def _open_value_file(directory: str, filename: str, limit: int) -> tuple[BinaryIO, int] | None:
+    """`filename` below `directory` opened for reading, with its size, or None unless every part of the
+    path is what diskcache made: directories and then a regular file of at most `limit` bytes, none of
+    them a link (a FIFO does not block the open either)."""
     parts = filename.split("/")
+    shown = os.path.join(directory, filename)
     if filename.startswith("/") or ".." in parts:
         log.warning("ignored a cache entry naming %r, outside the cache directory", filename)
-        return b""
+        return None
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     fds: list[int] = []
     try:
         fds.append(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         for part in parts[:-1]:
             fds.append(os.open(part, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
-        fd = os.open(parts[-1], flags, dir_fd=fds[-1])
-        fds.append(fd)
-        info = os.fstat(fd)
+        fds.append(os.open(parts[-1], flags, dir_fd=fds[-1]))
+        info = os.fstat(fds[-1])
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            log.warning(
-                "ignored %s in the cache: not a regular file of at most %d bytes",
-                os.path.join(directory, filename),
-                limit,
-            )
-            return b""
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(limit)
+            log.warning("ignored %s in the cache: not a regular file of at most %d bytes", shown, limit)
+            return None
+        return os.fdopen(fds.pop(), "rb"), info.st_size
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             raise  # deleted by another process since it was looked up: diskcache reports a miss
-        log.warning("ignored %s in the cache: %s", os.path.join(directory, filename), exc.strerror)
-        return b""
+        log.warning("ignored %s in the cache: %s", shown, exc.strerror)
+        return None
     finally:
         for fd in fds:
             os.close(fd)
@@ -164,12 +166,11 @@ class DiskTier:
     ) -> None:
         """Open (or create) the tier in `directory`; `size_limit` None keeps the limit the last mount set
         (for tools that inspect or clear a cache without changing its settings). No cached value bigger
-        than `max_block` is ever read. A database that is not one is set aside (`set_aside` names where)
-        and the tier starts empty; CacheUnavailable when the directory cannot be used at all."""
+        than `max_block` is ever read. A database that is not one is set aside and the tier starts empty;
+        CacheUnavailable when the directory cannot be used at all."""
         self.directory = directory
         self.free_space_ratio = free_space_ratio
         self.corrupt_blocks = 0
-        self.set_aside: str | None = None
         self._count_lock = threading.Lock()
         self._failing = False
         disk = type("BoundedDisk", (_BoundedDisk,), {"max_value": max_block})
@@ -179,7 +180,7 @@ class DiskTier:
             if isinstance(exc, sqlite3.OperationalError):  # not writable, full, locked: nothing to set aside
                 raise _unavailable(directory, exc) from None
             try:
-                self.set_aside = _set_aside(directory, exc)
+                _set_aside(directory, exc)
                 self._cache = self._open(disk, size_limit)
             except _FAILURES as again:
                 raise _unavailable(directory, again) from None
@@ -356,7 +357,7 @@ def _unavailable(directory: str, exc: BaseException) -> CacheUnavailable:
     )
 
 
-def _set_aside(directory: str, exc: BaseException) -> str:
+def _set_aside(directory: str, exc: BaseException) -> None:
     """Move a broken cache (its database and block files) into a subdirectory of its own, so the tier can
     start empty in place (the directory itself may be a mount point) and the old one can be inspected."""
     aside = os.path.join(directory, f"{_ASIDE}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
@@ -371,4 +372,3 @@ def _set_aside(directory: str, exc: BaseException) -> str:
         _reason(exc),
         aside,
     )
-    return aside
