@@ -46,6 +46,7 @@ _MIN_FILE_SIZE = 64 * 1024
 CHECK_CHUNK = 64 * 1024  # each block carries a CRC32 per chunk of this size
 MAX_BLOCK = 64 << 20  # the largest block size a mount may use: no cached value is ever bigger
 DATABASE = "cache.db"
+WARN_EVERY_S = 600.0  # a disk that keeps failing and recovering warns at most this often
 _ASIDE = "broken-"  # prefix of the subdirectories broken caches are moved into
 # What a failing disk or database raises through diskcache: each only makes the tier miss.
 _FAILURES = (OSError, sqlite3.Error, diskcache.Timeout)
@@ -173,6 +174,7 @@ class DiskTier:
         self.corrupt_blocks = 0
         self._count_lock = threading.Lock()
         self._failing = False
+        self._warned_at = -WARN_EVERY_S
         disk = type("BoundedDisk", (_BoundedDisk,), {"max_value": max_block})
         try:
             self._cache = self._open(disk, size_limit)
@@ -205,10 +207,15 @@ class DiskTier:
         )
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        """Note that the disk could not do `what`: warn once when it starts failing, not on every block."""
+        """Note that the disk could not do `what`: one warning when it starts failing (at most one every
+        WARN_EVERY_S, however often it recovers and fails again), never one per block."""
         with self._count_lock:
-            first, self._failing = not self._failing, True
-        if first:
+            now = time.monotonic()
+            quiet = self._failing or now - self._warned_at < WARN_EVERY_S
+            self._failing = True
+            if not quiet:
+                self._warned_at = now
+        if not quiet:
             log.warning(
                 "the disk cache %s cannot %s (%s): reads go to the backend until it can; "
                 "free space there, or mount with another --cache-dir (or --cache-size 0)",
@@ -217,12 +224,12 @@ class DiskTier:
                 _reason(exc),
             )
 
-    def _worked(self) -> None:
+    def _stored(self) -> None:
         if self._failing:
             with self._count_lock:
                 again, self._failing = self._failing, False
             if again:
-                log.warning("the disk cache %s works again", self.directory)
+                log.info("the disk cache %s stores blocks again", self.directory)
 
     # ---- blocks ------------------------------------------------------------------------------------------
 
@@ -279,7 +286,7 @@ class DiskTier:
         except _FAILURES as exc:
             self._failed("store blocks", exc)
         else:
-            self._worked()
+            self._stored()
 
     def delete(self, key: str) -> None:
         try:
@@ -316,8 +323,6 @@ class DiskTier:
             self._cache.set("v|" + object_key, value, retry=True)
         except _FAILURES as exc:
             self._failed("record versions", exc)
-        else:
-            self._worked()
 
     # ---- upkeep ------------------------------------------------------------------------------------------
 
