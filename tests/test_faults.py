@@ -199,5 +199,5 @@ def test_concurrent_lookups_during_a_stall_share_one_request_and_fail_together(s
     codes = [int(code) for code, _ in results]
     times = sorted(float(took) for _, took in results)
     assert codes == [errno.EIO] * len(names), results
-    assert times[-1] < timeout + 3, times  # one deadline for all, not one after another
-    assert times[-1] - times[0] < 2, times
+    assert times[-1] < timeout + 4, times  # one deadline for all, not one after another (8 x 3.2 s)
+    assert times[-1] - times[0] < 3, times
