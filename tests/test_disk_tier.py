@@ -108,3 +108,13 @@ def test_a_full_disk_misses_and_warns_once(tmp_path, caplog):
         subprocess.run(["umount", "-l", str(small)], check=True)
     warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(small / "cache") in warnings[0]
+
+
+def test_the_version_book_is_text_and_never_unpickles(tier):
+    seen = Seen(5, 1_700_000_000_123456789, '"etag with spaces"', 1_700_000_003.25)
+    tier.record("k", seen)
+    assert tier.seen("k") == seen
+    tier._cache.set("v|k", (5, 1, "etag", 2.0))  # a pickle, as an older version (or anyone) wrote it
+    assert tier.seen("k") is None
+    tier._cache.set("v|k", "not a version")
+    assert tier.seen("k") is None

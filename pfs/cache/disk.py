@@ -90,7 +90,8 @@ class _Chunks:
 class _BoundedDisk(diskcache.Disk):
     """diskcache's storage of values, reading a value's file only when it is a regular file inside the
     cache directory (no link followed on the way) of at most `max_value` bytes. Anything else reads as an
-    empty value, which fails its checksum and is dropped by the tier like any corrupt block."""
+    empty value, which fails its checksum and is dropped by the tier like any corrupt block. Pickles are
+    never loaded (the tier stores only bytes and text): they read as missing."""
 
     max_value = MAX_BLOCK
 
@@ -99,6 +100,8 @@ class _BoundedDisk(diskcache.Disk):
         self._written = threading.local()  # the file a store in this thread is writing
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:  # the tier stores none: a pickle here was put by someone else
+            return None
         if mode != diskcache.core.MODE_BINARY or not filename:
             return super().fetch(mode, filename, value, read)
         opened = _open_value_file(self._directory, filename, self.max_value)
@@ -314,12 +317,13 @@ class DiskTier:
         except _FAILURES as exc:
             self._failed("be read", exc)
             return None
-        return Seen(*value) if isinstance(value, tuple) and len(value) == 4 else None
+        return _parse_seen(value)
 
     def record(self, object_key: str, seen: Seen) -> None:
         """Remember a version; one that cannot be written is only asked for again after a remount."""
         try:
-            value = (seen.size, seen.mtime_ns, seen.etag, seen.seen_at)
+            # Plain text, never a pickle: nothing read from the cache directory is ever unpickled.
+            value = f"{seen.size} {seen.mtime_ns} {seen.seen_at!r} {seen.etag}"
             self._cache.set("v|" + object_key, value, retry=True)
         except _FAILURES as exc:
             self._failed("record versions", exc)
@@ -347,6 +351,17 @@ class DiskTier:
 
     def close(self) -> None:
         self._cache.close()
+
+
+def _parse_seen(value: object) -> Seen | None:
+    """The version book's text back into a `Seen`; None for anything else (a version is then asked for)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        size, mtime_ns, seen_at, etag = value.split(" ", 3)
+        return Seen(int(size), int(mtime_ns), etag, float(seen_at))
+    except ValueError:
+        return None
 
 
 def _reason(exc: BaseException) -> str:
