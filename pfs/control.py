@@ -22,6 +22,7 @@ WARMUP = b"user.pfs.warmup"  # fetch every block of the file into the disk cache
 CACHED = b"user.pfs.cached"  # how much of the file is cached
 EVICT = b"user.pfs.evict"  # drop the file's blocks from the cache
 FILE_COMMANDS = (WARMUP, CACHED, EVICT)
+PREFIX = b"user.pfs."  # every name above: any other extended attribute is not supported (ENOTSUP)
 
 
 def daemon_pid(mountpoint: str) -> int:

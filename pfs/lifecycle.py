@@ -13,6 +13,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 
 from pfs import control, daemon, mounter, options
 from pfs.backends import BackendOptions, open_backend
@@ -40,6 +41,8 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
     """Mount and return the daemon's pid (in the foreground: serve, and return 0 once unmounted)."""
     options.check(mount)
     mountpoint = mounter.check_mountpoint(mountpoint)
+    if not mount.read_only and not mount.snapshot:
+        _check_staging_dir(mount.staging_dir)
     live = open_backend(uri, backend, verify=True)
     try:
         if mount.snapshot:
@@ -54,8 +57,13 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
         return 0
     if mount.log_file is None:
         mount.log_file = default_log_file(mountpoint)
-    os.makedirs(os.path.dirname(os.path.abspath(mount.log_file)), exist_ok=True)
-    with open(mount.log_file, "a") as log:  # anything the daemon prints (a crash dump too) lands there
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(mount.log_file)), exist_ok=True)
+        log = open(mount.log_file, "a")  # noqa: SIM115 (closed below, once the daemon has it)
+    except OSError as exc:
+        reason = f"cannot write {mount.log_file} ({exc.strerror}); allowed: a writable file"
+        raise UsageError(f"bad value for option 'log_file': {reason}") from None
+    with log:  # anything the daemon prints (a crash dump too) lands there
         process = subprocess.Popen(
             [sys.executable, "-m", "pfs.daemon", "--mountpoint", mountpoint],
             stdin=subprocess.PIPE,
@@ -78,6 +86,19 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
         reason = status.removeprefix("error: ") or f"the daemon exited (see {mount.log_file})"
         raise UsageError(f"cannot mount {mountpoint}: {reason}")
     return process.pid  # "ready" is sent only once the root answered the daemon's stat as inode 1
+
+
+def _check_staging_dir(path: str) -> None:
+    """Written files are staged there: a directory that cannot hold one would fail every write (EIO)."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix="pfs-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"bad value for option 'staging_dir': cannot write files in {path} ({exc.strerror}); "
+            "allowed: a writable local directory"
+        ) from None
 
 
 def stop(mountpoint: str, lazy: bool = False, timeout: float = 300.0, discard: bool = False) -> list[str]:

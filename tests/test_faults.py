@@ -7,8 +7,11 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from subprocess import PIPE
 
 import pyarrow.fs as pafs
 import pytest
@@ -248,3 +251,36 @@ def test_failed_uploads_can_be_dropped_at_once(server, raw, tmp_path):
             assert g.read() == b"old"
     with raw.open_input_file("faults/keep") as g:
         assert g.read() == b"old"
+
+
+def test_concurrent_lookups_during_a_stall_share_one_request_and_fail_together(server, raw, tmp_path):
+    """Eight processes stat different names of one directory whose listing has expired, while the server
+    is stopped: they wait on one shared request and all fail within one deadline, not one after another."""
+    names = [f"f{i}" for i in range(8)]
+    for name in names:
+        with raw.open_output_stream(f"faults/shared/{name}") as f:
+            f.write(b"x")
+    env = {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
+    uri = f"s3://faults?endpoint_override={server.endpoint}&scheme=http"
+    timeout = 5
+    args = ("--timeout", str(timeout), "--metadata-ttl", "2")
+    with Mount(uri, str(tmp_path / "m"), env=env, args=args) as m:
+        assert sorted(os.listdir(f"{m.path}/shared")) == names
+        time.sleep(2.5)  # the directory's listing and every entry under it have expired
+        script = "import os, sys, time\ns = time.monotonic()\ntry:\n    os.stat(sys.argv[1])\n" + (
+            "except OSError as e:\n    print(e.errno, time.monotonic() - s)\nelse:\n    print(0, 0)\n"
+        )
+        server.pause()
+        try:
+            procs = [
+                subprocess.Popen([sys.executable, "-c", script, f"{m.path}/shared/{name}"], stdout=PIPE)
+                for name in names
+            ]
+            results = [p.communicate(timeout=120)[0].split() for p in procs]
+        finally:
+            server.resume()
+    codes = [int(code) for code, _ in results]
+    times = sorted(float(took) for _, took in results)
+    assert codes == [errno.EIO] * len(names), results
+    assert times[-1] < timeout + 4, times  # one deadline for all, not one after another (8 x 3.2 s)
+    assert times[-1] - times[0] < 3, times

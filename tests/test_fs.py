@@ -7,6 +7,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 import uuid
 
 import pytest
@@ -204,6 +205,23 @@ def test_chmod_chown_utime(d):
     assert os.stat(f"{d}/f").st_mtime_ns == 2_000_000_000
 
 
+def test_attribute_changes_set_ctime_to_now(d):
+    write(f"{d}/f", b"1")
+    os.utime(f"{d}/f", ns=(1_000_000_000, 1_000_000_000))  # 2001-09-09, as `touch -d` would
+    changes = [
+        lambda: os.chmod(f"{d}/f", 0o640),
+        lambda: os.chown(f"{d}/f", 1234, 5678),
+        lambda: os.utime(f"{d}/f", ns=(1_500_000_000, 1_000_000_000)),  # touch -a
+        lambda: os.utime(f"{d}/f", ns=(2_000_000_000, 2_000_000_000)),
+    ]
+    for change in changes:
+        before = time.time_ns()
+        change()
+        st = os.stat(f"{d}/f")
+        assert before - 10**9 <= st.st_ctime_ns <= time.time_ns() + 10**9
+    assert os.stat(f"{d}/f").st_mtime_ns == 2_000_000_000
+
+
 def test_statfs(mnt):
     info = os.statvfs(mnt.path)
     assert info.f_namemax == 255
@@ -215,6 +233,36 @@ def test_names_too_long_are_refused(d):
         open(f"{d}/{'x' * 256}", "wb")
     assert exc.value.errno == errno.ENAMETOOLONG
     assert os.listdir(d) == []
+
+
+def test_xattrs_and_acls_are_not_supported(d):
+    write(f"{d}/f", b"1")
+    for call in [
+        lambda: os.setxattr(f"{d}/f", "user.tag", b"v"),
+        lambda: os.getxattr(f"{d}/f", "user.tag"),
+        lambda: os.removexattr(f"{d}/f", "user.tag"),
+        lambda: os.setxattr(f"{d}/f", "system.posix_acl_access", b"\x02\0\0\0"),
+        lambda: os.getxattr(d, "system.posix_acl_default"),
+    ]:
+        with pytest.raises(OSError) as exc:
+            call()
+        assert exc.value.errno == errno.ENOTSUP
+    assert os.listxattr(f"{d}/f") == []
+
+
+def test_object_keys_longer_than_1024_bytes_are_refused(mnt, backend_case, d):
+    if not backend_case.object_store:
+        pytest.skip("a limit of object keys")
+    path = d
+    for i in range(3):
+        path = f"{path}/{str(i) * 250}"
+        os.mkdir(path)
+    for make in (lambda p: open(p, "wb"), os.mkdir):
+        with pytest.raises(OSError) as exc:
+            make(f"{path}/{'x' * 250}")  # each name fits, the key does not
+        assert exc.value.errno == errno.ENAMETOOLONG
+    write(f"{path}/short", b"fits")
+    assert read(f"{path}/short") == b"fits"
 
 
 def test_reserved_name_is_hidden_and_refused(mnt):

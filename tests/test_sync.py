@@ -197,3 +197,22 @@ def test_a_file_replaces_a_symlink_and_links_are_copied(tmp_path):
     result = sync(tmp_path / "src", tmp_path / "dst")
     assert result.returncode == 0, result.stderr
     assert read_tree(tmp_path / "dst") == {"x": b"a file now", "dir/link.rclonelink": b"../x"}
+
+
+def test_a_destination_inside_the_source_or_around_it_is_refused(tmp_path, s3):
+    make_tree(tmp_path / "src", {"a": b"1", "sub/b": b"2"})
+    os.symlink(tmp_path / "src", tmp_path / "alias")
+    for src, dst in [
+        (tmp_path / "src", tmp_path / "src" / "copy"),
+        (tmp_path / "src", tmp_path / "src"),
+        (tmp_path / "src" / "sub", tmp_path / "src"),
+        (tmp_path / "alias", tmp_path / "src" / "copy"),
+        (f"file://{tmp_path}/src/", f"file://{tmp_path}/src/sub/x"),
+        (s3.uri.replace("?", "/data?"), s3.uri.replace("?", "/data/copy?")),
+        (s3.uri.replace("?", "/data/x?"), s3.uri),
+    ]:
+        result = sync(src, dst, env=s3.env)
+        assert_one_line_error(result, "the source")
+        assert result.returncode == 2
+    assert read_tree(tmp_path / "src") == {"a": b"1", "sub/b": b"2"}  # nothing copied into itself
+    assert sync(tmp_path / "src", tmp_path / "srcs-copy").returncode == 0  # a shared name prefix is fine

@@ -5,6 +5,7 @@ User mistakes are one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -42,10 +43,19 @@ for command in COMMANDS:
 
 
 def main() -> None:
+    # What the library warns about while a command runs (a cache set aside, say) is one line too.
+    logging.basicConfig(level=logging.WARNING, format="pfs: %(message)s")
     try:
-        cli(standalone_mode=False)
+        cli(standalone_mode=False, prog_name="pfs")
     except UsageError as exc:
         click.echo(f"pfs: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `pfs` or `pfs cache`: the help it asks for
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # a bad argument or flag: one line too, not the usage text
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"pfs: error: {exc.format_message()}{hint}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("pfs: interrupted", err=True)

@@ -25,11 +25,15 @@ CACHE_DIR = click.option(
 
 
 def _open(cache_dir: str) -> DiskTier:
-    from pfs.cache.disk import DiskTier  # not at import time: keeps every other command's start quick
+    # Not at import time: keeps every other command's start quick.
+    from pfs.cache.disk import DATABASE, CacheUnavailable, DiskTier
 
-    if not os.path.isfile(os.path.join(cache_dir, "cache.db")):
+    if not os.path.isfile(os.path.join(cache_dir, DATABASE)):
         raise UsageError(f"no pfs cache in {cache_dir}")
-    return DiskTier(cache_dir, size_limit=None)
+    try:
+        return DiskTier(cache_dir, size_limit=None)  # a broken database is set aside, with a warning
+    except CacheUnavailable as exc:
+        raise UsageError(str(exc), exit_code=1) from None
 
 
 @click.group()

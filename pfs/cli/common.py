@@ -16,7 +16,7 @@ from rich.text import Text
 
 from pfs.backends import BackendOptions
 from pfs.errors import PfsError, UsageError
-from pfs.options import MountOptions, apply_o
+from pfs.options import MountOptions, apply_o, set_option
 
 BACKEND_O_HELP = (
     "Backend options, as for 'pfs mount': endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, "
@@ -46,10 +46,10 @@ def connection_options(o_help: str = BACKEND_O_HELP) -> Callable:
                 ("timeout", timeout),
                 ("endpoint", endpoint),
                 ("region", region),
-                ("credentials_file", credentials),
+                ("credentials", credentials),
             ]:
-                if value is not None:
-                    setattr(backend, name, value)
+                if value is not None:  # parsed and checked like the -o form
+                    set_option(name, str(value), mount, backend)
             return fn(*args, mount_options=mount, backend_options=backend, **kwargs)
 
         decorators = [

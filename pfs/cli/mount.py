@@ -86,10 +86,10 @@ def mount(
     """Mount URI at MOUNTPOINT (returns once the mount answers)."""
     mount_options.read_only |= read_only
     mount_options.debug |= debug
-    for name, value in [("metadata_ttl", metadata_ttl), ("log_file", log_file), ("snapshot", snapshot)]:
-        if value is not None:
-            setattr(mount_options, name, value)
     for name, value in [
+        ("metadata_ttl", metadata_ttl),
+        ("log_file", log_file),
+        ("snapshot", snapshot),
         ("cache_dir", cache_dir),
         ("cache_size", cache_size),
         ("free_space_ratio", free_space_ratio),

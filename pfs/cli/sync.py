@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from pfs.backends import Backend, BackendOptions, finish, open_backend, redact_uri
+from pfs.backends.location import parse_location
 from pfs.cli.common import as_uri, connection_options, human, one_line_errors, progress_bar
 from pfs.errors import UsageError
 from pfs.listing import Excludes
@@ -59,6 +60,36 @@ def _open_destination(uri: str, options: BackendOptions, dry_run: bool) -> Backe
             return None
         os.makedirs(uri[len("file://") :].split("?")[0], exist_ok=True)
     return open_backend(uri, options, verify=True)
+
+
+def _tree_of(uri: str, options: BackendOptions) -> tuple[tuple[str, ...], str]:
+    """Which store `uri` names (scheme, host or bucket, endpoint) and its root path in that store, with
+    symlinks of a local path resolved, so that two spellings of one directory compare equal."""
+    where = parse_location(uri)
+    if where.scheme == "file":
+        return ("file",), os.path.realpath(where.path)
+    if where.scheme == "hdfs":
+        return ("hdfs", where.host, str(where.port)), where.path
+    endpoint = options.endpoint or where.query.get("endpoint_override", "")
+    return (where.scheme, where.bucket, endpoint, where.query.get("region", "")), "/" + where.path
+
+
+def _refuse_nesting(src_uri: str, dst_uri: str, options: BackendOptions) -> None:
+    """A destination inside the source would be copied into itself (one level deeper on every run), and a
+    source inside the destination would be listed (and with --delete, removed) as part of it."""
+    (src_store, src), (dst_store, dst) = _tree_of(src_uri, options), _tree_of(dst_uri, options)
+    if src_store != dst_store:
+        return
+
+    def inside(path: str, tree: str) -> bool:
+        return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+    if inside(dst, src) or inside(src, dst):
+        where = "is" if src == dst else "is inside" if inside(dst, src) else "contains"
+        raise UsageError(
+            f"the destination {redact_uri(dst_uri)} {where} the source {redact_uri(src_uri)}: "
+            "choose a destination outside the source tree"
+        )
 
 
 def _dry_run_report(work: Plan) -> None:
@@ -124,6 +155,7 @@ def sync(
     """
     options = SyncOptions(threads, delete, dry_run, checksum, Excludes(exclude))
     src_uri, dst_uri = as_uri(src), as_uri(dst)
+    _refuse_nesting(src_uri, dst_uri, backend_options)
     with one_line_errors():
         source = open_backend(src_uri, backend_options, verify=True)
         dest = _open_destination(dst_uri, backend_options, dry_run)

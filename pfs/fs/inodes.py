@@ -27,6 +27,7 @@ class Overrides:
     gid: int | None = None
     atime_ns: int | None = None
     mtime_ns: int | None = None
+    ctime_ns: int | None = None  # when one of these (or the size) was last changed here: POSIX's ctime
 
 
 @dataclass(eq=False)

@@ -29,6 +29,9 @@ class NameCache:
         self.ttl = ttl
         self._listings: OrderedDict[str, Listing] = OrderedDict()
         self._missing: dict[str, float] = {}  # path -> when the backend said it is missing
+        # Counts the changes made through the mount: a backend request started before one must not answer
+        # a request that comes after it (see Operations, where requests in flight are shared).
+        self.generation = 0
 
     def listing(self, directory: str, now: float) -> Listing | None:
         """The listing of `directory` if it is still fresh."""
@@ -66,6 +69,8 @@ class NameCache:
         """This mount changed the name `path`: forget what was kept about it and its directory."""
         self._missing.pop(path, None)
         self._listings.pop(path.rpartition("/")[0], None)
+        self.generation += 1
 
     def clear_listings(self) -> None:
         self._listings.clear()
+        self.generation += 1

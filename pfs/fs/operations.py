@@ -29,7 +29,7 @@ import trio
 from pfs import control
 from pfs.backends import Backend, Entry, Kind, Reader
 from pfs.backends.leftovers import owner_tag
-from pfs.cache import BlockCache, CacheConfig, CachedObject, DiskTier, Stream
+from pfs.cache import BlockCache, CacheConfig, CachedObject, CacheUnavailable, DiskTier, Stream
 from pfs.errors import (
     AlreadyExists,
     InvalidName,
@@ -45,6 +45,7 @@ from pfs.errors import (
     Unsupported,
     errno_of,
 )
+from pfs.fs.flights import Flights
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.names import NameCache
 from pfs.fs.writeback import WriteBack
@@ -120,7 +121,12 @@ class Operations(pyfuse3.Operations):
         self._disk_limiter = trio.CapacityLimiter(4)
         disk = None
         if options.cache_size > 0:
-            disk = DiskTier(options.cache_dir, options.cache_size, options.free_space_ratio)
+            try:
+                disk = DiskTier(
+                    options.cache_dir, options.cache_size, options.free_space_ratio, options.block_size
+                )
+            except CacheUnavailable as exc:  # the cache is an optimisation: serve without it
+                log.warning("%s; mounted without a disk cache", exc)
         config = CacheConfig(
             block_size=options.block_size,
             prefetch_blocks=max(1, options.prefetch // options.block_size),
@@ -130,7 +136,7 @@ class Operations(pyfuse3.Operations):
         self._readers: dict[int, tuple[CachedObject, Reader]] = {}  # per inode, opened on the first miss
         self.names = NameCache(options.metadata_ttl)
         self._nursery: trio.Nursery | None = None
-        self._relisting: dict[str, trio.Event] = {}  # directories being listed again for lookups
+        self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same
         self._handles: dict[int, Handle | DirHandle] = {}
         self.writes = WriteBack(
             backend,
@@ -209,7 +215,7 @@ class Operations(pyfuse3.Operations):
         attrs.st_blksize = 1 << 20
         attrs.st_blocks = (size + 511) // 512
         attrs.st_mtime_ns = mtime
-        attrs.st_ctime_ns = mtime
+        attrs.st_ctime_ns = max(mtime, ov.ctime_ns or 0)
         attrs.st_atime_ns = ov.atime_ns if ov.atime_ns is not None else mtime
         attrs.entry_timeout = self.options.metadata_ttl
         attrs.attr_timeout = self.options.metadata_ttl
@@ -245,26 +251,23 @@ class Operations(pyfuse3.Operations):
         if self.names.is_missing(path, now):
             return self._gone(inode, path)
         try:
-            entry = await self._run(self.backend.stat, path)
+            entry = await self._shared(("stat", path), self.backend.stat, path)
         except NotFound:
             self.names.mark_missing(path, now)
             return self._gone(inode, path)
         return self.inodes.add(path, entry)
 
     async def _relist(self, path: str) -> None:
-        """List directory `path` again for lookups, once however many lookups ask at the same time."""
-        pending = self._relisting.get(path)
-        if pending is not None:
-            await pending.wait()
-            return
-        self._relisting[path] = done = trio.Event()
+        """List directory `path` again for lookups (once for all the lookups asking at the same time)."""
         try:
             await self._list_backend(path)
         except NotFound:
             self.names.forget_directory(path)
-        finally:
-            del self._relisting[path]
-            done.set()
+
+    async def _shared(self, what: tuple[str, str], fn: Callable, *args: Any) -> Any:
+        """`fn(*args)` in a worker thread, shared with every request asking `what` at the same time, unless
+        this mount changed a name since it was asked."""
+        return await self._flights.run((*what, self.names.generation), lambda: self._run(fn, *args))
 
     def _gone(self, inode: Inode | None, path: str) -> Inode:
         if inode is not None and inode.open_handles:
@@ -334,6 +337,7 @@ class Operations(pyfuse3.Operations):
             ov.mtime_ns = attr.st_mtime_ns
         if fields.update_atime:
             ov.atime_ns = attr.st_atime_ns
+        ov.ctime_ns = time.time_ns()  # any change of attributes is a status change, whatever times were given
         return self._attrs(node)
 
     @handler
@@ -365,10 +369,14 @@ class Operations(pyfuse3.Operations):
 
     async def _list_backend(self, path: str) -> dict[str, Entry]:
         """The backend's listing of directory `path`, kept for lookups of its names for the metadata TTL."""
-        listed_at = time.monotonic()
-        entries = {e.name: e for e in await self._run(self.backend.list_dir, path)}
-        self.names.keep(path, entries, listed_at)
-        return entries
+
+        async def list_now() -> dict[str, Entry]:
+            listed_at = time.monotonic()
+            entries = {e.name: e for e in await self._run(self.backend.list_dir, path)}
+            self.names.keep(path, entries, listed_at)
+            return entries
+
+        return await self._flights.run(("list", path, self.names.generation), list_now)
 
     async def _list(self, node: Inode) -> list[Entry]:
         entries = dict(await self._list_backend(node.path))
@@ -736,7 +744,9 @@ class Operations(pyfuse3.Operations):
                 return json.dumps(self.counters()).encode()
         elif name in control.FILE_COMMANDS:
             return await self._file_command(self.inodes[inode], name)
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if name.startswith(control.PREFIX):  # a control name asked where it does not apply
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise Unsupported("extended attributes and ACLs are not supported")
 
     async def _file_command(self, node: Inode, name: bytes) -> bytes:
         """warmup / cached / evict on one file, answered as 'CACHED_BYTES SIZE'."""
@@ -772,4 +782,8 @@ class Operations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE and name == control.DISCARD:
             await self.writes.discard_failed()
             return
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        raise Unsupported("extended attributes and ACLs are not supported")
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext):
+        raise Unsupported("extended attributes and ACLs are not supported")

@@ -35,7 +35,7 @@ def warm(
     done: Callable[[str, int, int, str | None], None],
 ) -> None:
     """Warm (or with `check`, only measure) `files`; `done(path, size, cached, error)` after each."""
-    disk = DiskTier(options.cache_dir, options.cache_size, options.free_space_ratio)
+    disk = DiskTier(options.cache_dir, options.cache_size, options.free_space_ratio, options.block_size)
     try:
         trio.run(_warm_all, view, files, options, disk, threads, check, done)
     finally:

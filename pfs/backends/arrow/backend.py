@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
@@ -51,8 +52,11 @@ T = TypeVar("T")
 LINK_SUFFIX = ".rclonelink"
 DIRECTORY_CONTENT_TYPE = b"application/x-directory"
 RESERVED = ".pfs"
+log = logging.getLogger(__name__)
+
 MAX_NAME_BYTES = 255  # one path component, as on Linux filesystems
 MAX_KEY_BYTES = 1024  # a whole object key, as on S3
+MAX_LONG_NAMES_REPORTED = 1000
 MAX_LINK_BYTES = 4096  # PATH_MAX: a symlink target longer than this is not a symlink
 # Object stores have no capacity; report a size no real dataset reaches so that `df` and free-space checks
 # above never refuse a write (1 PiB total, all of it free).
@@ -80,6 +84,7 @@ class ArrowBackend(Backend):
         self.id = f"{store.id}/{subdir}" if subdir else store.id
         self.timeout = store.timeout
         self.cheap_open = isinstance(store.fs, pafs.LocalFileSystem)
+        self._long_names: set[str] = set()  # left out of listings, reported once each
 
     def reserved_area(self) -> ArrowBackend:
         """A backend rooted at `<root>/.pfs`, where pfs keeps its own data (snapshots)."""
@@ -129,6 +134,11 @@ class ArrowBackend(Backend):
         if _name(path).endswith(LINK_SUFFIX):
             raise PermissionDenied(f"{path}: names ending in {LINK_SUFFIX} are reserved for symlinks")
 
+    def _report_long_name(self, path: str) -> None:
+        if path not in self._long_names and len(self._long_names) < MAX_LONG_NAMES_REPORTED:
+            self._long_names.add(path)
+            log.warning("left %s out of a listing: a name is longer than %d bytes", path, MAX_NAME_BYTES)
+
     def _entry(self, name: str, info: pafs.FileInfo, kind: Kind) -> Entry:
         size = (info.size or 0) if kind is not Kind.DIR else 0
         return Entry(name, kind, size, info.mtime_ns or 0)
@@ -175,6 +185,9 @@ class ArrowBackend(Backend):
         for info in infos:
             name = info.base_name
             if at_root and self._hide_reserved and name == RESERVED:
+                continue
+            if len(name.encode()) > MAX_NAME_BYTES:  # no Linux program could open it: leave it out
+                self._report_long_name(info.path)
                 continue
             if info.type == _FILE and name.endswith(LINK_SUFFIX):
                 if len(name) > len(LINK_SUFFIX):
