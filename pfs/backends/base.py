@@ -56,7 +56,8 @@ class Reader(ABC):
 
 
 class Backend(ABC):
-    #: Opening a file costs no network round trip (a local directory): callers may revalidate on every open.
+    #: A stat costs no remote round trip or one cheap one (a local directory; an HDFS NameNode, which answers
+    #: from memory): callers revalidate on every open, so each open sees the latest version.
     cheap_open: bool = False
     #: Identifies the data source without secrets, e.g. 's3://127.0.0.1:9000/bucket/prefix'. Used in logs
     #: and as the first part of cache keys, so it must not depend on credentials or mount options.
