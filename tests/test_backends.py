@@ -90,6 +90,34 @@ def test_overwrite_replaces_the_content(b):
     assert read_all(b, "f") == b"second"
 
 
+def test_a_file_being_replaced_is_never_missing_for_readers(case, b):
+    """HDFS cannot rename over a file: pfs sets the old one aside a moment, and its readers wait that out."""
+    put(b, "f", b"v0")
+    other = open_backend(case.uri, case.options)  # another mount's view of the same store
+    missing: list[int] = []
+    stop = threading.Event()
+
+    def look() -> None:
+        while not stop.is_set():
+            try:
+                other.stat("f")
+            except NotFound:
+                missing.append(1)
+
+    looking = threading.Thread(target=look)
+    looking.start()
+    try:
+        for i in range(1, 30):
+            put(b, "f", f"v{i}".encode())
+    finally:
+        stop.set()
+        looking.join()
+        other.close()
+    assert not missing
+    assert read_all(b, "f") == b"v29"
+    assert names(b.list_dir("")) == {"f": Kind.FILE}
+
+
 def test_reader_positional_reads_and_staleness(b):
     data = os.urandom(3 * MiB + 17)
     put(b, "r.bin", data)

@@ -177,8 +177,10 @@ class ArrowBackend(Backend):
         if entry is not None or self._store.move_replaces or not path:
             return entry
         full = self._full(path)
-        if not self._call(f"stat {path}", lambda: replace.in_flight(self._fs, self._aside_dir, full)):
-            return None
+        replacing = self._call(f"stat {path}", lambda: replace.in_flight(self._fs, self._aside_dir, full))
+        entry = self._lookup_once(path)  # a replace may have ended, its aside copy gone, while we looked
+        if not replacing:
+            return entry
         deadline = time.monotonic() + min(REPLACE_WAIT, self._store.timeout)
         while entry is None and time.monotonic() < deadline:
             time.sleep(0.005)

@@ -37,6 +37,7 @@ from pfs.backends.watchdog import run_bounded
 from pfs.errors import Transient, UsageError
 
 JVM_OPTS = "-Xmx256m -XX:+UseSerialGC"
+JVM_START_SECONDS = 60.0  # the longest the JVM and the HDFS client may take to start in this process
 HDFS_HINT = "install a JVM + libhdfs, set JAVA_HOME, ARROW_LIBHDFS_DIR, CLASSPATH"
 
 
@@ -250,11 +251,12 @@ def _hdfs(location: Location, options: BackendOptions) -> Store:
     if ticket:
         kwargs["kerb_ticket"] = ticket
     try:
-        # Starting the JVM and the client waits on nothing remote; bounded anyway, as a stuck call would
-        # otherwise hold `pfs mount` for ever.
+        # Starting the JVM and the client asks nothing of the cluster (the first call, verify's stat, does,
+        # under the deadline), but it loads a few hundred jars: seconds on a busy machine. Bounded anyway,
+        # as a stuck start would otherwise hold `pfs mount` for ever.
         fs = run_bounded(
             lambda: pafs.HadoopFileSystem(location.host, location.port, **kwargs),
-            options.timeout, f"connect {location.display()}",
+            max(options.timeout, JVM_START_SECONDS), f"connect {location.display()}",
         )  # fmt: skip
     except Transient as exc:
         raise UsageError(f"cannot connect to {location.display()}: {exc}") from None
