@@ -15,7 +15,7 @@ import pytest
 
 from pfs import mounter
 from pfs.testserver import start_s3_server
-from tests.mounting import Mount, run_pfs
+from tests.mounting import Mount, run_pfs, timed
 
 TIMEOUT = 3.0
 # A failed readahead is retried once by the kernel as a plain read, and each try may use the whole deadline.
@@ -43,9 +43,7 @@ def mount(server, tmp_path):
     try:
         yield m
     finally:
-        if mounter.mount_at(m.path) is not None and not mounter.is_stale(m.path):
-            m.stop()
-        m.cleanup()
+        m.finish()
 
 
 def outage(server, kind: str):
@@ -54,15 +52,6 @@ def outage(server, kind: str):
         return server.resume
     server.stop()
     return server.restart
-
-
-def timed(fn):
-    start = time.monotonic()
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno, time.monotonic() - start
-    return None, time.monotonic() - start
 
 
 @pytest.mark.parametrize("kind", ["paused", "stopped"])

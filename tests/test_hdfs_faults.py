@@ -11,14 +11,12 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from pfs import mounter
 from tests.conftest import HDFS_URI_ENV, HdfsRaw, unique
-from tests.mounting import Mount
+from tests.mounting import Mount, timed
 
 TIMEOUT = 3.0
 # As in test_faults.py: a failed readahead is retried once by the kernel as a plain read.
@@ -76,18 +74,7 @@ def mount(raw: HdfsRaw, tmp_path) -> Iterator[Mount]:
     try:
         yield m
     finally:
-        if mounter.mount_at(m.path) is not None and not mounter.is_stale(m.path):
-            m.stop()
-        m.cleanup()
-
-
-def timed(fn) -> tuple[int | None, float]:
-    start = time.monotonic()
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno, time.monotonic() - start
-    return None, time.monotonic() - start
+        m.finish()
 
 
 @pytest.mark.parametrize("daemon", ["datanode", "namenode"])
