@@ -118,6 +118,15 @@ def test_a_file_being_replaced_is_never_missing_for_readers(case, b):
     assert names(b.list_dir("")) == {"f": Kind.FILE}
 
 
+def test_a_version_token_never_covers_a_same_size_rewrite(case, b):
+    """HDFS mtimes reach pfs in whole seconds: a rewrite within the second must not keep the token."""
+    first = put(b, "f", b"version-1")
+    case.raw.put("f", b"version-2")  # another client, same size, most likely within the same second
+    second = b.stat("f")
+    tokens = [b.known_version("f", e.size, e.mtime_ns) for e in (first, second)]
+    assert None in tokens or tokens[0] != tokens[1]
+
+
 def test_reader_positional_reads_and_staleness(b):
     data = os.urandom(3 * MiB + 17)
     put(b, "r.bin", data)

@@ -56,6 +56,9 @@ MAX_LINK_BYTES = 4096  # PATH_MAX: a symlink target longer than this is not a sy
 # Object stores have no capacity; report a size no real dataset reaches so that `df` and free-space checks
 # above never refuse a write (1 PiB total, all of it free).
 UNBOUNDED_BYTES = 1 << 50
+# A file modified less than this long ago, by a clock that counts whole seconds, may still be rewritten within
+# the same second (the cache trusts an ETag after the same margin, pfs.cache.blocks.TRUST_MARGIN_S).
+YOUNG_NS = 2 * 10**9
 MIN_ATTEMPT = 0.1  # seconds: the shortest bound given to a retry that starts just before the deadline
 # Longest wait for a name being replaced on HDFS to reappear (two NameNode calls apart when healthy).
 REPLACE_WAIT = 2.0
@@ -296,7 +299,14 @@ class ArrowBackend(Backend):
 
     def known_version(self, path: str, size: int, mtime_ns: int) -> str | None:
         # Object stores keep modification times to the second: a same-size rewrite needs the ETag.
-        return None if self._store.object_store else super().known_version(path, size, mtime_ns)
+        if self._store.object_store:
+            return None
+        # HDFS's reach pfs in whole seconds, and there is no ETag: a file changed in the last seconds may be
+        # rewritten, same size, within its second, so its attributes identify nothing yet (each open then
+        # reads its own version). A later rewrite gets a later second.
+        if self._store.mtime_seconds and mtime_ns > time.time_ns() - YOUNG_NS:
+            return None
+        return super().known_version(path, size, mtime_ns)
 
     def open_reader(self, path: str, size: int) -> Reader:
         self._check(path)

@@ -56,6 +56,9 @@ class Store:
     # Calls may never return inside the client library (libhdfs and its JVM): each one then runs under
     # pfs.backends.watchdog, which gives up on it at the deadline.
     hangs: bool = False
+    # Modification times come in whole seconds (libhdfs truncates HDFS's milliseconds): size and mtime
+    # do not tell a same-size rewrite within the same second apart.
+    mtime_seconds: bool = False
 
 
 def s3_timeouts(timeout: float) -> tuple[int, int]:
@@ -269,7 +272,7 @@ def _hdfs(location: Location, options: BackendOptions) -> Store:
     return Store(
         fs, location.path, object_store=False, move_replaces=False,
         id=f"hdfs://{endpoint}{location.path}", endpoint=endpoint,
-        timeout=options.timeout, attempt_budget=0.0, hangs=True,
+        timeout=options.timeout, attempt_budget=0.0, hangs=True, mtime_seconds=True,
     )  # fmt: skip
 
 
