@@ -46,16 +46,21 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
 
 def move(fs: pafs.FileSystem, src: str, dst: str) -> None:
     """Rename `src` to the free name `dst`; a refusal is explained with a typed error."""
-    try:
-        fs.move(src, dst)
-    except OSError:
-        if not _exists(fs, src):
-            raise NotFound(f"{src}: no such file or directory") from None
-        if not _exists(fs, dst.rpartition("/")[0] or "/"):
-            raise NotFound(f"{dst}: the directory does not exist") from None
-        if _exists(fs, dst):
-            raise AlreadyExists(f"{dst}: already exists") from None
-        raise
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            fs.move(src, dst)
+            return
+        except OSError:
+            if not _exists(fs, src):
+                raise NotFound(f"{src}: no such file or directory") from None
+            if not _exists(fs, dst.rpartition("/")[0] or "/"):
+                raise NotFound(f"{dst}: the directory does not exist") from None
+            if _exists(fs, dst):
+                raise AlreadyExists(f"{dst}: already exists") from None
+            # Nothing stands in the way now: the cause went meanwhile (another thread or client made the
+            # missing directory, as `pfs sync` does for a new tree). Try again.
+            if attempt == ATTEMPTS:
+                raise
 
 
 def replace(fs: pafs.FileSystem, aside_dir: str, src: str, dst: str) -> None:
