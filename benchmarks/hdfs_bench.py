@@ -11,7 +11,8 @@ scripts/hdfs.sh sets after starting the single-node test kit. Parts:
   (remounted on the filled cache, page cache dropped); and directly with pyarrow's HadoopFileSystem
   (`open_input_stream`, 1 MiB `readinto`), with the page cache dropped (cold: the DataNode reads its disk)
   and at once again (hot: the DataNode's block file in the page cache).
-- sync: `pfs sync` of a local tree of small files into HDFS (new files), then again (nothing to copy).
+- sync: `pfs sync` of a local tree of small files into HDFS (new files), then again (nothing to copy), after
+  the same files written straight through pyarrow by as many threads (the HDFS client's own pace).
 
 Only public surfaces are used: the `pfs` command line, the mount, and pyarrow for the direct client.
 Prints a Markdown table.
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -106,8 +108,9 @@ def bench_sync(uri: str, fs: pafs.FileSystem, root: str, count: int, work: str) 
         os.makedirs(d, exist_ok=True)
         with open(f"{d}/f{i:05d}.bin", "wb") as f:
             f.write(os.urandom(4096))
+    names = sorted(os.path.relpath(os.path.join(d, f), src) for d, _, fs_ in os.walk(src) for f in fs_)
+    rows = [_direct_writes(fs, f"{root}/direct", src, names, count)]
     dst = f"{uri}/sync"
-    rows = []
     for what in ("new", "unchanged"):
         result, wall = timed(lambda: pfs("sync", src, dst))
         # The command's own figure leaves out starting Python, the JVM and the HDFS client (seconds here).
@@ -116,6 +119,22 @@ def bench_sync(uri: str, fs: pafs.FileSystem, root: str, count: int, work: str) 
             (f"`pfs sync` {count:,} x 4 KiB, {what}", f"{count / own:,.0f}", f"{own:.2f}", f"{wall:.1f}")
         )
     return rows
+
+
+def _direct_writes(fs: pafs.FileSystem, root: str, src: str, names: list[str], count: int) -> tuple[str, ...]:
+    """The HDFS client's own pace for the same files: pyarrow, one `open_output_stream` per file, as many
+    threads as `pfs sync` uses here (8 per core), directories made first."""
+    for d in {os.path.dirname(n) for n in names}:
+        fs.create_dir(f"{root}/{d}", recursive=True)
+
+    def put(name: str) -> None:
+        with open(os.path.join(src, name), "rb") as f, fs.open_output_stream(f"{root}/{name}") as out:
+            out.write(f.read())
+
+    threads = min(64, 8 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(threads) as pool:
+        _, seconds = timed(lambda: list(pool.map(put, names)))
+    return (f"pyarrow, {threads} threads, {count:,} x 4 KiB", f"{count / seconds:,.0f}", f"{seconds:.2f}", "")
 
 
 def main() -> None:
