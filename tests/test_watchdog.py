@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pfs.backends.watchdog import run_bounded
+from pfs.backends.watchdog import abandoned, run_bounded
 from pfs.errors import NotFound, Transient
 
 
@@ -43,3 +43,20 @@ def test_a_transfer_that_keeps_moving_outlives_the_bound_and_one_that_stalls_doe
         run_bounded(lambda: (upload(2), stall.wait()), 0.5, "write", progress=lambda: moved[0])
     assert 0.6 < time.monotonic() - start < 1.5
     stall.set()
+
+
+def test_an_abandoned_call_can_tell_before_it_publishes():
+    resume, asked = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def publish() -> None:
+        seen.append(abandoned())
+        resume.wait()
+        seen.append(abandoned())  # what a rename that would publish a file asks first
+        asked.set()
+
+    with pytest.raises(Transient):
+        run_bounded(publish, 0.2, "write f")
+    resume.set()
+    assert asked.wait(5)
+    assert seen == [False, True]

@@ -21,9 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pfs.errors import Transient
 
@@ -33,20 +31,41 @@ MAX_IDLE = 16  # idle workers kept for reuse; more are started on demand and end
 _POLL = 0.25  # seconds between looks at a streaming call's progress
 
 
+class _Job:
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False  # the caller stopped waiting
+
+
+_current = threading.local()  # the job a worker thread is running
+
+
+def abandoned() -> bool:
+    """Whether the caller of the call running in this thread has stopped waiting for it. A call that is
+    about to make a change visible (the rename that publishes a file) asks first: a late publish could
+    otherwise replace a newer version written after the caller was told EIO."""
+    job = getattr(_current, "job", None)
+    return job is not None and job.abandoned
+
+
 class _Worker(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="pfs-bounded", daemon=True)
-        self.jobs: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
 
     def run(self) -> None:
         while True:
-            fn, future = self.jobs.get()
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:  # handed to the waiting caller, if it still waits
-                    future.set_exception(exc)
-            del fn, future
+            job = _current.job = self.jobs.get()
+            try:
+                job.result = job.fn()
+            except BaseException as exc:  # handed to the waiting caller, if it still waits
+                job.error = exc
+            job.done.set()
+            _current.job = None
+            del job
             if not _park(self):
                 return
 
@@ -63,34 +82,35 @@ def _park(worker: _Worker) -> bool:
         return True
 
 
-def _submit(fn: Callable[[], T]) -> Future:
+def _submit(fn: Callable[[], Any]) -> _Job:
     with _lock:
         worker = _idle.pop() if _idle else None
     if worker is None:
         worker = _Worker()
         worker.start()
-    future: Future = Future()
-    worker.jobs.put((fn, future))
-    return future
+    job = _Job(fn)
+    worker.jobs.put(job)
+    return job
 
 
 def run_bounded(
     fn: Callable[[], T], seconds: float, what: str, progress: Callable[[], int] | None = None
 ) -> T:
     """`fn()`, or Transient once it has been silent for `seconds` (no change of `progress()`, if given)."""
-    future = _submit(fn)
+    job = _submit(fn)
     last_seen = progress() if progress is not None else 0
     quiet_since = time.monotonic()
     while True:
         left = quiet_since + seconds - time.monotonic()
-        try:
-            return future.result(timeout=max(0.0, min(left, _POLL) if progress is not None else left))
-        except FutureTimeout:
-            pass
+        if job.done.wait(max(0.0, min(left, _POLL) if progress is not None else left)):
+            if job.error is not None:
+                raise job.error
+            return job.result
         if progress is not None:
             seen = progress()
             if seen != last_seen:
                 last_seen, quiet_since = seen, time.monotonic()
                 continue
         if time.monotonic() >= quiet_since + seconds:
+            job.abandoned = True
             raise Transient(f"{what}: no answer within {seconds:.1f} s")

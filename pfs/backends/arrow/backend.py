@@ -301,9 +301,9 @@ class ArrowBackend(Backend):
         # Object stores keep modification times to the second: a same-size rewrite needs the ETag.
         if self._store.object_store:
             return None
-        # HDFS's reach pfs in whole seconds, and there is no ETag: a file changed in the last seconds may be
-        # rewritten, same size, within its second, so its attributes identify nothing yet (each open then
-        # reads its own version). A later rewrite gets a later second.
+        # HDFS's modification times reach pfs in whole seconds, and there is no ETag: a file changed in
+        # the last seconds may be rewritten, same size, within its second, so its attributes identify
+        # nothing yet (each open then reads its own version). A later rewrite gets a later second.
         if self._store.mtime_seconds and mtime_ns > time.time_ns() - YOUNG_NS:
             return None
         return super().known_version(path, size, mtime_ns)

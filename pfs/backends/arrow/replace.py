@@ -15,8 +15,9 @@ a name missing asks `in_flight()` whether it is being replaced and then waits fo
 see the name missing for that moment.
 
 A failed rename is explained by looking again (source gone -> NotFound, destination's directory gone ->
-NotFound, taken by someone else -> AlreadyExists), since HDFS's answer says nothing. This module never
-deletes anything but its own aside copies.
+NotFound, taken by someone else -> AlreadyExists), since HDFS's answer says nothing. A rename whose caller
+has stopped waiting (the watchdog gave up on a frozen cluster) is not made: a late publish could replace a
+newer version. This module never deletes anything but its own aside copies.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import uuid
 
 import pyarrow.fs as pafs
 
-from pfs.errors import AlreadyExists, NotFound
+from pfs.backends.watchdog import abandoned
+from pfs.errors import AlreadyExists, NotFound, Transient
 
 ATTEMPTS = 3  # another client publishing the same name at the same moment: last writer wins
 # An aside copy older than this is litter of a replace that died half-way (its restore failed too), not a
@@ -44,8 +46,15 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def _still_wanted(dst: str) -> None:
+    # A publish the caller gave up on (pfs.backends.watchdog) must not land later over a newer version.
+    if abandoned():
+        raise Transient(f"{dst}: not renamed, the caller stopped waiting")
+
+
 def move(fs: pafs.FileSystem, src: str, dst: str) -> None:
     """Rename `src` to the free name `dst`; a refusal is explained with a typed error."""
+    _still_wanted(dst)
     for attempt in range(1, ATTEMPTS + 1):
         try:
             fs.move(src, dst)
@@ -66,6 +75,7 @@ def move(fs: pafs.FileSystem, src: str, dst: str) -> None:
 def replace(fs: pafs.FileSystem, aside_dir: str, src: str, dst: str) -> None:
     """Rename `src` to `dst`, replacing a file there (see the module docstring for the window)."""
     for attempt in range(1, ATTEMPTS + 1):
+        _still_wanted(dst)
         aside = _move_aside(fs, aside_dir, dst)
         try:
             move(fs, src, dst)
