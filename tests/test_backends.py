@@ -675,3 +675,16 @@ def test_paused_server_gives_transient_within_the_deadline_then_recovers(pausabl
 def test_hdfs_cluster_is_configured():
     """Stands for the HDFS runs of every backend and mount suite, which join only when this passes."""
     assert "hdfs" in BACKENDS
+
+
+@pytest.mark.skipif(not os.environ.get(HDFS_URI_ENV), reason=HDFS_SKIP_REASON)
+def test_hdfs_takes_its_client_settings_from_the_uri(tmp_path):
+    """kerb_ticket (a Kerberos ticket cache for libhdfs; a simple-auth cluster ignores it) and replication."""
+    uri = f"{os.environ[HDFS_URI_ENV]}?kerb_ticket={tmp_path}/krb5cc_0&replication=1"
+    b = open_backend(uri, BackendOptions())
+    try:
+        assert b.stat("").kind is Kind.DIR
+    finally:
+        b.close()
+    with pytest.raises(UsageError, match="replication must be a number"):
+        open_backend(f"{os.environ[HDFS_URI_ENV]}?replication=three", BackendOptions())
