@@ -4,10 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export AWS_EC2_METADATA_DISABLED=true
+
 ruff check pfs csi tests scripts benchmarks
 ruff format --check pfs csi tests scripts benchmarks
 
 # Installation: the package alone (no test extras) in a clean venv, every command run once.
 bash scripts/check_install.sh
 
+# HDFS: a real single-node cluster for this run when the test kit is there, stopped on exit (also on failure).
+source scripts/hdfs.sh
 python3 -m pytest -q -ra "$@"

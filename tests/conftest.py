@@ -19,6 +19,7 @@ from typing import Protocol
 import pytest
 
 from pfs.backends import BackendOptions
+from pfs.backends.arrow.connect import JVM_OPTS
 from pfs.testserver import S3Server, start_s3_server
 
 # Nothing in a test may wait for a cloud metadata service; the loopback servers want plain request bodies
@@ -26,6 +27,9 @@ from pfs.testserver import S3Server, start_s3_server
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
 os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")
+# This process's JVM may be started by the raw HDFS client below before any pfs backend: give it the options
+# pfs gives its own, so that in-process memory checks measure pfs.
+os.environ.setdefault("LIBHDFS_OPTS", JVM_OPTS)
 
 HDFS_URI_ENV = "PFS_TEST_HDFS_URI"
 HDFS_SKIP_REASON = (
@@ -47,6 +51,8 @@ class RawStore(Protocol):
 
     def exists(self, rel: str) -> bool: ...
 
+    def delete(self, rel: str) -> None: ...
+
 
 @dataclass
 class LocalRaw:
@@ -64,6 +70,9 @@ class LocalRaw:
 
     def exists(self, rel: str) -> bool:
         return os.path.lexists(os.path.join(self.root, rel))
+
+    def delete(self, rel: str) -> None:
+        os.remove(os.path.join(self.root, rel))
 
 
 @dataclass
@@ -100,6 +109,9 @@ class S3Raw:
         listing = self._client().list_objects_v2(Bucket=self.bucket, Prefix=self._key(rel), MaxKeys=1)
         return any(obj["Key"] == self._key(rel) for obj in listing.get("Contents", []))
 
+    def delete(self, rel: str) -> None:
+        self._client().delete_object(Bucket=self.bucket, Key=self._key(rel))
+
 
 @dataclass
 class HdfsRaw:
@@ -126,6 +138,10 @@ class HdfsRaw:
 
         fs, root = self._fs_and_root()
         return fs.get_file_info(f"{root}/{rel}").type != pafs.FileType.NotFound
+
+    def delete(self, rel: str) -> None:
+        fs, root = self._fs_and_root()
+        fs.delete_file(f"{root}/{rel}")
 
     def make_root(self) -> None:
         fs, root = self._fs_and_root()

@@ -60,6 +60,12 @@ class Mount:
             os.kill(self.pid, signal.SIGKILL)
             mounter.wait_for_exit(self.pid, 10)
 
+    def finish(self) -> None:
+        """After a test that may have killed or wedged the daemon: unmount if it still answers; clean up."""
+        if mounter.mount_at(self.path) is not None and not mounter.is_stale(self.path):
+            self.stop()
+        self.cleanup()
+
     def remount(self) -> None:
         self.stop()
         self.start()
@@ -89,3 +95,13 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
             return True
         time.sleep(interval)
     return predicate()
+
+
+def timed(fn) -> tuple[int | None, float]:
+    """(errno of the OSError `fn` raised or None, seconds it took)."""
+    start = time.monotonic()
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno, time.monotonic() - start
+    return None, time.monotonic() - start

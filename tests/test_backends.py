@@ -90,6 +90,43 @@ def test_overwrite_replaces_the_content(b):
     assert read_all(b, "f") == b"second"
 
 
+def test_a_file_being_replaced_is_never_missing_for_readers(case, b):
+    """HDFS cannot rename over a file: pfs sets the old one aside a moment, and its readers wait that out."""
+    put(b, "f", b"v0")
+    other = open_backend(case.uri, case.options)  # another mount's view of the same store
+    missing: list[int] = []
+    stop = threading.Event()
+
+    def look() -> None:
+        while not stop.is_set():
+            try:
+                other.stat("f")
+            except NotFound:
+                missing.append(1)
+
+    looking = threading.Thread(target=look)
+    looking.start()
+    try:
+        for i in range(1, 30):
+            put(b, "f", f"v{i}".encode())
+    finally:
+        stop.set()
+        looking.join()
+        other.close()
+    assert not missing
+    assert read_all(b, "f") == b"v29"
+    assert names(b.list_dir("")) == {"f": Kind.FILE}
+
+
+def test_a_version_token_never_covers_a_same_size_rewrite(case, b):
+    """HDFS mtimes reach pfs in whole seconds: a rewrite within the second must not keep the token."""
+    first = put(b, "f", b"version-1")
+    case.raw.put("f", b"version-2")  # another client, same size, most likely within the same second
+    second = b.stat("f")
+    tokens = [b.known_version("f", e.size, e.mtime_ns) for e in (first, second)]
+    assert None in tokens or tokens[0] != tokens[1]
+
+
 def test_reader_positional_reads_and_staleness(b):
     data = os.urandom(3 * MiB + 17)
     put(b, "r.bin", data)
@@ -638,3 +675,16 @@ def test_paused_server_gives_transient_within_the_deadline_then_recovers(pausabl
 def test_hdfs_cluster_is_configured():
     """Stands for the HDFS runs of every backend and mount suite, which join only when this passes."""
     assert "hdfs" in BACKENDS
+
+
+@pytest.mark.skipif(not os.environ.get(HDFS_URI_ENV), reason=HDFS_SKIP_REASON)
+def test_hdfs_takes_its_client_settings_from_the_uri(tmp_path):
+    """kerb_ticket (a Kerberos ticket cache for libhdfs; a simple-auth cluster ignores it) and replication."""
+    uri = f"{os.environ[HDFS_URI_ENV]}?kerb_ticket={tmp_path}/krb5cc_0&replication=1"
+    b = open_backend(uri, BackendOptions())
+    try:
+        assert b.stat("").kind is Kind.DIR
+    finally:
+        b.close()
+    with pytest.raises(UsageError, match="replication must be a number"):
+        open_backend(f"{os.environ[HDFS_URI_ENV]}?replication=three", BackendOptions())

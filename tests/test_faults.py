@@ -18,7 +18,7 @@ import pytest
 
 from pfs import control, mounter
 from pfs.testserver import start_s3_server
-from tests.mounting import Mount, run_pfs, wait_until
+from tests.mounting import Mount, run_pfs, timed, wait_until
 
 TIMEOUT = 3.0
 # A failed readahead is retried once by the kernel as a plain read, and each try may use the whole deadline.
@@ -50,9 +50,7 @@ def mount(server, tmp_path):
     try:
         yield m
     finally:
-        if mounter.mount_at(m.path) is not None and not mounter.is_stale(m.path):
-            m.stop()
-        m.cleanup()
+        m.finish()
 
 
 def outage(server, kind: str):
@@ -70,15 +68,6 @@ def paused(server):
         yield
     finally:
         server.resume()
-
-
-def timed(fn):
-    start = time.monotonic()
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno, time.monotonic() - start
-    return None, time.monotonic() - start
 
 
 @pytest.mark.parametrize("kind", ["paused", "stopped"])

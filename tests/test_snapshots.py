@@ -53,10 +53,7 @@ def change_backend(case: BackendCase) -> None:
     case.raw.put("new.txt", b"added later")
     case.raw.put("same-size.bin", b"B" * 4096)
     case.raw.put("resized.txt", b"much longer now")
-    if case.object_store:
-        case.raw._client().delete_object(Bucket=case.raw.bucket, Key=case.raw._key("gone.txt"))
-    else:
-        os.remove(os.path.join(case.raw.root, "gone.txt"))
+    case.raw.delete("gone.txt")
 
 
 def test_create_list_show_diff_delete(case):
@@ -164,7 +161,7 @@ def test_without_etags_size_and_mtime_are_verified(case):
         with pytest.raises(ReadOnly):
             view.remove_file("keep.txt")
         if not case.object_store:
-            os.remove(os.path.join(case.raw.root, "gone.txt"))
+            case.raw.delete("gone.txt")
             with pytest.raises(BackendError):
                 view.open_reader("gone.txt", len(OLD_TREE["gone.txt"]))
     finally:

@@ -143,6 +143,24 @@ def test_delete_dry_run_and_exclude(tmp_path, backend_case):
     assert dst.raw.exists("keep.tmp")
 
 
+def test_a_new_tree_is_copied_whole_while_its_directories_are_made_at_once(tmp_path, backend_case):
+    """Files of one new directory copied by several threads: each may find the directory missing and make
+    it (HDFS's rename then refuses for a moment a directory another thread is making)."""
+    files = {f"d{i % 8}/f{i}": bytes([i]) * 10 for i in range(64)}
+    make_tree(tmp_path / "src", files)
+    dst_case = backend_case.subcase(unique("dst"))
+    src = open_backend(f"file://{tmp_path}/src", BackendOptions())
+    dst = open_backend(dst_case.uri, dst_case.options)
+    try:
+        options = SyncOptions(threads=16)
+        outcome = execute(src, dst, plan(src, dst, options), options)
+        assert (outcome.failures, outcome.copied) == ([], len(files))
+    finally:
+        src.close()
+        dst.close()
+    assert all(dst_case.raw.get(path) == data for path, data in files.items())
+
+
 def test_checksum_finds_same_size_changes(tmp_path):
     make_tree(tmp_path / "src", {"f": b"old bytes"})
     assert sync(tmp_path / "src", tmp_path / "dst").returncode == 0

@@ -106,7 +106,8 @@ class Backend(ABC):
     #: Seconds a request may go unanswered, retries included (`--timeout`); an upload that moves no data
     #: for this long is abandoned by its caller.
     timeout: float = 30.0
-    #: Opening a file costs no network round trip (a local directory): callers may revalidate on every open.
+    #: A stat costs no remote round trip or one cheap one (a local directory; an HDFS NameNode, which answers
+    #: from memory): callers revalidate on every open, so each open sees the latest version.
     cheap_open: bool = False
     #: Identifies the data source without secrets, e.g. 's3://127.0.0.1:9000/bucket/prefix'. Used in logs
     #: and as the first part of cache keys, so it must not depend on credentials or mount options.

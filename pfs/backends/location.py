@@ -11,6 +11,7 @@ Supported forms:
 
 S3 query parameters are the ones pyarrow's `FileSystem.from_uri` takes (region, scheme, endpoint_override,
 tls_ca_file_path, ...) plus access_key / secret_key / session_token / anonymous / force_virtual_addressing.
+HDFS takes user, replication (of new files, default 3) and kerb_ticket (the path of a Kerberos ticket cache).
 Every mistake raises `UsageError` with one line that never contains a secret. This module never imports
 pyarrow and never does I/O.
 """
@@ -49,7 +50,7 @@ S3_PARAMS = frozenset({
     "region", "scheme", "endpoint_override", "tls_ca_file_path", "force_virtual_addressing", "anonymous",
     "access_key", "secret_key", "session_token",
 }) | IGNORED_S3_PARAMS  # fmt: skip
-HDFS_PARAMS = frozenset({"user", "replication"})
+HDFS_PARAMS = frozenset({"user", "replication", "kerb_ticket"})
 HDFS_DEFAULT_PORT = 8020
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

@@ -567,11 +567,12 @@ class Operations(pyfuse3.Operations):
         is opened now (one HEAD) and its reader kept for the first miss."""
         if self.backend.cheap_open:  # revalidate now: it costs nothing, and an open sees the latest version
             inode.update(await self._run(self.backend.stat, inode.path))
-        elif self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
+        if self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
             etag = await self.cache.trusted_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns)
             if etag is None:
                 reader = await self._open_reader(inode)  # may refresh the attributes of a replaced object
-                etag = inode.etag = reader.version
+                # No token at all (a file just changed on HDFS): what this open reads is its own version.
+                etag = inode.etag = reader.version or f"open-{uuid.uuid4().hex}"
                 await self._keep_reader(inode, self._object(inode), reader)
                 await self.cache.saw_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns, etag)
             inode.etag = etag

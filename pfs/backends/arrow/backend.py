@@ -24,16 +24,18 @@ import contextlib
 import io
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
 
 import pyarrow.fs as pafs
 
-from pfs.backends.arrow import transfer
+from pfs.backends.arrow import replace, transfer
 from pfs.backends.arrow.connect import Store
 from pfs.backends.arrow.errors import translate
 from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo, UploadGuard
 from pfs.backends.retry import retry_call
+from pfs.backends.watchdog import run_bounded
 from pfs.errors import (
     AlreadyExists,
     BackendError,
@@ -61,6 +63,12 @@ MAX_LINK_BYTES = 4096  # PATH_MAX: a symlink target longer than this is not a sy
 # Object stores have no capacity; report a size no real dataset reaches so that `df` and free-space checks
 # above never refuse a write (1 PiB total, all of it free).
 UNBOUNDED_BYTES = 1 << 50
+# A file modified less than this long ago, by a clock that counts whole seconds, may still be rewritten within
+# the same second (the cache trusts an ETag after the same margin, pfs.cache.blocks.TRUST_MARGIN_S).
+YOUNG_NS = 2 * 10**9
+MIN_ATTEMPT = 0.1  # seconds: the shortest bound given to a retry that starts just before the deadline
+# Longest wait for a name being replaced on HDFS to reappear (two NameNode calls apart when healthy).
+REPLACE_WAIT = 2.0
 
 _FILE, _DIR = pafs.FileType.File, pafs.FileType.Directory
 
@@ -73,6 +81,22 @@ def _parent(path: str) -> str:
     return path.rpartition("/")[0]
 
 
+class _Counting:
+    """A source that counts the bytes read from it: an upload's progress, for the watchdog."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._read += len(data)
+        return data
+
+    def total(self) -> int:
+        return self._read
+
+
 class ArrowBackend(Backend):
     def __init__(self, store: Store, *, subdir: str = "", hide_reserved: bool = True) -> None:
         self._store = store
@@ -81,10 +105,14 @@ class ArrowBackend(Backend):
         self._prefix = self._root.rstrip("/") + "/"  # '/' for file:///, so paths never start with '//'
         self._hide_reserved = hide_reserved
         self._tmp_dir = f"{store.root.rstrip('/')}/{RESERVED}/tmp"
+        self._aside_dir = f"{store.root.rstrip('/')}/{RESERVED}/replacing"  # see replace.py
         self.id = f"{store.id}/{subdir}" if subdir else store.id
         self.timeout = store.timeout
-        self.cheap_open = isinstance(store.fs, pafs.LocalFileSystem)
         self._long_names: set[str] = set()  # left out of listings, reported once each
+        # Hierarchical stores answer a stat from local metadata (file://) or the NameNode's memory (HDFS, one
+        # RPC): an open then sees the latest version, as close-to-open consistency wants. An object store's
+        # HEAD costs a round trip to a remote server, so opens trust attributes within the metadata TTL.
+        self.cheap_open = not store.object_store
 
     def reserved_area(self) -> ArrowBackend:
         """A backend rooted at `<root>/.pfs`, where pfs keeps its own data (snapshots)."""
@@ -92,12 +120,28 @@ class ArrowBackend(Backend):
 
     # ---- plumbing -----------------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[[], T], give_up: Callable[[Transient], bool] | None = None) -> T:
-        """Run one pyarrow call: errors translated, Transient ones retried until the deadline."""
+    def _call(
+        self,
+        what: str,
+        fn: Callable[[], T],
+        give_up: Callable[[Transient], bool] | None = None,
+        progress: Callable[[], int] | None = None,
+    ) -> T:
+        """Run one pyarrow call: errors translated, Transient ones retried until the deadline. Where calls
+        may hang in the client library, each attempt is bounded by what is left of the deadline (or, for a
+        transfer that reports `progress`, by the deadline since the last progress)."""
+        deadline = time.monotonic() + self._store.timeout
+
+        def bounded() -> T:
+            if not self._store.hangs:
+                return fn()
+            if progress is not None:
+                return run_bounded(fn, self._store.timeout, what, progress)
+            return run_bounded(fn, max(MIN_ATTEMPT, deadline - time.monotonic()), what)
 
         def attempt() -> T:
             try:
-                return fn()
+                return bounded()
             except PfsError:
                 raise
             except Exception as exc:
@@ -144,6 +188,23 @@ class ArrowBackend(Backend):
         return Entry(name, kind, size, info.mtime_ns or 0)
 
     def _lookup(self, path: str) -> Entry | None:
+        """The entry at `path`, or None. On a store that replaces a file in two steps (HDFS, replace.py),
+        a name found missing while it is being replaced is waited for, so the reader sees old or new."""
+        entry = self._lookup_once(path)
+        if entry is not None or self._store.move_replaces or not path:
+            return entry
+        full = self._full(path)
+        replacing = self._call(f"stat {path}", lambda: replace.in_flight(self._fs, self._aside_dir, full))
+        entry = self._lookup_once(path)  # a replace may have ended, its aside copy gone, while we looked
+        if not replacing:
+            return entry
+        deadline = time.monotonic() + min(REPLACE_WAIT, self._store.timeout)
+        while entry is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+            entry = self._lookup_once(path)
+        return entry
+
+    def _lookup_once(self, path: str) -> Entry | None:
         """The entry at `path`, or None. The name itself is asked first: files and directories, the common
         case, then cost one request (one HEAD on S3) instead of also probing for a link object."""
         if not path:
@@ -285,7 +346,14 @@ class ArrowBackend(Backend):
 
     def known_version(self, path: str, size: int, mtime_ns: int) -> str | None:
         # Object stores keep modification times to the second: a same-size rewrite needs the ETag.
-        return None if self._store.object_store else super().known_version(path, size, mtime_ns)
+        if self._store.object_store:
+            return None
+        # HDFS's modification times reach pfs in whole seconds, and there is no ETag: a file changed in
+        # the last seconds may be rewritten, same size, within its second, so its attributes identify
+        # nothing yet (each open then reads its own version). A later rewrite gets a later second.
+        if self._store.mtime_seconds and mtime_ns > time.time_ns() - YOUNG_NS:
+            return None
+        return super().known_version(path, size, mtime_ns)
 
     def open_reader(self, path: str, size: int) -> Reader:
         self._check(path)
@@ -307,23 +375,20 @@ class ArrowBackend(Backend):
         seek back, else tried once."""
         start = source.tell() if source.seekable() else None
         guard = guard or UploadGuard()
+        counted = _Counting(source)
 
         def once() -> None:
             if start is not None:
                 source.seek(start)
             guard.retry()
             if self._store.object_store:
-                transfer.upload_object(self._fs, key, source, size, path, guard)
+                transfer.upload_object(self._fs, key, counted, size, path, guard)
             else:
-                replace_first = not self._store.move_replaces
-                transfer.write_via_temp(
-                    self._fs, self._tmp_dir, key, source, size, path, replace_first, guard
-                )
+                aside = None if self._store.move_replaces else self._aside_dir
+                transfer.write_via_temp(self._fs, self._tmp_dir, key, counted, size, path, aside, guard)
 
-        if start is None:
-            self._call(f"write {path}", once, give_up=lambda exc: True)
-        else:
-            self._call(f"write {path}", once)
+        give_up = (lambda exc: True) if start is None else None
+        self._call(f"write {path}", once, give_up=give_up, progress=counted.total)
 
     def _stat_key(self, path: str, key: str, kind: Kind) -> Entry:
         info = self._call(f"stat {path}", lambda: self._fs.get_file_info(key))
@@ -453,11 +518,15 @@ class ArrowBackend(Backend):
         old, new = self._full(src) + suffix, self._full(dst) + suffix
         if target is not None:
             other = self._full(dst) + (LINK_SUFFIX if target.kind is Kind.SYMLINK else "")
-            if other != new or not self._store.move_replaces:
-                # A file replacing a symlink (or the reverse) leaves the other object behind; HDFS refuses
-                # to move onto an existing file. Either way the old destination must go first.
+            if other != new:  # a file replacing a symlink (or the reverse) would leave the other behind
                 self._call(f"rename {src}", lambda: self._fs.delete_file(other))
-        self._call(f"rename {src}", lambda: self._fs.move(old, new))
+            elif not self._store.move_replaces:
+                self._call(f"rename {src}", lambda: replace.replace(self._fs, self._aside_dir, old, new))
+                return
+        if self._store.move_replaces:
+            self._call(f"rename {src}", lambda: self._fs.move(old, new))
+        else:
+            self._call(f"rename {src}", lambda: replace.move(self._fs, old, new))
 
     def _rename_dir(self, src: str, dst: str, target: Entry | None) -> None:
         old, new = self._full(src), self._full(dst)

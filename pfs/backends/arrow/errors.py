@@ -85,7 +85,13 @@ _UNREACHABLE = (
 )
 
 
+# pyarrow's own words when a listing is asked of a file (HDFS; file:// gives ENOTDIR instead).
+_NOT_A_DIRECTORY = re.compile(r"expects base_dir of selector to be a directory")
+
+
 def _classify(exc: BaseException, text: str) -> type[errors.PfsError]:
+    if _NOT_A_DIRECTORY.search(text):
+        return errors.NotADirectory
     code = _AWS_CODE.search(text)
     if code and code.group(1) in _AWS_CODES:
         return _AWS_CODES[code.group(1)]

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 import pyarrow.fs as pafs
 
+from pfs.backends.arrow import replace
 from pfs.backends.base import Reader, UploadGuard
 from pfs.backends.leftovers import owner_tag
 from pfs.errors import BackendError, PfsError, Stale
@@ -116,13 +117,13 @@ def write_via_temp(
     source: BinaryIO,
     size: int,
     path: str,
-    replace_first: bool,
+    aside_dir: str | None,
     guard: UploadGuard,
 ) -> None:
     """Write to a temporary file under `tmp_dir`, then move it to `target`.
 
-    `replace_first`: the store's move refuses an existing destination (HDFS), so it is deleted just before
-    the move; the replacement is then not atomic (a reader may briefly find no file).
+    `aside_dir`: the store's move refuses an existing destination (HDFS), so an existing file is replaced
+    through `replace.replace`, which sets it aside there first (see that module for the window).
     """
     fs.create_dir(tmp_dir, recursive=True)
     tmp = f"{tmp_dir}/{owner_tag()}{uuid.uuid4().hex}.part"  # owner tag: see pfs/backends/leftovers.py
@@ -135,9 +136,10 @@ def write_via_temp(
                 out.write(chunk)
                 remaining -= len(chunk)
         guard.commit()
-        if replace_first and fs.get_file_info(target).type == pafs.FileType.File:
-            fs.delete_file(target)
-        fs.move(tmp, target)
+        if aside_dir is not None:
+            replace.replace(fs, aside_dir, tmp, target)
+        else:
+            fs.move(tmp, target)
     except BaseException:
         with contextlib.suppress(Exception):  # already failing; a leftover is only litter in .pfs/tmp
             fs.delete_file(tmp)

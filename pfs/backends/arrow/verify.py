@@ -9,6 +9,7 @@ never contain credentials.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pyarrow.fs as pafs
@@ -17,6 +18,7 @@ from pfs.backends.arrow.connect import Store
 from pfs.backends.arrow.errors import translate, unreachable_reason
 from pfs.backends.location import Location
 from pfs.backends.retry import retry_call
+from pfs.backends.watchdog import run_bounded
 from pfs.errors import NotFound, PermissionDenied, PfsError, Transient, UsageError
 
 _FINAL_AT_MOUNT = ("connection refused", "host not found")
@@ -29,9 +31,19 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _info(store: Store, path: str) -> pafs.FileInfo:
+    deadline = time.monotonic() + store.timeout
+
+    def ask() -> pafs.FileInfo:
+        if not store.hangs:
+            return store.fs.get_file_info(path)
+        left = max(0.1, deadline - time.monotonic())
+        return run_bounded(lambda: store.fs.get_file_info(path), left, f"stat {path}")
+
     def attempt() -> pafs.FileInfo:
         try:
-            return store.fs.get_file_info(path)
+            return ask()
+        except Transient:
+            raise
         except Exception as exc:
             raise translate(exc, f"stat {path}") from exc
 
