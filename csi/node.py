@@ -134,6 +134,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         require(context, volume_id=request.volume_id, target_path=request.target_path)
         target = os.path.realpath(request.target_path)
         with self.locks.hold(target, context):
+            # Forgotten first: recovery must not take a target being unpublished for a broken one.
+            self.store.set_target(request.volume_id, target, None)
             try:
                 while self.mounter.is_mounted(target):  # every layer, should a retry have stacked binds
                     self.mounter.unmount(target, lazy=self.mounter.is_stale(target))
@@ -143,7 +145,6 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     os.remove(target)
             except (MountError, OSError) as exc:
                 context.abort(grpc.StatusCode.INTERNAL, f"cannot unpublish {target}: {exc}")
-            self.store.set_target(request.volume_id, target, None)
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     def NodeGetVolumeStats(self, request, context):

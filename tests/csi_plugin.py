@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -107,3 +108,15 @@ def cleanup_mounts(root: str) -> None:
         if not mounter.wait_for_exit(pid, 10):
             os.kill(pid, signal.SIGKILL)
             mounter.wait_for_exit(pid, 10)
+
+
+@contextlib.contextmanager
+def running_plugin(root: str) -> Iterator[Plugin]:
+    """A plugin on `root` for a test module; afterwards every mount under `root`'s parent is detached (the
+    tests' own directories are its siblings)."""
+    plugin = Plugin(root).start()
+    try:
+        yield plugin
+    finally:
+        plugin.stop()
+        cleanup_mounts(os.path.dirname(root))

@@ -20,7 +20,7 @@ import pytest
 from csi import DRIVER_NAME, csi_pb2
 from pfs import control, mounter
 from tests.conftest import S3Raw, unique
-from tests.csi_plugin import Mode, Plugin, capability, cleanup_mounts
+from tests.csi_plugin import Mode, Plugin, capability, cleanup_mounts, running_plugin
 from tests.mounting import wait_until
 
 Code = grpc.StatusCode
@@ -28,11 +28,8 @@ Code = grpc.StatusCode
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory):
-    root = tmp_path_factory.mktemp("csi")
-    running = Plugin(str(root)).start()
-    yield running
-    running.stop()
-    cleanup_mounts(str(root.parent))
+    with running_plugin(str(tmp_path_factory.mktemp("csi"))) as running:
+        yield running
 
 
 @pytest.fixture
@@ -309,6 +306,30 @@ def test_plugin_restart_keeps_and_repairs_mounts(plugin, paths):
     data, _ = _read_eventually(f"{target}/a", timeout=10)
     assert data == b"kept"
     _unpublish_and_unstage(plugin, volume_id, staging, [target])
+
+
+def test_staging_and_target_paths_are_made_when_missing(plugin, paths):
+    """csi-sanity always creates the staging directory first; a CO may leave that to the plugin."""
+    data_dir = paths / "data"
+    data_dir.mkdir()
+    (data_dir / "a").write_bytes(b"made")
+    volume_id, context = unique("static"), {"uri": f"file://{data_dir}"}
+    staging, target = str(paths / "new" / "staging"), str(paths / "new" / "pod" / "vol")
+    plugin.node.NodeStageVolume(
+        csi_pb2.NodeStageVolumeRequest(
+            volume_id=volume_id, staging_target_path=staging, volume_capability=capability(),
+            volume_context=context,
+        )
+    )  # fmt: skip
+    plugin.node.NodePublishVolume(
+        csi_pb2.NodePublishVolumeRequest(
+            volume_id=volume_id, staging_target_path=staging, target_path=target,
+            volume_capability=capability(), volume_context=context,
+        )
+    )  # fmt: skip
+    assert open(f"{target}/a").read() == "made"
+    _unpublish_and_unstage(plugin, volume_id, staging, [target])
+    assert not os.path.exists(target) and not os.path.ismount(staging)
 
 
 def test_static_read_only_volume(plugin, paths):
