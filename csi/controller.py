@@ -24,8 +24,8 @@ import grpc
 from csi import csi_pb2, csi_pb2_grpc, snapshots, volume
 from csi.locks import OperationLocks
 from csi.requests import require, require_capabilities
-from pfs.backends import Backend, Kind, open_backend, redact_uri
-from pfs.errors import AlreadyExists, NotFound, PfsError, UsageError
+from pfs.backends import Backend, BackendOptions, Kind, open_backend, redact_uri
+from pfs.errors import AlreadyExists, NotFound, PermissionDenied, PfsError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,44 @@ def _same_request(existing: dict, record: dict) -> bool:
     return all(existing.get(key) == value for key, value in record.items())
 
 
+def _volume_of(created: volume.DynamicVolume, record: dict) -> csi_pb2.Volume:
+    """The CSI description of a provisioned volume, from its record."""
+    parameters = record.get("parameters", {})
+    context = {k: v for k, v in parameters.items() if k not in (volume.URI, volume.RETAIN)}
+    context[volume.URI] = created.uri
+    source = snapshots.parse_snapshot_id(record.get("source", ""))
+    if "view" in record and source is not None:
+        context[volume.URI], context[volume.SNAPSHOT] = source.source.uri, record["view"]
+    described = csi_pb2.Volume(
+        volume_id=created.volume_id,
+        capacity_bytes=max(record.get("capacity", 0), record.get("size", 0)),
+        volume_context=context,
+    )
+    if source is not None:
+        described.content_source.snapshot.snapshot_id = source.snapshot_id
+    return described
+
+
+def _condition(backend: Backend, target: volume.DynamicVolume, record: dict) -> csi_pb2.VolumeCondition:
+    """Whether a volume's data is where its record says (a view: its pinned snapshot; else its directory)."""
+    source = snapshots.parse_snapshot_id(record.get("source", ""))
+    if "view" in record and source is not None:
+        tree = open_backend(source.source.uri, BackendOptions(), verify=False)
+        try:
+            if not snapshots.store_of(tree, source.source.uri).exists(record["view"]):
+                message = f"the snapshot this read-only volume shows ({record['view']}) is gone"
+                return csi_pb2.VolumeCondition(abnormal=True, message=message)
+        finally:
+            tree.close()
+    else:
+        try:
+            backend.stat(target.name)
+        except NotFound:
+            message = f"the volume's directory {target.name} is gone from {redact_uri(target.base_uri)}"
+            return csi_pb2.VolumeCondition(abnormal=True, message=message)
+    return csi_pb2.VolumeCondition(abnormal=False, message="the volume's data is in place")
+
+
 def _page(context: grpc.ServicerContext, items: list, max_entries: int, token: str) -> tuple[list, str]:
     """One page of `items` and the token of the next (an offset; '' after the last page)."""
     if max_entries < 0:
@@ -170,19 +208,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 log.info("created volume %s at %s", created.name, redact_uri(created.uri))
             else:
                 record = existing
-        volume_context = {k: v for k, v in parameters.items() if k not in (volume.URI, volume.RETAIN)}
-        volume_context[volume.URI] = created.uri
-        if "view" in record:
-            volume_context[volume.URI] = source.source.uri  # type: ignore[union-attr]
-            volume_context[volume.SNAPSHOT] = record["view"]
-        response = csi_pb2.Volume(
-            volume_id=created.volume_id,
-            capacity_bytes=max(capacity, record.get("size", 0)),
-            volume_context=volume_context,
-        )
-        if source is not None:
-            response.content_source.snapshot.snapshot_id = source.snapshot_id
-        return csi_pb2.CreateVolumeResponse(volume=response)
+        return csi_pb2.CreateVolumeResponse(volume=_volume_of(created, record))
 
     @staticmethod
     def _snapshot_source(context, request) -> snapshots.SnapshotRef | None:
@@ -351,11 +377,45 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         entries = [csi_pb2.ListSnapshotsResponse.Entry(snapshot=snapshots.to_csi(r)) for r in page]
         return csi_pb2.ListSnapshotsResponse(entries=entries, next_token=next_token)
 
+    # ---- health ------------------------------------------------------------------------------------------
+
+    def ControllerGetVolume(self, request, context):
+        """The volume and its condition as the controller sees it: whether its data is still in place.
+        CSI sends no secret with this call, so the controller uses its own credentials (its environment:
+        AWS_* variables, instance roles); without any that the store accepts, the volume is reported
+        normal and unchecked: a node's NodeGetVolumeStats, which has the mount, still reports it."""
+        require(context, volume_id=request.volume_id)
+        target = volume.parse_volume_id(request.volume_id)
+        if target is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} does not exist")
+        status = csi_pb2.ControllerGetVolumeResponse.VolumeStatus
+        described = csi_pb2.Volume(volume_id=target.volume_id)
+        try:
+            backend = open_backend(target.base_uri, BackendOptions(), verify=False)
+            try:
+                record = _read_record(backend, target.name)
+                if record is None:
+                    context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} does not exist")
+                described, condition = _volume_of(target, record), _condition(backend, target, record)
+            finally:
+                backend.close()
+        except PermissionDenied:
+            where = redact_uri(target.base_uri)
+            message = f"not checked: the controller has no credentials of its own for {where}"
+            condition = csi_pb2.VolumeCondition(abnormal=False, message=message)
+        except (PfsError, UsageError) as exc:  # typed errors carry no secrets
+            message = f"cannot reach the volume's storage: {type(exc).__name__}: {exc}"
+            condition = csi_pb2.VolumeCondition(abnormal=True, message=message)
+        response = csi_pb2.ControllerGetVolumeResponse
+        return response(volume=described, status=status(volume_condition=condition))
+
     def ControllerGetCapabilities(self, request, context):
         kinds = [
             ControllerRPC.CREATE_DELETE_VOLUME,
             ControllerRPC.CREATE_DELETE_SNAPSHOT,
             ControllerRPC.LIST_SNAPSHOTS,
+            ControllerRPC.GET_VOLUME,
+            ControllerRPC.VOLUME_CONDITION,
         ]
         return csi_pb2.ControllerGetCapabilitiesResponse(
             capabilities=[csi_pb2.ControllerServiceCapability(rpc=ControllerRPC(type=kind)) for kind in kinds]

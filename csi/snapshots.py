@@ -228,4 +228,4 @@ def copy_tree(base: Backend, tree: Backend, ref: SnapshotRef, dest: str) -> None
             pass
 
 
-RESTORE_FAILURES = (Stale, BackendError)
+RESTORE_FAILURES = (Stale, BackendError, NotFound)  # the snapshot no longer matches the store

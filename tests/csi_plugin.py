@@ -36,6 +36,7 @@ class Plugin:
     node_id: str = "node-1"
     mode: str = "all"
     recovery_interval: float = 1.0
+    probe_timeout: float | None = None  # the plugin's default unless set
     process: subprocess.Popen | None = field(default=None, repr=False)
     channel: grpc.Channel | None = field(default=None, repr=False)
 
@@ -59,6 +60,7 @@ class Plugin:
                     sys.executable, "-m", "csi", "--endpoint", f"unix://{self.socket}",
                     "--node-id", self.node_id, "--mode", self.mode, "--state-dir", self.state_dir,
                     "--recovery-interval", str(self.recovery_interval),
+                    *(["--probe-timeout", str(self.probe_timeout)] if self.probe_timeout else []),
                 ],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
@@ -92,6 +94,36 @@ class Plugin:
     def log(self) -> str:
         with open(self.log_file) as f:
             return f.read()
+
+
+def stage_and_publish(
+    plugin: Plugin, volume_id: str, context: dict[str, str], staging: str, target: str,
+    secrets: dict[str, str] | None = None, mode: int = Mode.MULTI_NODE_MULTI_WRITER,
+) -> None:  # fmt: skip
+    """What kubelet does before a pod starts: stage the volume on the node, publish it at the pod's path."""
+    cap = capability(mode)
+    plugin.node.NodeStageVolume(
+        csi_pb2.NodeStageVolumeRequest(
+            volume_id=volume_id, staging_target_path=staging, volume_capability=cap,
+            volume_context=context, secrets=secrets or {},
+        )
+    )  # fmt: skip
+    plugin.node.NodePublishVolume(
+        csi_pb2.NodePublishVolumeRequest(
+            volume_id=volume_id, staging_target_path=staging, target_path=target,
+            volume_capability=cap, volume_context=context,
+        )
+    )  # fmt: skip
+
+
+def unpublish_and_unstage(plugin: Plugin, volume_id: str, staging: str, targets: list[str]) -> None:
+    for target in targets:
+        plugin.node.NodeUnpublishVolume(
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target)
+        )
+    plugin.node.NodeUnstageVolume(
+        csi_pb2.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging)
+    )
 
 
 def cleanup_mounts(root: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from csi import csi_pb2
 from pfs.snapshots.store import SnapshotStore
+from tests import csi_plugin
 from tests.conftest import LocalRaw, S3Raw, unique
 from tests.csi_plugin import Mode, Plugin, capability, cleanup_mounts, running_plugin
 
@@ -73,33 +74,18 @@ class Cluster:
 
     def mount(self, volume: csi_pb2.Volume, mode: int = Mode.MULTI_NODE_MULTI_WRITER) -> str:
         """Stage on this node and publish into one pod; the pod's path."""
-        cap, pod = capability(mode), unique("pod")
+        pod = unique("pod")
         staging, target = str(self.pods / pod / "staging"), str(self.pods / pod / "vol")
-        self.plugin.node.NodeStageVolume(
-            csi_pb2.NodeStageVolumeRequest(
-                volume_id=volume.volume_id, staging_target_path=staging, volume_capability=cap,
-                volume_context=volume.volume_context, secrets=self.secrets,
-            )
-        )  # fmt: skip
-        self.plugin.node.NodePublishVolume(
-            csi_pb2.NodePublishVolumeRequest(
-                volume_id=volume.volume_id, staging_target_path=staging, target_path=target,
-                volume_capability=cap, volume_context=volume.volume_context,
-            )
-        )  # fmt: skip
+        csi_plugin.stage_and_publish(
+            self.plugin, volume.volume_id, volume.volume_context, staging, target, self.secrets, mode
+        )
         self.staged.append((volume.volume_id, staging, [target]))
         return target
 
     def unmount(self, target: str) -> None:
         for volume_id, staging, targets in list(self.staged):
             if target in targets:
-                node = self.plugin.node
-                node.NodeUnpublishVolume(
-                    csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target)
-                )
-                node.NodeUnstageVolume(
-                    csi_pb2.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging)
-                )
+                csi_plugin.unpublish_and_unstage(self.plugin, volume_id, staging, targets)
                 self.staged.remove((volume_id, staging, targets))
 
 
