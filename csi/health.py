@@ -101,6 +101,9 @@ class Prober:
         """The health of the mount at `path`, within `timeout` seconds. A probe of `path` still running
         (another caller's) is waited for, not repeated: a hung mount never gets a second thread."""
         if mount_table.mount_at(path) is None:
+            with self._lock:  # forget a finished probe of a mount that is gone (a stuck one stays known)
+                if path in self._probes and self._probes[path].done.is_set():
+                    del self._probes[path]
             return Health(State.MISSING, f"nothing is mounted at {path}")
         with self._lock:
             probe = self._probes.get(path)

@@ -237,3 +237,47 @@ def test_snapshot_is_the_manifest_pfs_snapshot_create_writes(cluster, base, tmp_
         backend.close()
     cluster.delete_snapshot(snap.snapshot_id)
     cluster.delete_volume(dataset.volume_id)
+
+
+class Recording:
+    """A real backend that notes every call made to it (and to its reserved area)."""
+
+    def __init__(self, backend, calls: list[str]) -> None:
+        self._backend, self.calls = backend, calls
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._backend, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            self.calls.append(f"{name} {args[0] if args else ''}".strip())
+            result = attribute(*args, **kwargs)
+            return Recording(result, self.calls) if name == "reserved_area" else result
+
+        return call
+
+
+def test_read_only_restore_lists_nothing_and_copies_no_data(tmp_path):
+    """The instant restore: the manifest is read and written again, nothing else is asked of the store."""
+    from csi import snapshots, volume
+    from pfs.backends import BackendOptions, open_backend
+
+    source = volume.DynamicVolume("dataset", f"file://{tmp_path}")
+    for rel, data in DATASET.items():
+        os.makedirs(os.path.dirname(tmp_path / "dataset" / rel), exist_ok=True)
+        (tmp_path / "dataset" / rel).write_bytes(data)
+    tree = open_backend(source.uri, BackendOptions())
+    try:
+        SnapshotStore(tree, "dataset").create("nightly")
+        calls: list[str] = []
+        ref = snapshots.SnapshotRef("nightly", source)
+        snapshots.make_view(Recording(tree, calls), ref, "pinned")  # type: ignore[arg-type]
+    finally:
+        tree.close()
+    assert not [c for c in calls if c.startswith(("list_dir", "walk", "open_reader train", "copy_file"))]
+    written = [c for c in calls if c.startswith(("write_file", "put_file", "make_dir"))]
+    assert written == ["write_file snapshots/volume+pinned.parquet"], calls
+    assert sorted(os.listdir(tmp_path / "dataset" / ".pfs" / "snapshots")) == [
+        "nightly.parquet", "volume+pinned.parquet",
+    ]  # fmt: skip
