@@ -13,15 +13,13 @@ started (a request names no base); Kubernetes itself only lists by snapshot id.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 import grpc
 
-from csi import csi_pb2, csi_pb2_grpc, snapshots, volume
+from csi import csi_pb2, csi_pb2_grpc, records, snapshots, volume
 from csi.locks import OperationLocks
 from csi.requests import require, require_capabilities
 from pfs.backends import Backend, BackendOptions, Kind, open_backend, redact_uri
@@ -59,20 +57,11 @@ def _record_path(name: str) -> str:
 
 
 def _read_record(backend: Backend, name: str) -> dict | None:
-    try:
-        entry = backend.stat(_record_path(name))
-    except NotFound:
-        return None
-    reader = backend.open_reader(_record_path(name), entry.size)
-    try:
-        return json.loads(reader.read(0, entry.size))
-    finally:
-        reader.close()
+    return records.read(backend, _record_path(name))
 
 
 def _write_record(backend: Backend, name: str, record: dict) -> None:
-    data = json.dumps(record, sort_keys=True).encode()
-    backend.write_file(_record_path(name), io.BytesIO(data), len(data))
+    records.write(backend, _record_path(name), record)
 
 
 def _remove_tree(backend: Backend, path: str) -> None:
@@ -229,7 +218,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def _restore(context, backend, source, created, record, secrets) -> int:
         """Make the restored volume's content; its size (the snapshot's bytes)."""
         with _backend(context, source.source.uri, secrets, verify=False) as tree:
-            size = snapshots.require(backend, tree, source)["size"]
+            size = snapshots.find(backend, tree, source)["size"]
             if "view" in record:
                 snapshots.make_view(tree, source, created.name)
                 return size

@@ -27,8 +27,6 @@ internals. Errors for the caller are `Refused` (a gRPC code and a message withou
 from __future__ import annotations
 
 import datetime
-import io
-import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +36,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from csi import csi_pb2, volume
+from csi import csi_pb2, records, volume
 from pfs.backends import Backend, Kind, redact_uri
 from pfs.errors import AlreadyExists, BackendError, NotFound, Stale, UsageError
 from pfs.snapshots.backend import SnapshotBackend
@@ -94,26 +92,7 @@ def _index_path(name: str) -> str:
 
 
 def read_index(base: Backend, name: str) -> dict | None:
-    try:
-        size = base.stat(_index_path(name)).size
-        reader = base.open_reader(_index_path(name), size)
-    except NotFound:
-        return None
-    try:
-        return json.loads(reader.read(0, size))
-    finally:
-        reader.close()
-
-
-def _write_index(base: Backend, record: dict) -> None:
-    data = json.dumps(record, sort_keys=True).encode()
-    path = _index_path(parse_snapshot_id(record["id"]).name)  # type: ignore[union-attr]
-    try:
-        base.write_file(path, io.BytesIO(data), len(data))
-    except NotFound:  # a hierarchical store without the directory yet
-        with suppress(AlreadyExists):
-            base.make_dir(INDEX)
-        base.write_file(path, io.BytesIO(data), len(data))
+    return records.read(base, _index_path(name))
 
 
 def list_index(base: Backend) -> Iterator[dict]:
@@ -165,7 +144,7 @@ def create(base: Backend, tree: Backend, ref: SnapshotRef, csi_name: str) -> dic
         "name": csi_name, "id": ref.snapshot_id, "source": ref.source.volume_id, "size": info.bytes,
         "created_ns": created_ns,
     }  # fmt: skip
-    _write_index(base, record)
+    records.write(base, _index_path(ref.name), record)
     return record
 
 
@@ -177,7 +156,7 @@ def delete(base: Backend, tree: Backend, ref: SnapshotRef) -> None:
         base.remove_file(_index_path(ref.name))
 
 
-def require(base: Backend, tree: Backend, ref: SnapshotRef) -> dict:
+def find(base: Backend, tree: Backend, ref: SnapshotRef) -> dict:
     """The index record of an existing snapshot, else NOT_FOUND."""
     record = read_index(base, ref.name)
     stored = record is not None and record["id"] == ref.snapshot_id
