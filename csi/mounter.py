@@ -1,4 +1,5 @@
-"""The only code in the plugin that runs a process: `pfs mount`, `pfs umount`, bind mounts and unmounts.
+"""The only code in the plugin that runs a process (`pfs mount`, `pfs umount`, bind mounts and unmounts), and
+the only one that asks a mount anything (through csi/health.py's bounded probes, or `wait_ready`).
 
 pfs mounts are started through the public command line, exactly as a person would, so they run detached
 from the plugin (a plugin restart leaves them serving). Credentials reach `pfs mount` only through its
@@ -14,9 +15,11 @@ import sys
 import threading
 import time
 
+from csi.health import Health, Prober, State
 from pfs import mounter as mount_table
 
 PFS_TIMEOUT = 120.0  # `pfs mount` waits up to a minute for its daemon; `pfs umount` may upload data first
+PROBE_TIMEOUT = 5.0  # a mount that does not answer a statvfs within this is reported hung
 
 
 class MountError(RuntimeError):
@@ -36,8 +39,9 @@ def _run(command: list[str], env: dict[str, str] | None = None, timeout: float =
 
 
 class Mounter:
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, probe_timeout: float = PROBE_TIMEOUT) -> None:
         self.python = python
+        self.prober = Prober(probe_timeout)  # every question to a mount goes through it: bounded
 
     def pfs_mount(self, uri: str, path: str, options: list[str], log_file: str, env: dict[str, str]) -> None:
         command = [self.python, "-m", "pfs", "mount", uri, path, "--log-file", log_file]
@@ -64,9 +68,12 @@ class Mounter:
     def is_mounted(path: str) -> bool:
         return mount_table.mount_at(path) is not None
 
-    @staticmethod
-    def is_stale(path: str) -> bool:
-        return mount_table.is_stale(path)
+    def is_stale(self, path: str) -> bool:
+        """A mount whose daemon is gone (a hung one is not: it may still answer)."""
+        return self.prober.check(path, with_counters=False).state is State.DEAD
+
+    def health(self, path: str, with_counters: bool = True) -> Health:
+        return self.prober.check(path, with_counters)
 
     @staticmethod
     def wait_ready(path: str, timeout: float) -> bool:

@@ -7,13 +7,13 @@ on the same one gets ABORTED.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 
 import grpc
 
 from csi import csi_pb2, csi_pb2_grpc, mounts, volume
+from csi.health import State
 from csi.locks import OperationLocks
 from csi.mounter import Mounter, MountError
 from csi.requests import require, require_capability
@@ -134,6 +134,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         require(context, volume_id=request.volume_id, target_path=request.target_path)
         target = os.path.realpath(request.target_path)
         with self.locks.hold(target, context):
+            # Forgotten first: recovery must not take a target being unpublished for a broken one.
+            self.store.set_target(request.volume_id, target, None)
             try:
                 while self.mounter.is_mounted(target):  # every layer, should a retry have stacked binds
                     self.mounter.unmount(target, lazy=self.mounter.is_stale(target))
@@ -143,7 +145,6 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     os.remove(target)
             except (MountError, OSError) as exc:
                 context.abort(grpc.StatusCode.INTERNAL, f"cannot unpublish {target}: {exc}")
-            self.store.set_target(request.volume_id, target, None)
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     def NodeGetVolumeStats(self, request, context):
@@ -151,19 +152,22 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         record = self.store.get(request.volume_id)
         if record is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} is not staged on this node")
-        path = os.path.realpath(request.volume_path)
+        # Only the parent is resolved: resolving the mount itself would ask it, and it may be hung.
+        parent, name = os.path.split(os.path.abspath(request.volume_path))
+        path = os.path.join(os.path.realpath(parent), name)
         if path != record.staging_path and path not in record.targets:
             context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} is not mounted at {path}")
-        try:
-            st = os.statvfs(path)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"{path} does not exist")
-            condition = csi_pb2.VolumeCondition(
-                abnormal=True, message=f"{path}: {os.strerror(exc.errno or 0)}"
-            )
+        # The condition is the staging mount's (its daemon and backend); the usage is the asked path's.
+        health = self.mounter.health(record.staging_path)
+        asked = health if path == record.staging_path else self.mounter.health(path, with_counters=False)
+        if asked.state is State.MISSING and not os.path.exists(path):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{path} does not exist")
+        if not health.abnormal and asked.abnormal:
+            health = asked  # e.g. a pod's bind mount is gone while the staging mount is fine
+        condition = csi_pb2.VolumeCondition(abnormal=health.abnormal, message=health.message)
+        if asked.usage is None:
             return csi_pb2.NodeGetVolumeStatsResponse(volume_condition=condition)
-        usage = csi_pb2.VolumeUsage
+        st, usage = asked.usage, csi_pb2.VolumeUsage
         return csi_pb2.NodeGetVolumeStatsResponse(
             usage=[
                 usage(
@@ -176,7 +180,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     unit=usage.INODES, total=st.f_files, available=st.f_favail, used=st.f_files - st.f_ffree
                 ),
             ],
-            volume_condition=csi_pb2.VolumeCondition(abnormal=False, message="mounted"),
+            volume_condition=condition,
         )
 
     def NodeGetCapabilities(self, request, context):

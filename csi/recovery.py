@@ -4,6 +4,10 @@ Runs once when the node plugin starts and then every `interval` seconds. A stagi
 from the mount table or answers ENOTCONN ("Transport endpoint is not connected") is mounted again from the
 state dir (with its stored credentials); then each recorded target that is not a live mount is bound again.
 A pod sees the new mount only if its volumeMount has `mountPropagation: HostToContainer`.
+
+Every look at a mount is a bounded probe (csi/health.py), so a hung daemon (stopped, stuck) costs one pass
+at most the probe timeout and never blocks the loop; it is logged and left alone (it may still answer,
+and killing it would lose its pending writes), while NodeGetVolumeStats reports it abnormal.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import os
 import threading
 
 from csi import mounts
+from csi.health import State
 from csi.locks import OperationLocks
 from csi.mounter import Mounter, MountError
 from csi.state import StagedVolume, StateStore
 
 log = logging.getLogger(__name__)
+
+REPAIRABLE = frozenset({State.MISSING, State.DEAD})  # what a remount or a new bind repairs
 
 
 class Recovery:
@@ -27,6 +34,7 @@ class Recovery:
         self.locks = locks
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._hung: set[str] = set()  # volumes whose daemon was found hung (logged once)
 
     def run_once(self) -> None:
         for volume in self.store.all():
@@ -36,7 +44,7 @@ class Recovery:
                 continue  # healthy, or a CSI call is working on it right now
             try:
                 current = self.store.get(volume.volume_id)  # that call may have changed or removed it
-                if current is not None:
+                if current is not None and not self._all_healthy(current):
                     self._repair(current)
             except (MountError, OSError) as exc:
                 log.error("cannot recover volume %s: %s (will retry)", volume.volume_id, exc)
@@ -44,10 +52,19 @@ class Recovery:
                 self.locks.release(volume.volume_id)
 
     def _all_healthy(self, volume: StagedVolume) -> bool:
-        return all(map(self._healthy, [volume.staging_path, *volume.targets]))
+        staging = self.mounter.health(volume.staging_path, with_counters=False)
+        if staging.state is State.HUNG:
+            if volume.volume_id not in self._hung:
+                log.warning("volume %s: %s; leaving it alone", volume.volume_id, staging.message)
+            self._hung.add(volume.volume_id)
+            return True  # nothing to repair that a remount could: its binds hang with it
+        if volume.volume_id in self._hung:
+            log.info("volume %s: the pfs daemon at %s answers again", volume.volume_id, volume.staging_path)
+            self._hung.discard(volume.volume_id)
+        return staging.state not in REPAIRABLE and all(map(self._healthy, volume.targets))
 
     def _healthy(self, path: str) -> bool:
-        return self.mounter.is_mounted(path) and not self.mounter.is_stale(path)
+        return self.mounter.health(path, with_counters=False).state not in REPAIRABLE
 
     def _repair(self, volume: StagedVolume) -> None:
         if not self._healthy(volume.staging_path):

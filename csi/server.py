@@ -21,7 +21,7 @@ from csi.calllog import CallLogger
 from csi.controller import ControllerService
 from csi.identity import IdentityService
 from csi.locks import OperationLocks
-from csi.mounter import Mounter
+from csi.mounter import PROBE_TIMEOUT, Mounter
 from csi.node import NodeService
 from csi.recovery import Recovery
 from csi.state import StateStore
@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("controller", "node", "all"), default="all")
     parser.add_argument("--state-dir", default="/var/lib/pfs-csi", help="node state (keep it on the host)")
     parser.add_argument("--recovery-interval", type=float, default=10.0, metavar="S", help="seconds [10]")
+    parser.add_argument(
+        "--probe-timeout", type=float, default=PROBE_TIMEOUT, metavar="S",
+        help=f"a mount not answering within this is reported hung [{PROBE_TIMEOUT:.0f}]",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=16, help="concurrent calls [16]")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -60,7 +64,7 @@ def serve(args: argparse.Namespace) -> None:
         csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(locks), server)
     recovery = None
     if args.mode in ("node", "all"):
-        store, mounter = StateStore(args.state_dir), Mounter()
+        store, mounter = StateStore(args.state_dir), Mounter(probe_timeout=args.probe_timeout)
         csi_pb2_grpc.add_NodeServicer_to_server(NodeService(args.node_id, store, mounter, locks), server)
         recovery = Recovery(store, mounter, locks)
     path = socket_path(args.endpoint)

@@ -37,6 +37,7 @@ URI = "uri"
 READ_ONLY = "readOnly"
 MOUNT_OPTIONS = "mountOptions"
 RETAIN = "retain"  # StorageClass only: keep the data when the volume is deleted
+SNAPSHOT = "snapshot"  # serve this pfs snapshot of the URI (a `pfs mount -o` option like the others)
 PLUGIN_KEYS = frozenset({URI, READ_ONLY, MOUNT_OPTIONS, RETAIN})
 
 _NAME_OK = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -74,6 +75,11 @@ class DynamicVolume:
     def uri(self) -> str:
         head, question, query = self.base_uri.partition("?")
         return f"{head.rstrip('/')}/{self.name}{question}{query}"
+
+
+def valid_name(name: str) -> bool:
+    """Whether `name` is a name `directory_name` can return (volume directories, snapshot names)."""
+    return _NAME_OK.fullmatch(name) is not None
 
 
 def parse_volume_id(volume_id: str) -> DynamicVolume | None:

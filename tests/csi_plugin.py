@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -35,6 +36,7 @@ class Plugin:
     node_id: str = "node-1"
     mode: str = "all"
     recovery_interval: float = 1.0
+    probe_timeout: float | None = None  # the plugin's default unless set
     process: subprocess.Popen | None = field(default=None, repr=False)
     channel: grpc.Channel | None = field(default=None, repr=False)
 
@@ -58,6 +60,7 @@ class Plugin:
                     sys.executable, "-m", "csi", "--endpoint", f"unix://{self.socket}",
                     "--node-id", self.node_id, "--mode", self.mode, "--state-dir", self.state_dir,
                     "--recovery-interval", str(self.recovery_interval),
+                    *(["--probe-timeout", str(self.probe_timeout)] if self.probe_timeout else []),
                 ],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
@@ -93,6 +96,36 @@ class Plugin:
             return f.read()
 
 
+def stage_and_publish(
+    plugin: Plugin, volume_id: str, context: dict[str, str], staging: str, target: str,
+    secrets: dict[str, str] | None = None, mode: int = Mode.MULTI_NODE_MULTI_WRITER,
+) -> None:  # fmt: skip
+    """What kubelet does before a pod starts: stage the volume on the node, publish it at the pod's path."""
+    cap = capability(mode)
+    plugin.node.NodeStageVolume(
+        csi_pb2.NodeStageVolumeRequest(
+            volume_id=volume_id, staging_target_path=staging, volume_capability=cap,
+            volume_context=context, secrets=secrets or {},
+        )
+    )  # fmt: skip
+    plugin.node.NodePublishVolume(
+        csi_pb2.NodePublishVolumeRequest(
+            volume_id=volume_id, staging_target_path=staging, target_path=target,
+            volume_capability=cap, volume_context=context,
+        )
+    )  # fmt: skip
+
+
+def unpublish_and_unstage(plugin: Plugin, volume_id: str, staging: str, targets: list[str]) -> None:
+    for target in targets:
+        plugin.node.NodeUnpublishVolume(
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target)
+        )
+    plugin.node.NodeUnstageVolume(
+        csi_pb2.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging)
+    )
+
+
 def cleanup_mounts(root: str) -> None:
     """After a test: detach every mount under `root` and end the pfs daemons behind them."""
     root = os.path.abspath(root)
@@ -107,3 +140,15 @@ def cleanup_mounts(root: str) -> None:
         if not mounter.wait_for_exit(pid, 10):
             os.kill(pid, signal.SIGKILL)
             mounter.wait_for_exit(pid, 10)
+
+
+@contextlib.contextmanager
+def running_plugin(root: str) -> Iterator[Plugin]:
+    """A plugin on `root` for a test module; afterwards every mount under `root`'s parent is detached (the
+    tests' own directories are its siblings)."""
+    plugin = Plugin(root).start()
+    try:
+        yield plugin
+    finally:
+        plugin.stop()
+        cleanup_mounts(os.path.dirname(root))

@@ -20,7 +20,15 @@ import pytest
 from csi import DRIVER_NAME, csi_pb2
 from pfs import control, mounter
 from tests.conftest import S3Raw, unique
-from tests.csi_plugin import Mode, Plugin, capability, cleanup_mounts
+from tests.csi_plugin import (
+    Mode,
+    Plugin,
+    capability,
+    cleanup_mounts,
+    running_plugin,
+    stage_and_publish,
+    unpublish_and_unstage,
+)
 from tests.mounting import wait_until
 
 Code = grpc.StatusCode
@@ -28,11 +36,8 @@ Code = grpc.StatusCode
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory):
-    root = tmp_path_factory.mktemp("csi")
-    running = Plugin(str(root)).start()
-    yield running
-    running.stop()
-    cleanup_mounts(str(root.parent))
+    with running_plugin(str(tmp_path_factory.mktemp("csi"))) as running:
+        yield running
 
 
 @pytest.fixture
@@ -236,16 +241,6 @@ def _static_volume(plugin: Plugin, paths, name: str, data: bytes, targets: int =
     return volume_id, data_dir, staging, published
 
 
-def _unpublish_and_unstage(plugin: Plugin, volume_id: str, staging: str, targets: list[str]) -> None:
-    for target in targets:
-        plugin.node.NodeUnpublishVolume(
-            csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target)
-        )
-    plugin.node.NodeUnstageVolume(
-        csi_pb2.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging)
-    )
-
-
 def _read_into(path: str, result: list[bytes]) -> None:
     with contextlib.suppress(OSError), open(path, "rb") as f:
         result.append(f.read())
@@ -281,7 +276,7 @@ def test_recovery_after_daemon_is_killed(plugin, paths):
     # the recovered mount is a normal one: writes work and the volume unstages cleanly
     with open(f"{targets[0]}/after-recovery", "w") as f:
         f.write("ok")
-    _unpublish_and_unstage(plugin, volume_id, staging, targets)
+    unpublish_and_unstage(plugin, volume_id, staging, targets)
     assert (data_dir / "after-recovery").read_text() == "ok"
 
 
@@ -293,7 +288,7 @@ def test_recovery_when_the_staging_mount_is_missing(plugin, paths):
     assert wait_until(lambda: f"volume {volume_id}: remounted" in plugin.log(), timeout=10)
     second = control.daemon_pid(staging)
     assert second != first and open(f"{target}/a").read() == "still here"
-    _unpublish_and_unstage(plugin, volume_id, staging, [target])
+    unpublish_and_unstage(plugin, volume_id, staging, [target])
     assert mounter.wait_for_exit(first, 10) and mounter.wait_for_exit(second, 10)
 
 
@@ -308,7 +303,20 @@ def test_plugin_restart_keeps_and_repairs_mounts(plugin, paths):
     plugin.start()
     data, _ = _read_eventually(f"{target}/a", timeout=10)
     assert data == b"kept"
-    _unpublish_and_unstage(plugin, volume_id, staging, [target])
+    unpublish_and_unstage(plugin, volume_id, staging, [target])
+
+
+def test_staging_and_target_paths_are_made_when_missing(plugin, paths):
+    """csi-sanity always creates the staging directory first; a CO may leave that to the plugin."""
+    data_dir = paths / "data"
+    data_dir.mkdir()
+    (data_dir / "a").write_bytes(b"made")
+    volume_id, context = unique("static"), {"uri": f"file://{data_dir}"}
+    staging, target = str(paths / "new" / "staging"), str(paths / "new" / "pod" / "vol")
+    stage_and_publish(plugin, volume_id, context, staging, target)
+    assert open(f"{target}/a").read() == "made"
+    unpublish_and_unstage(plugin, volume_id, staging, [target])
+    assert not os.path.exists(target) and not os.path.ismount(staging)
 
 
 def test_static_read_only_volume(plugin, paths):
@@ -319,7 +327,7 @@ def test_static_read_only_volume(plugin, paths):
     with pytest.raises(OSError) as refused:
         open(f"{target}/new", "w")
     assert refused.value.errno == errno.EROFS
-    _unpublish_and_unstage(plugin, volume_id, staging, [target])
+    unpublish_and_unstage(plugin, volume_id, staging, [target])
 
 
 def test_bad_requests_get_the_right_codes(plugin, paths):

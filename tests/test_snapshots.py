@@ -168,6 +168,11 @@ def test_without_etags_size_and_mtime_are_verified(case):
         live.close()
 
 
+def test_a_snapshot_of_an_empty_tree_loads():
+    manifest = Manifest.decode(encode([], SnapshotInfo("empty", "", "file:///nowhere")))
+    assert len(manifest) == 0 and manifest.children("") == [] and manifest.row("a") is None
+
+
 def test_snapshot_namespace_needs_no_backend_requests(tmp_path):
     """With the server frozen (any request would hang until the timeout), a snapshot mount still lists
     and stats its whole tree at once: lookup, getattr and readdir never reach the backend."""

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from pfs.errors import BackendError
+from pfs.errors import BackendError, Unsupported
 
 
 class Kind(enum.Enum):
@@ -147,6 +147,12 @@ class Backend(ABC):
         plain file (pfs sync): stores may skip looking at the name first and stat-ing the result, which
         on object stores leaves one request per small file instead of several."""
         self.write_file(path, source, size)
+
+    def copy_file(self, src: str, dst: str) -> None:
+        """Copy the file at `src` to the new name `dst` (its parent directory exists) by the store itself:
+        a server-side copy on object stores (no byte passes through this host; AWS copies at most 5 GiB
+        in one request). Unsupported where the store cannot."""
+        raise Unsupported(f"{src}: this store cannot copy files")
 
     @abstractmethod
     def read_symlink(self, path: str) -> str: ...

@@ -59,7 +59,7 @@ RESERVED_ROOT_NAME = ".pfs"  # the backend's own area (snapshots, temporary and 
 
 
 @contextmanager
-def _errors(op: str):
+def _errors(op: str, stats: Stats):
     """The one place where exceptions become errno for the kernel."""
     try:
         yield
@@ -69,6 +69,8 @@ def _errors(op: str):
         code = errno_of(exc)
         if code == errno.EIO:
             log.warning("%s failed: %s", op, exc)
+        if code in (errno.EIO, errno.ESTALE):
+            stats.backend_failed(f"{op}: {exc}")
         raise pyfuse3.FUSEError(code) from None
     except Exception:
         log.exception("%s failed unexpectedly", op)
@@ -79,7 +81,7 @@ def handler(fn: Callable) -> Callable:
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
         self.stats.count(fn.__name__)
-        with _errors(fn.__name__):
+        with _errors(fn.__name__, self.stats):
             return await fn(self, *args)
 
     return wrapper

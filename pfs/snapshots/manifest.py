@@ -319,7 +319,7 @@ def _child_ranges(paths: pa.StringArray) -> dict[str, tuple[int, int]]:
         starts += (changed + begin).tolist()
         names += parents.take(pa.array(changed, pa.int64())).to_pylist()
         previous = parents[-1].as_py()
-    ends = [*starts[1:], len(paths)]
+    ends = [*starts[1:], len(paths)] if starts else []  # an empty tree: no directory has children
     return {name: (s, e) for name, s, e in zip(names, starts, ends, strict=True)}
 
 

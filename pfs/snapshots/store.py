@@ -1,4 +1,4 @@
-"""Snapshots kept on a backend: create, list, load, describe, delete; names checked here.
+"""Snapshots kept on a backend: create, copy, list, load, describe, delete; names checked here.
 
 A snapshot NAME of the tree at URI is the manifest `.pfs/snapshots/NAME.parquet` in URI's reserved area
 (hidden from mounts and listings), so every node that can reach URI can mount it by name. Creation lists
@@ -163,10 +163,21 @@ class SnapshotStore:
         data = encode(rows, info)
         if self.exists(name):
             raise UsageError(f"snapshot '{name}' already exists in {self.where} (created meanwhile)")
+        self._write(key, data)
+        return info
+
+    def copy(self, name: str, new_name: str) -> None:
+        """Store snapshot `name` again as `new_name`: the same manifest, so the same versions pinned, and
+        it stays mountable after `name` is deleted."""
+        key = _key(new_name)
+        if self.exists(new_name):
+            raise UsageError(f"snapshot '{new_name}' already exists in {self.where} (delete it first)")
+        self._write(key, self.read(name))
+
+    def _write(self, key: str, data: bytes) -> None:
         try:
             self.area.write_file(key, io.BytesIO(data), len(data))
         except NotFound:  # a hierarchical store without the directory yet (object stores need none)
             with contextlib.suppress(AlreadyExists):
                 self.area.make_dir(DIRECTORY)
             self.area.write_file(key, io.BytesIO(data), len(data))
-        return info

@@ -408,6 +408,12 @@ class ArrowBackend(Backend):
             self._call(f"write {path}", lambda: self._fs.delete_file(full + LINK_SUFFIX))
         return self._stat_key(path, full, Kind.FILE)
 
+    def copy_file(self, src: str, dst: str) -> None:
+        self._check(src)
+        self._check(dst, creating=True)
+        self._check_new_leaf(dst)
+        self._call(f"copy {src}", lambda: self._fs.copy_file(self._full(src), self._full(dst)))
+
     def put_file(self, path: str, source: BinaryIO, size: int) -> None:
         self._check(path, creating=True)
         self._check_new_leaf(path)
