@@ -18,7 +18,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,7 @@ from pfs.errors import (
 )
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.names import NameCache
+from pfs.fs.versions import Versions
 from pfs.fs.writeback import WriteBack
 from pfs.options import MountOptions
 from pfs.stats import Stats, rss_bytes
@@ -125,7 +126,8 @@ class Operations(pyfuse3.Operations):
             memory_limit=options.memory_limit,
         )
         self.cache = BlockCache(config, disk, self.stats, self._run, self._run_disk)
-        self._readers: dict[int, tuple[CachedObject, Reader]] = {}  # per inode, opened on the first miss
+        replaced = lambda inode: self._forget_in_kernel(inode.ino)  # noqa: E731
+        self.versions = Versions(backend, self.cache, self.stats, self._run, self._run_disk, replaced)
         self.names = NameCache(options.metadata_ttl)
         self._nursery: trio.Nursery | None = None
         self._relisting: dict[str, trio.Event] = {}  # directories being listed again for lookups
@@ -138,6 +140,7 @@ class Operations(pyfuse3.Operations):
         """Background work (prefetch, disk writes, kernel invalidations) runs in `nursery`."""
         self._nursery = nursery
         self.cache.attach(nursery)
+        self.versions.attach(nursery)
 
     def counters(self) -> dict:
         gauges = self.cache.gauges()
@@ -527,92 +530,20 @@ class Operations(pyfuse3.Operations):
             return self._file_info(node, self._new_fh(Handle(node, writable=False)))
         handle = Handle(node, writable=False)
         if node.detached:
-            handle.reader = await self._open_reader(node)
+            handle.reader = await self.versions.open_reader(node)
         else:
-            handle.obj = await self._cached_object(node)
-            self.cache.prefetch_whole(handle.obj, self._reader_of(node, handle.obj))
+            handle.obj, opener = await self.versions.choose(node)
         node.open_handles += 1
-        return self._file_info(node, self._new_fh(handle))
-
-    async def _cached_object(self, inode: Inode) -> CachedObject:
-        """The version of `inode` that reads go to, for close-to-open consistency.
-
-        Where attributes do not identify the content (object stores), the ETag is needed: one seen before for
-        the same attributes is trusted when it cannot belong to a same-second rewrite; otherwise the object
-        is opened now (one HEAD) and its reader kept for the first miss."""
-        if self.backend.cheap_open:  # revalidate now: it costs nothing, and an open sees the latest version
-            inode.update(await self._run(self.backend.stat, inode.path))
-        elif self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
-            etag = await self.cache.trusted_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns)
-            if etag is None:
-                reader = await self._open_reader(inode)  # may refresh the attributes of a replaced object
-                etag = inode.etag = reader.version
-                await self._keep_reader(inode, self._object(inode), reader)
-                await self.cache.saw_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns, etag)
-            inode.etag = etag
-        return self._object(inode)
-
-    def _object(self, inode: Inode) -> CachedObject:
-        version = self.backend.known_version(inode.path, inode.size, inode.mtime_ns) or inode.etag
-        return self.cache.object(self.backend.id, inode.path, version, inode.size)
-
-    async def _keep_reader(self, inode: Inode, obj: CachedObject, reader: Reader) -> Reader:
-        """Keep `reader` as the inode's reader of `obj`, unless one is already kept (then close ours)."""
-        kept = self._readers.get(inode.ino)
-        if kept is not None and kept[0] == obj:
-            await self._run(reader.close)
-            return kept[1]
-        self._readers[inode.ino] = (obj, reader)
-        if kept is not None:
-            await self._run(kept[1].close)
-        return reader
-
-    def _reader_of(self, inode: Inode, obj: CachedObject) -> Callable[[], Awaitable[Reader]]:
-        """How the cache opens `obj` on its first miss: once per inode, checked to be that very version."""
-
-        async def open_reader() -> Reader:
-            kept = self._readers.get(inode.ino)
-            if kept is not None and kept[0] == obj:
-                return kept[1]
-            try:
-                self.stats.add("backend_opens", 1)
-                reader = await self._run(self.backend.open_reader, obj.path, obj.size)
-                if reader.version and reader.version != obj.version:
-                    await self._run(reader.close)
-                    raise Stale(f"{obj.path} was replaced")
-            except (Stale, NotFound):
-                # The version this mount trusted (within the metadata TTL) is gone and not all cached: fail
-                # this read, and make the next open look again, here and in the kernel.
-                log.warning("%s changed on the backend since it was opened; reopen it to read it", obj.path)
-                inode.attrs_at = 0.0
-                self._forget_in_kernel(inode.ino)
-                raise Stale(f"{obj.path} changed since it was opened") from None
-            return await self._keep_reader(inode, obj, reader)
-
-        return open_reader
+        info = self._file_info(node, self._new_fh(handle))
+        if handle.obj is not None and not info.keep_cache:  # kept pages need no block
+            self.cache.prefetch_whole(handle.obj, opener)
+        return info
 
     def _forget_in_kernel(self, ino: int) -> None:
         """Make the kernel drop its attributes and pages of `ino`, once the current request is answered:
         invalidating from inside a read would wait for the page that read holds locked (a deadlock)."""
         if self._nursery is not None:
             self._nursery.start_soon(trio.to_thread.run_sync, _invalidate_kernel_inode, ino)
-
-    async def _drop_reader(self, inode: Inode) -> None:
-        kept = self._readers.pop(inode.ino, None)
-        if kept is not None:
-            await self._run(kept[1].close)
-
-    async def _open_reader(self, inode: Inode) -> Reader:
-        self.stats.add("backend_opens", 1)
-        store = self._store_of(inode)
-        try:
-            return await self._run(store.open_reader, inode.path, inode.size)
-        except Stale:
-            if inode.detached:
-                raise
-        # Replaced by another writer since our attributes were read: take the new version whole.
-        inode.update(await self._run(self.backend.stat, inode.path))
-        return await self._run(store.open_reader, inode.path, inode.size)
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
@@ -642,11 +573,11 @@ class Operations(pyfuse3.Operations):
         elif handle.obj is not None and not inode.detached:
             if handle.obj.path != inode.path:  # renamed while open: same version, new name
                 handle.obj = dataclasses.replace(handle.obj, path=inode.path)
-            reader = self._reader_of(inode, handle.obj)
-            data = await self.cache.read(handle.obj, off, size, reader, handle.stream)
+            opener = self.versions.opener(inode, handle.obj)
+            data = await self.cache.read(handle.obj, off, size, opener, handle.stream)
         else:
             if handle.reader is None:  # moved since it was opened (rename, unlink)
-                handle.reader = await self._open_reader(inode)
+                handle.reader = await self.versions.open_reader(inode)
             data = await self._run(handle.reader.read, off, size)
         self.stats.add("bytes_read", len(data))
         return data
@@ -689,7 +620,7 @@ class Operations(pyfuse3.Operations):
             if handle.reader is not None:
                 await self._run(handle.reader.close)
             if inode.open_handles == 0:
-                await self._drop_reader(inode)
+                self.versions.release(inode)
             await self.writes.unstage_if_idle(inode)
             if inode.detached and inode.on_backend and inode.open_handles == 0:
                 inode.on_backend = False
@@ -718,10 +649,10 @@ class Operations(pyfuse3.Operations):
             raise IsADirectory(node.path)
         if node.staged is not None or node.detached:  # local bytes: nothing to cache
             return f"{node.size} {node.size}".encode()
-        obj = await self._cached_object(node)
+        obj, opener = await self.versions.choose(node)
         try:
             if name == control.WARMUP:
-                cached = await self.cache.warm(obj, self._reader_of(node, obj))
+                cached = await self.cache.warm(obj, opener)
             elif name == control.EVICT:
                 await self.cache.evict(obj)
                 cached = 0
@@ -729,7 +660,7 @@ class Operations(pyfuse3.Operations):
                 cached = await self.cache.cached_bytes(obj)
         finally:
             if node.open_handles == 0:
-                await self._drop_reader(node)
+                self.versions.release(node)
         return f"{cached} {obj.size}".encode()
 
     @handler
