@@ -43,6 +43,7 @@ from pfs.errors import (
     Unsupported,
     errno_of,
 )
+from pfs.fs import readino
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.names import NameCache
 from pfs.fs.versions import Versions
@@ -132,6 +133,10 @@ class Operations(pyfuse3.Operations):
         self._nursery: trio.Nursery | None = None
         self._relisting: dict[str, trio.Event] = {}  # directories being listed again for lookups
         self._handles: dict[int, Handle | DirHandle] = {}
+        # The kernel's no-open mode (read-only mounts, where pfs/fs/readino.py works): no OPEN, FLUSH or
+        # RELEASE; reads carry fh 0 and use one handle per inode. Set by the daemon before serving.
+        self.no_open = False
+        self._kernel_handles: dict[int, Handle] = {}
         self.writes = WriteBack(backend, self._store_of, options.staging_dir, self._run, self.stats)
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
@@ -207,9 +212,10 @@ class Operations(pyfuse3.Operations):
         Stale when its name now holds something else (replaced by a rename, or by another kind of entry)."""
         if inode.ino == pyfuse3.ROOT_INODE or inode.detached:
             return inode
-        if await self._stat(inode.path) is not inode:
+        current = await self._stat(inode.path)
+        if current is not inode and not (self.no_open and current.kind is inode.kind is Kind.FILE):
             raise Stale(inode.path)
-        return inode
+        return inode  # in no-open mode an older version of a file keeps its own attributes
 
     async def _stat(self, path: str) -> Inode:
         """The inode at `path`: from the table while fresh, else from a fresh listing of its directory or a
@@ -288,6 +294,8 @@ class Operations(pyfuse3.Operations):
     async def forget(self, inode_list):
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
+            if ino in self._kernel_handles and self.inodes.get(ino) is None:
+                self.versions.release(self._kernel_handles.pop(ino).inode)
 
     @handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext):
@@ -512,6 +520,8 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext):
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel's no-open mode from now on
         node = self.inodes[inode]
         if node.kind is Kind.DIR:
             raise IsADirectory(node.path)
@@ -566,7 +576,8 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def read(self, fh: int, off: int, size: int):
-        handle = self._file_handle(fh)
+        # No-open mode: fh 0, the inode's own handle (taken before any await: see pfs/fs/readino.py).
+        handle = self._file_handle(fh) if fh else await self._kernel_handle(readino.current)
         inode = handle.inode
         if inode.staged is not None:
             data = await self._run(inode.staged.read, off, size)
@@ -600,8 +611,20 @@ class Operations(pyfuse3.Operations):
         if was_new and inode.on_backend:
             self.names.changed(inode.path)
 
+    async def _kernel_handle(self, ino: int) -> Handle:
+        """The one handle of inode `ino` in no-open mode, made on its first read: the version chosen then
+        is the inode's for good (a changed object gets a new inode: see `InodeTable.per_version`)."""
+        handle = self._kernel_handles.get(ino)
+        if handle is None:
+            inode = self.inodes[ino]
+            obj, _ = await self.versions.choose(inode)
+            handle = self._kernel_handles.setdefault(ino, Handle(inode, writable=False, obj=obj))
+        return handle
+
     @handler
     async def flush(self, fh: int):
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # nothing to write: the kernel stops sending FLUSH
         await self._publish(self._file_handle(fh).inode)
 
     @handler
