@@ -236,6 +236,7 @@ class Operations(pyfuse3.Operations):
             return self._gone(inode, path)
         if self.names.is_missing(path, now):
             return self._gone(inode, path)
+        self.names.stat_ed(parent, now)
         try:
             entry = await self._run(self.backend.stat, path)
         except NotFound:
