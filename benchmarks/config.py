@@ -14,8 +14,11 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
-SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "meta", "write-big", "write-small")
-READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8")
+SCENARIOS = (
+    "seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader",
+    "meta", "write-big", "write-small",
+)  # fmt: skip
+READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader")
 CLIENTS = ("pfs", "rclone", "s3fs", "raw", "local", "floor", "floor-noopen")
 FLOORS = ("floor", "floor-noopen")  # read-only: no write scenarios
 PEERS = ("rclone", "s3fs")

@@ -23,6 +23,7 @@ LABELS = {
     "rand-4k": "random 4 KiB reads",
     "small-1": "small files, 1 reader",
     "small-8": "small files, 8 readers",
+    "loader": "PyTorch DataLoader epoch, 8 workers",
     "meta": "metadata",
     "write-big": "big file write (until on the server)",
     "write-small": "small file writes (until on the server)",

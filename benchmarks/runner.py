@@ -129,7 +129,9 @@ def run(options: RunOptions) -> list[Result]:
             # Each scenario starts with the next client, so no client is always first after priming.
             shift = index % len(active)
             for client in active[shift:] + active[:shift]:
-                if scenario not in READ_SCENARIOS and scenario != "meta" and not client.writes:
+                skip = scenarios.runs_on(scenario, client)
+                if skip:
+                    _log(f"{scenario}: {client.name} skipped: {skip}")
                     continue
                 _log(f"{scenario}: {client.name}")
                 found = _run_one(ctx, scenario, client)
