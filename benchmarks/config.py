@@ -19,8 +19,8 @@ SCENARIOS = (
     "meta", "write-big", "write-small",
 )  # fmt: skip
 READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader")
-CLIENTS = ("pfs", "rclone", "s3fs", "raw", "local", "floor", "floor-noopen")
-FLOORS = ("floor", "floor-noopen")  # read-only: no write scenarios
+CLIENTS = ("pfs", "pfs-ro", "rclone", "s3fs", "raw", "local", "floor", "floor-noopen")
+READ_ONLY = ("pfs-ro", "floor", "floor-noopen")  # no write scenarios
 PEERS = ("rclone", "s3fs")
 PHASES = ("cold", "warm", "hot")
 

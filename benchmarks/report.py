@@ -14,8 +14,8 @@ from pathlib import Path
 from benchmarks.config import PEERS, PHASES, SCENARIOS, MiB
 from benchmarks.results import Result
 
-COLUMNS = ("pfs", "floor", "floor-noopen", "rclone", "s3fs", "raw", "raw-parallel", "local")
-DAEMONS = ("pfs", "floor", "floor-noopen", "rclone", "s3fs")
+COLUMNS = ("pfs", "floor", "pfs-ro", "floor-noopen", "rclone", "s3fs", "raw", "raw-parallel", "local")
+DAEMONS = ("pfs", "pfs-ro", "floor", "floor-noopen", "rclone", "s3fs")
 LABELS = {
     "seq-1": "big file, sequential, 1 reader",
     "seq-4": "big files, sequential, 4 readers",
@@ -76,8 +76,8 @@ def _best_peer(row: dict[str, Result]) -> Result | None:
 def table(results: list[Result]) -> str:
     rows = _rows(results)
     present = [c for c in COLUMNS if any(c in row for row in rows.values())]
-    head = ["scenario", "figure", "phase", *present, "pfs / floor", "pfs / floor-noopen", "pfs / best peer"]
-    head += ["pfs / raw", "pfs / local"]
+    head = ["scenario", "figure", "phase", *present, "pfs / floor", "pfs-ro / floor-noopen"]
+    head += ["pfs / best peer", "pfs / raw", "pfs / local"]
     lines = [
         "| " + " | ".join(head) + " |",
         "| " + " | ".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + " |",
@@ -86,7 +86,7 @@ def table(results: list[Result]) -> str:
         cells = [LABELS.get(scenario, scenario), metric, phase or "-"]
         cells += [_fmt(row[c].value) if c in row else "" for c in present]
         pfs = row.get("pfs")
-        cells += [_ratio(pfs, row.get("floor")), _ratio(pfs, row.get("floor-noopen"))]
+        cells += [_ratio(pfs, row.get("floor")), _ratio(row.get("pfs-ro"), row.get("floor-noopen"))]
         cells += [_ratio(pfs, _best_peer(row)), _ratio(pfs, row.get("raw")), _ratio(pfs, row.get("local"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -159,8 +159,10 @@ def targets(results: list[Result]) -> str:
         else:
             lines.append(f"| {text} | {detail} | {'yes' if measured >= goal else 'no'} |")
 
-    def ratio(scenario: str, phase: str, other: Result | None, goal: float, text: str, unit: str) -> None:
-        pfs = _find(results, scenario, phase, "pfs")
+    def ratio(
+        scenario: str, phase: str, other: Result | None, goal: float, text: str, unit: str, who: str = "pfs"
+    ) -> None:
+        pfs = _find(results, scenario, phase, who)
         if pfs is None or other is None:
             check(text, None, goal, "")
             return
@@ -184,6 +186,21 @@ def targets(results: list[Result]) -> str:
     for scenario in ("small-1", "small-8"):
         peer = _peer(results, scenario, "cold")
         ratio(scenario, "cold", peer, 2.0, f"small files cold ({scenario}) >= 2x faster peer", "files/s")
+    floor = _find(results, "small-1", "hot", "floor")
+    ratio("small-1", "hot", floor, 0.8, "small files hot, 1 reader >= 0.8x floor", "files/s")
+    for scenario, phase in (("small-1", "warm"), ("small-8", "warm"), ("small-8", "hot")):
+        goal = 0.6
+        floor = _find(results, scenario, phase, "floor")
+        ratio(scenario, phase, floor, goal, f"small files {phase} ({scenario}) >= {goal}x floor", "files/s")
+    for phase, goal in (("hot", 0.5), ("warm", 0.6)):
+        noopen = _find(results, "small-1", phase, "floor-noopen")
+        text = f"small files {phase}, -o ro >= {goal}x floor (no-open)"
+        ratio("small-1", phase, noopen, goal, text, "files/s", who="pfs-ro")
+    ro_hot = _find(results, "small-1", "hot", "pfs-ro")
+    text = "small files hot, -o ro >= 20,000 files/s"
+    check(text, ro_hot.value if ro_hot else None, 20000, f"{_fmt(ro_hot.value)} files/s" if ro_hot else "")
+    peer = _peer(results, "loader", "warm")
+    ratio("loader", "warm", peer, 1.5, "DataLoader epoch warm >= 1.5x faster peer", "samples/s")
     absolute("meta", "", 30000, "metadata >= 30,000 stat/s after one listing", "stat/s", "stat")
     peaks = [r.daemon_peak_rss_mib for r in results if r.scenario == "seq-4" and r.client == "pfs"]
     rss = max((p for p in peaks if p is not None), default=None)
