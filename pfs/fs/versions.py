@@ -128,11 +128,23 @@ class Versions:
         return self.cache.object(self.backend.id, inode.path, etag, inode.size)
 
     async def saw_etag(self, inode: Inode, etag: str) -> None:
+        """Remember an ETag just seen: in memory now, on disk (for remounts) after the open is answered."""
         key = _object_key(self.backend.id, inode.path)
         seen = Seen(inode.size, inode.mtime_ns, etag, time.time())
         self._remember(key, seen)
-        if self.cache.disk is not None:
+        if self.cache.disk is None:
+            return
+        if self._nursery is not None:
+            self._nursery.start_soon(self._record, key, seen)
+        else:
+            await self._record(key, seen)
+
+    async def _record(self, key: str, seen: Seen) -> None:
+        assert self.cache.disk is not None
+        try:
             await self._run_disk(self.cache.disk.record, key, seen)
+        except Exception as exc:  # only a remount's shortcut is lost: it will ask the backend again
+            log.warning("could not record a version in the disk cache: %s", exc)
 
     def _remember(self, key: str, seen: Seen) -> None:
         if len(self._seen) >= MAX_SEEN_IN_MEMORY:
