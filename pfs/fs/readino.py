@@ -66,6 +66,14 @@ def _symbol_values(path: str, names: tuple[bytes, ...]) -> dict[bytes, int]:
     return found
 
 
+def _kernel_version() -> tuple[int, int]:
+    parts = os.uname().release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
 def _mapping(path: str) -> tuple[int, int] | None:
     """(lowest, highest) address of `path` mapped in this process."""
     real = os.path.realpath(path)
@@ -84,6 +92,9 @@ def install() -> bool:
     global _installed
     if _installed is not None:
         return True
+    if _kernel_version() < (4, 20):  # FUSE_NO_OPEN_SUPPORT: an older kernel would fail every open
+        log.info("kernel no-open mode unavailable: the kernel predates it (4.20)")
+        return False
     module = pyfuse3.__file__ or ""
     try:
         symbols = _symbol_values(module, (_TABLE_SYMBOL, _SESSION_SYMBOL))
