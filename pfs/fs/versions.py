@@ -222,9 +222,16 @@ class Versions:
 
     def _close(self, reader: Reader) -> None:
         if self._nursery is not None:
-            self._nursery.start_soon(self._run, reader.close)
+            self._nursery.start_soon(self._close_quietly, reader)
         else:
             reader.close()
+
+    async def _close_quietly(self, reader: Reader) -> None:
+        """A reader that fails to close has nothing left to give: log it, never end the mount for it."""
+        try:
+            await self._run(reader.close)
+        except Exception as exc:
+            log.warning("could not close a reader: %s", exc)
 
 
 def _trusted(seen: Seen, size: int, mtime_ns: int) -> bool:
