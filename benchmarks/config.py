@@ -14,9 +14,13 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
-SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "meta", "write-big", "write-small")
-READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8")
-CLIENTS = ("pfs", "rclone", "s3fs", "raw", "local")
+SCENARIOS = (
+    "seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader",
+    "meta", "write-big", "write-small",
+)  # fmt: skip
+READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader")
+CLIENTS = ("pfs", "pfs-ro", "rclone", "s3fs", "raw", "local", "floor", "floor-noopen")
+READ_ONLY = ("pfs-ro", "floor", "floor-noopen")  # no write scenarios
 PEERS = ("rclone", "s3fs")
 PHASES = ("cold", "warm", "hot")
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from benchmarks.config import PEERS, PHASES, SCENARIOS, MiB
 from benchmarks.results import Result
 
-COLUMNS = ("pfs", "rclone", "s3fs", "raw", "raw-parallel", "local")
+COLUMNS = ("pfs", "floor", "pfs-ro", "floor-noopen", "rclone", "s3fs", "raw", "raw-parallel", "local")
+DAEMONS = ("pfs", "pfs-ro", "floor", "floor-noopen", "rclone", "s3fs")
 LABELS = {
     "seq-1": "big file, sequential, 1 reader",
     "seq-4": "big files, sequential, 4 readers",
@@ -22,6 +23,7 @@ LABELS = {
     "rand-4k": "random 4 KiB reads",
     "small-1": "small files, 1 reader",
     "small-8": "small files, 8 readers",
+    "loader": "PyTorch DataLoader epoch, 8 workers",
     "meta": "metadata",
     "write-big": "big file write (until on the server)",
     "write-small": "small file writes (until on the server)",
@@ -74,7 +76,8 @@ def _best_peer(row: dict[str, Result]) -> Result | None:
 def table(results: list[Result]) -> str:
     rows = _rows(results)
     present = [c for c in COLUMNS if any(c in row for row in rows.values())]
-    head = ["scenario", "figure", "phase", *present, "pfs / best peer", "pfs / raw", "pfs / local"]
+    head = ["scenario", "figure", "phase", *present, "pfs / floor", "pfs-ro / floor-noopen"]
+    head += ["pfs / best peer", "pfs / raw", "pfs / local"]
     lines = [
         "| " + " | ".join(head) + " |",
         "| " + " | ".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + " |",
@@ -83,6 +86,7 @@ def table(results: list[Result]) -> str:
         cells = [LABELS.get(scenario, scenario), metric, phase or "-"]
         cells += [_fmt(row[c].value) if c in row else "" for c in present]
         pfs = row.get("pfs")
+        cells += [_ratio(pfs, row.get("floor")), _ratio(row.get("pfs-ro"), row.get("floor-noopen"))]
         cells += [_ratio(pfs, _best_peer(row)), _ratio(pfs, row.get("raw")), _ratio(pfs, row.get("local"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -90,7 +94,7 @@ def table(results: list[Result]) -> str:
 
 def resource_table(results: list[Result]) -> str:
     """Peak RSS and CPU seconds of each client daemon, per measured phase."""
-    daemons = [c for c in ("pfs", "rclone", "s3fs") if any(r.client == c for r in results)]
+    daemons = [c for c in DAEMONS if any(r.client == c for r in results)]
     head = ["scenario", "figure", "phase"]
     head += [f"{c} peak RSS MiB" for c in daemons] + [f"{c} CPU s" for c in daemons]
     lines = [
@@ -105,6 +109,32 @@ def resource_table(results: list[Result]) -> str:
         cells += [_fmt(row[c].daemon_cpu_s) if c in row else "" for c in daemons]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def cpu_table(results: list[Result]) -> str:
+    """Daemon CPU per operation (a file, or a random read) and per MiB read, for every client daemon: what
+    each spends of the machine for the same work, whatever its speed."""
+    daemons = [c for c in DAEMONS if any(r.client == c for r in results)]
+    head = ["scenario", "phase", *(f"{c} ms/op" for c in daemons), *(f"{c} ms/MiB" for c in daemons)]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + " |",
+    ]
+    for (scenario, _, phase), row in _rows(results).items():
+        if not phase or not any(row.get(c) and row[c].daemon_cpu_s is not None for c in daemons):
+            continue  # read scenarios only: one row per phase
+        cells = [LABELS.get(scenario, scenario), phase]
+        cells += [_cpu_per(row.get(c), "op") for c in daemons]
+        cells += [_cpu_per(row.get(c), "MiB") for c in daemons]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cpu_per(r: Result | None, unit: str) -> str:
+    if r is None or r.daemon_cpu_s is None:
+        return ""
+    amount = r.ops if unit == "op" else r.bytes / MiB
+    return f"{r.daemon_cpu_s * 1000 / amount:.3f}" if amount else ""
 
 
 def _find(results: list[Result], scenario: str, phase: str, client: str, metric: str = "") -> Result | None:
@@ -129,8 +159,10 @@ def targets(results: list[Result]) -> str:
         else:
             lines.append(f"| {text} | {detail} | {'yes' if measured >= goal else 'no'} |")
 
-    def ratio(scenario: str, phase: str, other: Result | None, goal: float, text: str, unit: str) -> None:
-        pfs = _find(results, scenario, phase, "pfs")
+    def ratio(
+        scenario: str, phase: str, other: Result | None, goal: float, text: str, unit: str, who: str = "pfs"
+    ) -> None:
+        pfs = _find(results, scenario, phase, who)
         if pfs is None or other is None:
             check(text, None, goal, "")
             return
@@ -154,6 +186,21 @@ def targets(results: list[Result]) -> str:
     for scenario in ("small-1", "small-8"):
         peer = _peer(results, scenario, "cold")
         ratio(scenario, "cold", peer, 2.0, f"small files cold ({scenario}) >= 2x faster peer", "files/s")
+    floor = _find(results, "small-1", "hot", "floor")
+    ratio("small-1", "hot", floor, 0.8, "small files hot, 1 reader >= 0.8x floor", "files/s")
+    for scenario, phase in (("small-1", "warm"), ("small-8", "warm"), ("small-8", "hot")):
+        goal = 0.6
+        floor = _find(results, scenario, phase, "floor")
+        ratio(scenario, phase, floor, goal, f"small files {phase} ({scenario}) >= {goal}x floor", "files/s")
+    for phase, goal in (("hot", 0.5), ("warm", 0.6)):
+        noopen = _find(results, "small-1", phase, "floor-noopen")
+        text = f"small files {phase}, -o ro >= {goal}x floor (no-open)"
+        ratio("small-1", phase, noopen, goal, text, "files/s", who="pfs-ro")
+    ro_hot = _find(results, "small-1", "hot", "pfs-ro")
+    text = "small files hot, -o ro >= 20,000 files/s"
+    check(text, ro_hot.value if ro_hot else None, 20000, f"{_fmt(ro_hot.value)} files/s" if ro_hot else "")
+    peer = _peer(results, "loader", "warm")
+    ratio("loader", "warm", peer, 1.5, "DataLoader epoch warm >= 1.5x faster peer", "samples/s")
     absolute("meta", "", 30000, "metadata >= 30,000 stat/s after one listing", "stat/s", "stat")
     peaks = [r.daemon_peak_rss_mib for r in results if r.scenario == "seq-4" and r.client == "pfs"]
     rss = max((p for p in peaks if p is not None), default=None)
@@ -175,13 +222,19 @@ def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
         "caches emptied and the page cache dropped; warm: remounted on the same client cache, page cache",
         "dropped; hot: read again in the same mount. raw = pyarrow straight to the server (one stream per",
         "reader), raw-parallel = pyarrow ranged GETs of 8 MiB, 8 at a time per file; local = the same files",
-        "read from the server's directory on local disk.",
+        "read from the server's directory on local disk. floor = benchmarks/floorfs.py, the least a",
+        "pyfuse3 filesystem does (open answered with keep_cache; floor-noopen: the kernel's no-open mode),",
+        "serving the same files from memory (up to 1 MiB) or local disk; pfs / floor is pfs's own cost.",
         "",
         table(results),
         "",
         "Client daemons (reading threads excluded): peak RSS during the phase and CPU seconds it used.",
         "",
         resource_table(results),
+        "",
+        "Daemon CPU per operation (a whole file; a random read) and per MiB read, in milliseconds:",
+        "",
+        cpu_table(results),
         "",
         "The read-performance targets, judged by this run's figures:",
         "",

@@ -129,6 +129,10 @@ def run(options: RunOptions) -> list[Result]:
             # Each scenario starts with the next client, so no client is always first after priming.
             shift = index % len(active)
             for client in active[shift:] + active[:shift]:
+                skip = scenarios.runs_on(scenario, client)
+                if skip:
+                    _log(f"{scenario}: {client.name} skipped: {skip}")
+                    continue
                 _log(f"{scenario}: {client.name}")
                 found = _run_one(ctx, scenario, client)
                 for result in found:

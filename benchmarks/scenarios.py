@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import pyarrow.fs as pafs
 
+from benchmarks import loader
 from benchmarks.clients import Client
 from benchmarks.config import KiB, MiB, Sizes
 from benchmarks.datasets import Dataset
@@ -67,6 +68,9 @@ class ReadWork:
     def run(self, ctx: Context, io: IO) -> tuple[int, int]:
         """Do the work once; returns (operations, bytes)."""
         files = self.files(ctx)
+        if self.kind == "loader":
+            assert isinstance(io, FileIO)
+            return loader.epoch(io.root, files, self.readers, ctx.sizes.seed)
         if self.kind == "random":
             offsets = self.offsets(ctx)
             return len(offsets), io.read_ranges(files[0], offsets, self.read_size)
@@ -87,6 +91,7 @@ READS = {
         ReadWork("rand-4k", "reads/s", lambda c: [c.dataset.random_file("rand-4k")], 1, "random", 4 * KiB),
         ReadWork("small-1", "files/s", lambda c: c.dataset.small_set("a"), 1, "small"),
         ReadWork("small-8", "files/s", lambda c: c.dataset.small_set("b"), 8, "small"),
+        ReadWork("loader", "samples/s", lambda c: c.dataset.small_set("a"), 8, "loader"),
     )
 }
 
@@ -155,6 +160,17 @@ def warm_up(ctx: Context, client: Client) -> None:
         client.io.read_ranges(ctx.dataset.big(0), offsets, MiB)
     finally:
         client.unmount()
+
+
+def runs_on(scenario: str, client: Client) -> str:
+    """Why `client` skips `scenario` ('' when it runs it)."""
+    if scenario == "loader" and not loader.available():
+        return loader.SKIP_REASON
+    if scenario == "loader" and not isinstance(client.io, FileIO):
+        return "the loader reads a directory"
+    if scenario not in READS and scenario != "meta" and not client.writes:
+        return "read-only client"
+    return ""
 
 
 def run_read(ctx: Context, scenario: str, client: Client) -> list[Result]:

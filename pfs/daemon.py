@@ -23,6 +23,7 @@ import trio
 from pfs import metrics, mounter
 from pfs.backends import BackendOptions, leftovers, open_backend
 from pfs.errors import PfsError
+from pfs.fs import readino
 from pfs.fs.operations import Operations
 from pfs.options import MountOptions
 
@@ -46,6 +47,9 @@ def serve(
     os.makedirs(mount.staging_dir, mode=0o700, exist_ok=True)
     operations = Operations(store, mount)
     pyfuse3.init(operations, mountpoint, _fuse_options(store.id, mount))
+    if mount.read_only:  # nothing is written: the kernel may keep every file open for good (see readino)
+        operations.no_open = operations.inodes.per_version = readino.install()
+        log.info("kernel no-open mode: %s", "on" if operations.no_open else "unavailable")
     unmounted = False
     try:
         trio.run(_run, operations, mountpoint, on_ready)

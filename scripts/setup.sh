@@ -13,7 +13,7 @@ if ! command -v s3fs >/dev/null; then  # a peer FUSE client the benchmarks compa
     apt-get update -qq
     apt-get install -y -qq s3fs >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,bench]'
 
 # mount(8) looks for /sbin/mount.<type>: this makes `mount -t fuse.pfs` and fstab lines work.
 helper="$(python3 -c 'import shutil; print(shutil.which("mount.pfs"))')"

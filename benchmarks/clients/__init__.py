@@ -1,4 +1,5 @@
-"""One adapter per client the benchmarks compare: pfs, rclone mount, s3fs, the raw backend, the local disk.
+"""One adapter per client the benchmarks compare: pfs, rclone mount, s3fs, the raw backend, the local disk,
+and the floor (the least a pyfuse3 filesystem costs, in two modes).
 
 Each adapter knows how to mount and unmount its client on the shared bucket, empty its cache, name its
 daemon's pid, and hands the scenarios an `IO` (benchmarks.io) to run the workload through.
@@ -8,16 +9,20 @@ from __future__ import annotations
 
 from benchmarks.clients.base import Client, Env
 from benchmarks.clients.direct import LocalClient, RawClient
-from benchmarks.clients.pfs import PfsClient
+from benchmarks.clients.floor import FloorClient, FloorNoOpenClient
+from benchmarks.clients.pfs import PfsClient, PfsReadOnlyClient
 from benchmarks.clients.rclone import RcloneClient
 from benchmarks.clients.s3fs import S3fsClient
 
 ADAPTERS: dict[str, type[Client]] = {
     "pfs": PfsClient,
+    "pfs-ro": PfsReadOnlyClient,
     "rclone": RcloneClient,
     "s3fs": S3fsClient,
     "raw": RawClient,
     "local": LocalClient,
+    "floor": FloorClient,
+    "floor-noopen": FloorNoOpenClient,
 }
 
 

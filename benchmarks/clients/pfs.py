@@ -1,6 +1,7 @@
 """pfs, mounted with its default options through its own command line (`python -m pfs mount`).
 
-The only option passed is a per-run cache directory (`-o cache_dir=DIR`), so that "cold" starts from an
+`pfs-ro` adds `-o ro` (read-only: the kernel's no-open mode, as on snapshot mounts). The only other
+option passed is a per-run cache directory (`-o cache_dir=DIR`), so that "cold" starts from an
 empty cache and "warm" remounts onto the cache the cold pass filled, exactly as for the peers.
 """
 
@@ -18,6 +19,7 @@ from pfs import control, mounter
 
 class PfsClient(MountedClient):
     name = "pfs"
+    options: tuple[str, ...] = ()
 
     def __init__(self, env: Env) -> None:
         super().__init__(env)
@@ -38,7 +40,7 @@ class PfsClient(MountedClient):
             "--log-file",
             str(self.log),
             "-o",
-            f"cache_dir={self.cache_dir}",
+            ",".join((f"cache_dir={self.cache_dir}", *self.options)),
         ]
         env = {**os.environ, **self.env.server.env()}
         result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -68,3 +70,11 @@ class PfsClient(MountedClient):
                 self.unmount()
         force_unmount(self.mountpoint, self.pid)
         self.pid = None
+
+
+class PfsReadOnlyClient(PfsClient):
+    """pfs mounted `-o ro`: the kernel's no-open mode (what a snapshot mount also uses)."""
+
+    name = "pfs-ro"
+    options = ("ro",)
+    writes = False

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from pfs.backends import Reader
-from pfs.cache.disk import DiskTier, Seen
+from pfs.cache.disk import DiskTier
 from pfs.cache.memory import MemoryTier
 from pfs.stats import Stats
 
@@ -32,11 +32,6 @@ log = logging.getLogger(__name__)
 Run = Callable[..., Awaitable[Any]]
 Block = bytes | memoryview  # a view shares the buffer of the ranged read it came from
 OpenReader = Callable[[], Awaitable[Reader]]
-
-# An ETag seen less than this long after the object's modification time may belong to a same-size rewrite
-# in the same second (object stores give 1 s resolution), so it is only trusted after a fresh check.
-TRUST_MARGIN_S = 2.0
-MAX_SEEN_IN_MEMORY = 100_000  # versions seen by this mount kept in memory (all of them stay on disk)
 
 
 @dataclass(frozen=True)
@@ -97,7 +92,6 @@ class BlockCache:
         self._run_backend = run_backend
         self._run_disk = run_disk
         self._inflight: dict[str, _Fetch] = {}
-        self._seen: dict[str, Seen] = {}  # the version book's in-memory part
         self._nursery: trio.Nursery | None = None
         self._room = trio.Event()  # set whenever in-flight bytes are released
 
@@ -108,40 +102,9 @@ class BlockCache:
     def object(self, backend_id: str, path: str, version: str, size: int) -> CachedObject:
         return CachedObject(backend_id, path, version, size, self.config.block_size)
 
-    # ---- versions ----------------------------------------------------------------------------------------
-
-    async def trusted_etag(self, backend_id: str, path: str, size: int, mtime_ns: int) -> str | None:
-        """The ETag of the object with these attributes, if one was seen and can still be relied on.
-
-        A small file's only block is read from the disk tier in the same worker call, since its first read
-        is about to ask for it."""
-        key = _object_key(backend_id, path)
-        seen = self._seen.get(key)
-        if seen is None and self.disk is not None:
-            small = 0 < size <= self.config.block_size
-            seen, block = await self._run_disk(self._recall, key, backend_id, path, size, mtime_ns, small)
-            if block is not None and seen is not None:
-                self.stats.add("cache_hits_disk", 1)
-                self.memory.put(self.object(backend_id, path, seen.etag, size).key(0), block)
-        return seen.etag if seen is not None and _trusted(seen, size, mtime_ns) else None
-
-    def _recall(
-        self, key: str, backend_id: str, path: str, size: int, mtime_ns: int, small: bool
-    ) -> tuple[Seen | None, bytes | None]:
-        assert self.disk is not None
-        seen = self.disk.seen(key)
-        if seen is None or not small or not _trusted(seen, size, mtime_ns):
-            return seen, None
-        return seen, self.disk.get(self.object(backend_id, path, seen.etag, size).key(0))
-
-    async def saw_etag(self, backend_id: str, path: str, size: int, mtime_ns: int, etag: str) -> None:
-        key = _object_key(backend_id, path)
-        seen = Seen(size, mtime_ns, etag, time.time())
-        if len(self._seen) >= MAX_SEEN_IN_MEMORY:
-            self._seen.clear()
-        self._seen[key] = seen
-        if self.disk is not None:
-            await self._run_disk(self.disk.record, key, seen)
+    def keep_in_memory(self, obj: CachedObject, index: int, data: Block) -> None:
+        """Offer a block read elsewhere (with a version lookup) to the memory tier."""
+        self.memory.put(obj.key(index), data)
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -417,16 +380,6 @@ class BlockCache:
             "memory_peak": self.memory.peak,
             "cache_corrupt_blocks": self.disk.corrupt_blocks if self.disk is not None else 0,
         }
-
-
-def _trusted(seen: Seen, size: int, mtime_ns: int) -> bool:
-    if seen.size != size or seen.mtime_ns // 10**9 != mtime_ns // 10**9:
-        return False
-    return seen.seen_at - seen.mtime_ns / 1e9 >= TRUST_MARGIN_S
-
-
-def _object_key(backend_id: str, path: str) -> str:
-    return hashlib.blake2b(f"{backend_id}\0{path}".encode(), digest_size=16).hexdigest()
 
 
 def _read_blocks(disk: DiskTier, keys: list[str], first: int) -> dict[int, Block]:

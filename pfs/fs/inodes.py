@@ -17,6 +17,8 @@ import trio
 from pfs.backends import Entry, Kind
 from pfs.fs.staging import StagedFile
 
+_SECOND = 1_000_000_000
+
 
 @dataclass
 class Overrides:
@@ -80,9 +82,15 @@ class InodeTable:
         self._by_path: dict[str, Inode] = {"": root}
         self._overrides: dict[str, Overrides] = {}
         self._next_ino = root.ino + 1
+        # A file whose size or mtime changed gets a new inode, so an inode's bytes never change: what the
+        # kernel's no-open mode needs, where it keeps every page of an inode and never reopens it.
+        self.per_version = False
 
     def __getitem__(self, ino: int) -> Inode:
         return self._by_ino[ino]
+
+    def get(self, ino: int) -> Inode | None:
+        return self._by_ino.get(ino)
 
     def at(self, path: str) -> Inode | None:
         return self._by_path.get(path)
@@ -90,7 +98,7 @@ class InodeTable:
     def add(self, path: str, entry: Entry, seen_at: float | None = None) -> Inode:
         """The inode for `path`, created or refreshed from `entry`; a changed kind gets a new inode."""
         inode = self._by_path.get(path)
-        if inode is not None and inode.kind is entry.kind:
+        if inode is not None and inode.kind is entry.kind and not self._new_version(inode, entry):
             inode.update(entry, seen_at)
             return inode
         if inode is not None:
@@ -103,6 +111,15 @@ class InodeTable:
         self._by_ino[inode.ino] = inode
         self._by_path[path] = inode
         return inode
+
+    def _new_version(self, inode: Inode, entry: Entry) -> bool:
+        if not self.per_version or inode.kind is not Kind.FILE:
+            return False
+        # Object stores list modification times in ms but HEAD answers in whole seconds: compare those.
+        a, b = entry.mtime_ns, inode.mtime_ns
+        coarse = a % _SECOND == 0 or b % _SECOND == 0
+        same_mtime = a == b or (coarse and a // _SECOND == b // _SECOND)
+        return entry.size != inode.size or not same_mtime
 
     def remove_path(self, path: str) -> None:
         """The name is gone; its inode lives on while the kernel or a handle still references it."""

@@ -16,6 +16,7 @@ MAX_LISTINGS = 4096  # directory listings kept for lookups
 MAX_LISTING_ENTRIES = 200_000  # a bigger directory is listed again rather than held
 MAX_NEGATIVE_ENTRIES = 100_000
 MAX_RELIST_ENTRIES = 5_000  # an expired listing this small is taken again rather than one HEAD per name
+STATS_BEFORE_LISTING = 4  # names of an unlisted directory asked one by one within the TTL: then list it
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class NameCache:
         # Counts the changes made through the mount: a backend request started before one must not answer
         # a request that comes after it (see Operations, where requests in flight are shared).
         self.generation = 0
+        self._stats: dict[str, tuple[float, int]] = {}  # unlisted directory -> (since, names stat-ed)
 
     def listing(self, directory: str, now: float) -> Listing | None:
         """The listing of `directory` if it is still fresh."""
@@ -42,11 +44,22 @@ class NameCache:
         """A small directory listed before whose listing expired: one listing answers for all its names
         (a dataset being walked again), where asking for each would cost a request per file."""
         listed = self._listings.get(directory)
-        if listed is None:
-            return False
+        if listed is None:  # never listed: once its names come one by one (a walk by path), list it
+            since, count = self._stats.get(directory, (now, 0))
+            return now - since < self.ttl and count >= STATS_BEFORE_LISTING
         return now - listed.at >= self.ttl and len(listed.entries) <= MAX_RELIST_ENTRIES
 
+    def stat_ed(self, directory: str, now: float) -> None:
+        """A name of `directory` was asked of the backend on its own."""
+        since, count = self._stats.get(directory, (now, 0))
+        if now - since >= self.ttl:
+            since, count = now, 0
+        if len(self._stats) >= MAX_LISTINGS:
+            self._stats.clear()
+        self._stats[directory] = (since, count + 1)
+
     def keep(self, directory: str, entries: dict[str, Entry], at: float) -> None:
+        self._stats.pop(directory, None)
         if len(entries) > MAX_LISTING_ENTRIES:
             return
         self._listings[directory] = Listing(at, entries)

@@ -18,7 +18,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,9 +45,11 @@ from pfs.errors import (
     Unsupported,
     errno_of,
 )
+from pfs.fs import readino
 from pfs.fs.flights import Flights
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.names import NameCache
+from pfs.fs.versions import Versions
 from pfs.fs.writeback import WriteBack
 from pfs.options import MountOptions
 from pfs.stats import Stats, rss_bytes
@@ -135,11 +137,16 @@ class Operations(pyfuse3.Operations):
             memory_limit=options.memory_limit,
         )
         self.cache = BlockCache(config, disk, self.stats, self._run, self._run_disk)
-        self._readers: dict[int, tuple[CachedObject, Reader]] = {}  # per inode, opened on the first miss
+        replaced = lambda inode: self._forget_in_kernel(inode.ino)  # noqa: E731
+        self.versions = Versions(backend, self.cache, self.stats, self._run, self._run_disk, replaced)
         self.names = NameCache(options.metadata_ttl)
         self._nursery: trio.Nursery | None = None
         self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same
         self._handles: dict[int, Handle | DirHandle] = {}
+        # The kernel's no-open mode (read-only mounts, where pfs/fs/readino.py works): no OPEN, FLUSH or
+        # RELEASE; reads carry fh 0 and use one handle per inode. Set by the daemon before serving.
+        self.no_open = False
+        self._kernel_handles: dict[int, Handle] = {}
         self.writes = WriteBack(
             backend,
             self._store_of,
@@ -156,6 +163,7 @@ class Operations(pyfuse3.Operations):
         """Background work (prefetch, disk writes, kernel invalidations) runs in `nursery`."""
         self._nursery = nursery
         self.cache.attach(nursery)
+        self.versions.attach(nursery)
 
     def counters(self) -> dict:
         gauges = self.cache.gauges()
@@ -229,9 +237,10 @@ class Operations(pyfuse3.Operations):
         Stale when its name now holds something else (replaced by a rename, or by another kind of entry)."""
         if inode.ino == pyfuse3.ROOT_INODE or inode.detached:
             return inode
-        if await self._stat(inode.path) is not inode:
+        current = await self._stat(inode.path)
+        if current is not inode and not (self.no_open and current.kind is inode.kind is Kind.FILE):
             raise Stale(inode.path)
-        return inode
+        return inode  # in no-open mode an older version of a file keeps its own attributes
 
     async def _stat(self, path: str) -> Inode:
         """The inode at `path`: from the table while fresh, else from a fresh listing of its directory or a
@@ -252,6 +261,7 @@ class Operations(pyfuse3.Operations):
             return self._gone(inode, path)
         if self.names.is_missing(path, now):
             return self._gone(inode, path)
+        self.names.stat_ed(parent, now)
         try:
             entry = await self._shared(("stat", path), self.backend.stat, path)
         except NotFound:
@@ -307,6 +317,8 @@ class Operations(pyfuse3.Operations):
     async def forget(self, inode_list):
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
+            if ino in self._kernel_handles and self.inodes.get(ino) is None:
+                self.versions.release(self._kernel_handles.pop(ino).inode)
 
     @handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext):
@@ -536,6 +548,8 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext):
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel's no-open mode from now on
         node = self.inodes[inode]
         if node.kind is Kind.DIR:
             raise IsADirectory(node.path)
@@ -554,93 +568,20 @@ class Operations(pyfuse3.Operations):
             return self._file_info(node, self._new_fh(Handle(node, writable=False)))
         handle = Handle(node, writable=False)
         if node.detached:
-            handle.reader = await self._open_reader(node)
+            handle.reader = await self.versions.open_reader(node)
         else:
-            handle.obj = await self._cached_object(node)
-            self.cache.prefetch_whole(handle.obj, self._reader_of(node, handle.obj))
+            handle.obj, opener = await self.versions.choose(node)
         node.open_handles += 1
-        return self._file_info(node, self._new_fh(handle))
-
-    async def _cached_object(self, inode: Inode) -> CachedObject:
-        """The version of `inode` that reads go to, for close-to-open consistency.
-
-        Where attributes do not identify the content (object stores), the ETag is needed: one seen before for
-        the same attributes is trusted when it cannot belong to a same-second rewrite; otherwise the object
-        is opened now (one HEAD) and its reader kept for the first miss."""
-        if self.backend.cheap_open:  # revalidate now: it costs nothing, and an open sees the latest version
-            inode.update(await self._run(self.backend.stat, inode.path))
-        if self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
-            etag = await self.cache.trusted_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns)
-            if etag is None:
-                reader = await self._open_reader(inode)  # may refresh the attributes of a replaced object
-                # No token at all (a file just changed on HDFS): what this open reads is its own version.
-                etag = inode.etag = reader.version or f"open-{uuid.uuid4().hex}"
-                await self._keep_reader(inode, self._object(inode), reader)
-                await self.cache.saw_etag(self.backend.id, inode.path, inode.size, inode.mtime_ns, etag)
-            inode.etag = etag
-        return self._object(inode)
-
-    def _object(self, inode: Inode) -> CachedObject:
-        version = self.backend.known_version(inode.path, inode.size, inode.mtime_ns) or inode.etag
-        return self.cache.object(self.backend.id, inode.path, version, inode.size)
-
-    async def _keep_reader(self, inode: Inode, obj: CachedObject, reader: Reader) -> Reader:
-        """Keep `reader` as the inode's reader of `obj`, unless one is already kept (then close ours)."""
-        kept = self._readers.get(inode.ino)
-        if kept is not None and kept[0] == obj:
-            await self._run(reader.close)
-            return kept[1]
-        self._readers[inode.ino] = (obj, reader)
-        if kept is not None:
-            await self._run(kept[1].close)
-        return reader
-
-    def _reader_of(self, inode: Inode, obj: CachedObject) -> Callable[[], Awaitable[Reader]]:
-        """How the cache opens `obj` on its first miss: once per inode, checked to be that very version."""
-
-        async def open_reader() -> Reader:
-            kept = self._readers.get(inode.ino)
-            if kept is not None and kept[0] == obj:
-                return kept[1]
-            try:
-                self.stats.add("backend_opens", 1)
-                reader = await self._run(self.backend.open_reader, obj.path, obj.size)
-                if reader.version and reader.version != obj.version:
-                    await self._run(reader.close)
-                    raise Stale(f"{obj.path} was replaced")
-            except (Stale, NotFound):
-                # The version this mount trusted (within the metadata TTL) is gone and not all cached: fail
-                # this read, and make the next open look again, here and in the kernel.
-                log.warning("%s changed on the backend since it was opened; reopen it to read it", obj.path)
-                inode.attrs_at = 0.0
-                self._forget_in_kernel(inode.ino)
-                raise Stale(f"{obj.path} changed since it was opened") from None
-            return await self._keep_reader(inode, obj, reader)
-
-        return open_reader
+        info = self._file_info(node, self._new_fh(handle))
+        if handle.obj is not None and not info.keep_cache:  # kept pages need no block
+            self.cache.prefetch_whole(handle.obj, opener)
+        return info
 
     def _forget_in_kernel(self, ino: int) -> None:
         """Make the kernel drop its attributes and pages of `ino`, once the current request is answered:
         invalidating from inside a read would wait for the page that read holds locked (a deadlock)."""
         if self._nursery is not None:
             self._nursery.start_soon(trio.to_thread.run_sync, _invalidate_kernel_inode, ino)
-
-    async def _drop_reader(self, inode: Inode) -> None:
-        kept = self._readers.pop(inode.ino, None)
-        if kept is not None:
-            await self._run(kept[1].close)
-
-    async def _open_reader(self, inode: Inode) -> Reader:
-        self.stats.add("backend_opens", 1)
-        store = self._store_of(inode)
-        try:
-            return await self._run(store.open_reader, inode.path, inode.size)
-        except Stale:
-            if inode.detached:
-                raise
-        # Replaced by another writer since our attributes were read: take the new version whole.
-        inode.update(await self._run(self.backend.stat, inode.path))
-        return await self._run(store.open_reader, inode.path, inode.size)
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
@@ -663,18 +604,19 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def read(self, fh: int, off: int, size: int):
-        handle = self._file_handle(fh)
+        # No-open mode: fh 0, the inode's own handle (taken before any await: see pfs/fs/readino.py).
+        handle = self._file_handle(fh) if fh else await self._kernel_handle(readino.current)
         inode = handle.inode
         if inode.staged is not None:
             data = await self._run(inode.staged.read, off, size)
         elif handle.obj is not None and not inode.detached:
             if handle.obj.path != inode.path:  # renamed while open: same version, new name
                 handle.obj = dataclasses.replace(handle.obj, path=inode.path)
-            reader = self._reader_of(inode, handle.obj)
-            data = await self.cache.read(handle.obj, off, size, reader, handle.stream)
+            opener = self.versions.opener(inode, handle.obj)
+            data = await self.cache.read(handle.obj, off, size, opener, handle.stream)
         else:
             if handle.reader is None:  # moved since it was opened (rename, unlink)
-                handle.reader = await self._open_reader(inode)
+                handle.reader = await self.versions.open_reader(inode)
             data = await self._run(handle.reader.read, off, size)
         self.stats.add("bytes_read", len(data))
         return data
@@ -706,8 +648,20 @@ class Operations(pyfuse3.Operations):
         if was_new and inode.on_backend:
             self.names.changed(inode.path)
 
+    async def _kernel_handle(self, ino: int) -> Handle:
+        """The one handle of inode `ino` in no-open mode, made on its first read: the version chosen then
+        is the inode's for good (a changed object gets a new inode: see `InodeTable.per_version`)."""
+        handle = self._kernel_handles.get(ino)
+        if handle is None:
+            inode = self.inodes[ino]
+            obj, _ = await self.versions.choose(inode)
+            handle = self._kernel_handles.setdefault(ino, Handle(inode, writable=False, obj=obj))
+        return handle
+
     @handler
     async def flush(self, fh: int):
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # nothing to write: the kernel stops sending FLUSH
         await self._publish(self._file_handle(fh).inode)
 
     @handler
@@ -727,7 +681,7 @@ class Operations(pyfuse3.Operations):
             if handle.reader is not None:
                 await self._run(handle.reader.close)
             if inode.open_handles == 0:
-                await self._drop_reader(inode)
+                self.versions.release(inode)
             await self.writes.unstage_if_idle(inode)
             if inode.detached and inode.on_backend and inode.open_handles == 0:
                 inode.on_backend = False
@@ -758,10 +712,10 @@ class Operations(pyfuse3.Operations):
             raise IsADirectory(node.path)
         if node.staged is not None or node.detached:  # local bytes: nothing to cache
             return f"{node.size} {node.size}".encode()
-        obj = await self._cached_object(node)
+        obj, opener = await self.versions.choose(node)
         try:
             if name == control.WARMUP:
-                cached = await self.cache.warm(obj, self._reader_of(node, obj))
+                cached = await self.cache.warm(obj, opener)
             elif name == control.EVICT:
                 await self.cache.evict(obj)
                 cached = 0
@@ -769,7 +723,7 @@ class Operations(pyfuse3.Operations):
                 cached = await self.cache.cached_bytes(obj)
         finally:
             if node.open_handles == 0:
-                await self._drop_reader(node)
+                self.versions.release(node)
         return f"{cached} {obj.size}".encode()
 
     @handler

@@ -1,0 +1,43 @@
+"""The floor: benchmarks/floorfs.py mounted on the bucket's local copy, with OPEN answered or not.
+
+Not a product: the least any pyfuse3 filesystem must spend per request on this machine, measured in the same
+run as pfs so that what is pfs's own cost shows. `floor` answers open/flush/release (keep_cache on every
+open); `floor-noopen` answers ENOSYS to open and flush (the kernel's no-open mode). Files up to 1 MiB are
+served from the daemon's memory from their first read on, bigger ones with pread from local disk; the
+daemon holds nothing across remounts, so its cold and warm phases read the local disk once (after the page
+cache was dropped) and hot is served by the kernel's page cache or the daemon's memory. The kernel
+readahead is raised as pfs raises its own. Read-only: the write scenarios skip it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from benchmarks.clients.base import ChildMountClient
+from pfs import mounter
+
+READAHEAD_KB = 1024  # what pfs sets on its mounts (MountOptions.readahead_kb)
+
+
+class FloorClient(ChildMountClient):
+    name = "floor"
+    writes = False
+    flags: tuple[str, ...] = ()
+
+    def version(self) -> str:
+        return "pyfuse3 " + __import__("pyfuse3").__version__
+
+    def command(self) -> list[str]:
+        root, mnt = str(self.env.data_root), str(self.mountpoint)
+        return [sys.executable, "-m", "benchmarks.floorfs", root, mnt, *self.flags]
+
+    def mount(self) -> None:
+        super().mount()
+        os.stat(self.mountpoint)  # answered once the kernel's INIT is done, which would reset readahead
+        mounter.set_readahead(str(self.mountpoint), READAHEAD_KB)
+
+
+class FloorNoOpenClient(FloorClient):
+    name = "floor-noopen"
+    flags = ("--no-open",)

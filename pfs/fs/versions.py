@@ -1,0 +1,244 @@
+"""`Versions`: which version of a file a read goes to, decided in one place and mostly from memory.
+
+An open (or, in the kernel's no-open mode, the first read of an inode) asks `choose(inode)` once and gets
+the `CachedObject` its reads go to and how to open the backend for that very version:
+- where attributes identify the content (file systems) the version is size and mtime; a cheap backend is
+  stat-ed again on every open, so an open sees the latest version;
+- a snapshot pins every version in its manifest (`known_version`), so a cached file never asks the backend;
+- on object stores the ETag is needed. The version book remembers the ETag seen for (path, size, mtime): in
+  memory, and in the disk tier so a remounted node trusts its cached blocks too. An ETag is trusted only
+  when it was seen at least TRUST_MARGIN_S after the object's modification time (a same-second rewrite
+  keeps size and mtime); otherwise the object is opened now (one HEAD) and that reader is kept for the
+  first miss instead of opening it again.
+A reader opened later must carry the chosen ETag, or the read fails with Stale and `on_replaced` makes the
+next open look again (here and in the kernel): one read never mixes two versions.
+
+Kept readers (one per inode) are closed when the last handle of the inode is released, or, where no
+release ever comes (no-open mode), when more than MAX_IDLE_READERS have not been used for IDLE_S seconds.
+Runs on the trio loop; backend and disk calls go through the `run_*` callables to worker threads. Never
+fetches or stores blocks: that is the cache's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from pfs.backends import Backend, Reader
+from pfs.cache import BlockCache, CachedObject
+from pfs.cache.disk import Seen
+from pfs.errors import NotFound, Stale
+from pfs.fs.inodes import Inode
+from pfs.stats import Stats
+
+log = logging.getLogger(__name__)
+
+Run = Callable[..., Awaitable[Any]]
+OpenReader = Callable[[], Awaitable[Reader]]
+
+# An ETag seen less than this long after the object's modification time may belong to a same-size rewrite
+# in the same second (object stores give 1 s resolution), so it is only trusted after a fresh check.
+TRUST_MARGIN_S = 2.0
+MAX_SEEN_IN_MEMORY = 100_000  # versions seen by this mount kept in memory (all of them stay on disk)
+MAX_IDLE_READERS = 64  # kept readers beyond this many are closed once idle (no-open mode has no release)
+IDLE_S = 30.0  # far longer than any one ranged read of a fetch that may still use the reader
+
+
+class Versions:
+    def __init__(
+        self,
+        backend: Backend,
+        cache: BlockCache,
+        stats: Stats,
+        run: Run,
+        run_disk: Run,
+        on_replaced: Callable[[Inode], None] = lambda inode: None,
+    ) -> None:
+        self.backend = backend
+        self.reserved = backend.reserved_area()  # where files unlinked while open are read from
+        self.cache = cache
+        self.stats = stats
+        self._run = run
+        self._run_disk = run_disk
+        self._on_replaced = on_replaced
+        self._seen: dict[str, Seen] = {}  # the version book's in-memory part
+        self._kept: OrderedDict[int, tuple[CachedObject, Reader, float]] = OrderedDict()  # by inode
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Readers are closed in `nursery`, after the request that let them go is answered."""
+        self._nursery = nursery
+
+    # ---- choosing --------------------------------------------------------------------------------------
+
+    async def choose(self, inode: Inode) -> tuple[CachedObject, OpenReader]:
+        """The version of `inode` its reads go to (close-to-open), and how the cache opens it on a miss."""
+        if self.backend.cheap_open:  # revalidate now: it costs nothing, and an open sees the latest version
+            inode.update(await self._run(self.backend.stat, inode.path))
+        elif self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
+            etag = await self.trusted_etag(inode)
+            if etag is None:
+                reader = await self.open_reader(inode)  # may refresh the attributes of a replaced object
+                etag = inode.etag = reader.version
+                self._keep(inode, self.object(inode), reader)
+                await self.saw_etag(inode, etag)
+            inode.etag = etag
+        obj = self.object(inode)
+        return obj, self.opener(inode, obj)
+
+    def object(self, inode: Inode) -> CachedObject:
+        version = self.backend.known_version(inode.path, inode.size, inode.mtime_ns) or inode.etag
+        return self.cache.object(self.backend.id, inode.path, version, inode.size)
+
+    # ---- the version book ------------------------------------------------------------------------------
+
+    async def trusted_etag(self, inode: Inode) -> str | None:
+        """The ETag of `inode`'s object with its current attributes, if one was seen and can be relied on.
+
+        From memory; else from the disk tier (once per object and mount), in the same worker call as the
+        object's first block when it is a small file: its first read is about to ask for it."""
+        key = _object_key(self.backend.id, inode.path)
+        seen = self._seen.get(key)
+        disk = self.cache.disk
+        if seen is None and disk is not None:
+            small = 0 < inode.size <= self.cache.config.block_size
+            seen, block = await self._run_disk(self._recall, key, inode, small)
+            if seen is not None:
+                self._remember(key, seen)
+                if block is not None:
+                    self.stats.add("cache_hits_disk", 1)
+                    self.cache.keep_in_memory(self._object_for(inode, seen.etag), 0, block)
+        return seen.etag if seen is not None and _trusted(seen, inode.size, inode.mtime_ns) else None
+
+    def _recall(self, key: str, inode: Inode, small: bool) -> tuple[Seen | None, bytes | None]:
+        disk = self.cache.disk
+        assert disk is not None
+        seen = disk.seen(key)
+        if seen is None or not small or not _trusted(seen, inode.size, inode.mtime_ns):
+            return seen, None
+        return seen, disk.get(self._object_for(inode, seen.etag).key(0))
+
+    def _object_for(self, inode: Inode, etag: str) -> CachedObject:
+        return self.cache.object(self.backend.id, inode.path, etag, inode.size)
+
+    async def saw_etag(self, inode: Inode, etag: str) -> None:
+        """Remember an ETag just seen: in memory now, on disk (for remounts) after the open is answered."""
+        key = _object_key(self.backend.id, inode.path)
+        seen = Seen(inode.size, inode.mtime_ns, etag, time.time())
+        self._remember(key, seen)
+        if self.cache.disk is None:
+            return
+        if self._nursery is not None:
+            self._nursery.start_soon(self._record, key, seen)
+        else:
+            await self._record(key, seen)
+
+    async def _record(self, key: str, seen: Seen) -> None:
+        assert self.cache.disk is not None
+        try:
+            await self._run_disk(self.cache.disk.record, key, seen)
+        except Exception as exc:  # only a remount's shortcut is lost: it will ask the backend again
+            log.warning("could not record a version in the disk cache: %s", exc)
+
+    def _remember(self, key: str, seen: Seen) -> None:
+        if len(self._seen) >= MAX_SEEN_IN_MEMORY:
+            self._seen.clear()
+        self._seen[key] = seen
+
+    # ---- readers ---------------------------------------------------------------------------------------
+
+    def opener(self, inode: Inode, obj: CachedObject) -> OpenReader:
+        """How the cache opens `obj` on its first miss: once per inode, checked to be that very version."""
+
+        async def open_reader() -> Reader:
+            kept = self._kept.get(inode.ino)
+            if kept is not None and kept[0] == obj:
+                self._kept[inode.ino] = (obj, kept[1], time.monotonic())
+                self._kept.move_to_end(inode.ino)
+                return kept[1]
+            try:
+                self.stats.add("backend_opens", 1)
+                reader = await self._run(self.backend.open_reader, obj.path, obj.size)
+                if reader.version and reader.version != obj.version:
+                    await self._run(reader.close)
+                    raise Stale(f"{obj.path} was replaced")
+            except (Stale, NotFound):
+                # The version this mount trusted (within the metadata TTL) is gone and not all cached: fail
+                # this read, and make the next open look again.
+                log.warning("%s changed on the backend since it was opened; reopen it to read it", obj.path)
+                inode.attrs_at = 0.0
+                self._on_replaced(inode)
+                raise Stale(f"{obj.path} changed since it was opened") from None
+            return self._keep(inode, obj, reader)
+
+        return open_reader
+
+    async def open_reader(self, inode: Inode) -> Reader:
+        """A reader of `inode`'s object as it is now, past the cache (files unlinked while open use it)."""
+        self.stats.add("backend_opens", 1)
+        store = self.reserved if inode.detached else self.backend
+        try:
+            return await self._run(store.open_reader, inode.path, inode.size)
+        except Stale:
+            if inode.detached:
+                raise
+        # Replaced by another writer since our attributes were read: take the new version whole.
+        inode.update(await self._run(self.backend.stat, inode.path))
+        return await self._run(store.open_reader, inode.path, inode.size)
+
+    def _keep(self, inode: Inode, obj: CachedObject, reader: Reader) -> Reader:
+        """Keep `reader` as the inode's reader of `obj`, unless one is already kept (then close ours)."""
+        kept = self._kept.get(inode.ino)
+        if kept is not None and kept[0] == obj:
+            self._close(reader)
+            return kept[1]
+        self._kept[inode.ino] = (obj, reader, time.monotonic())
+        self._kept.move_to_end(inode.ino)
+        if kept is not None:
+            self._close(kept[1])
+        self._close_idle()
+        return reader
+
+    def release(self, inode: Inode) -> None:
+        """`inode` has no open handle left: its kept reader is closed (in the background)."""
+        kept = self._kept.pop(inode.ino, None)
+        if kept is not None:
+            self._close(kept[1])
+
+    def _close_idle(self) -> None:
+        now = time.monotonic()
+        while len(self._kept) > MAX_IDLE_READERS:
+            ino, (_, reader, used_at) = next(iter(self._kept.items()))
+            if now - used_at < IDLE_S:
+                return
+            del self._kept[ino]
+            self._close(reader)
+
+    def _close(self, reader: Reader) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_quietly, reader)
+        else:
+            reader.close()
+
+    async def _close_quietly(self, reader: Reader) -> None:
+        """A reader that fails to close has nothing left to give: log it, never end the mount for it."""
+        try:
+            await self._run(reader.close)
+        except Exception as exc:
+            log.warning("could not close a reader: %s", exc)
+
+
+def _trusted(seen: Seen, size: int, mtime_ns: int) -> bool:
+    if seen.size != size or seen.mtime_ns // 10**9 != mtime_ns // 10**9:
+        return False
+    return seen.seen_at - seen.mtime_ns / 1e9 >= TRUST_MARGIN_S
+
+
+def _object_key(backend_id: str, path: str) -> str:
+    return hashlib.blake2b(f"{backend_id}\0{path}".encode(), digest_size=16).hexdigest()

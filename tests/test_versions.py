@@ -1,0 +1,181 @@
+"""`Versions`, the one owner of "which version does this open read", run under trio without a kernel.
+
+Real backends (a file:// directory and the session's SeaweedFS server), a real disk tier in a tmp dir; the
+only thing missing is FUSE. Counters (`backend_opens`) show which choices needed a request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+
+from pfs.backends import Backend, BackendOptions, open_backend
+from pfs.cache import BlockCache, CacheConfig, DiskTier
+from pfs.errors import Stale
+from pfs.fs import versions as versions_module
+from pfs.fs.inodes import Inode, InodeTable
+from pfs.fs.versions import TRUST_MARGIN_S, Versions
+from pfs.stats import Stats
+from tests.conftest import s3_case
+
+
+async def _inline(fn: Callable, *args: Any) -> Any:
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+class Mount:
+    """What a mount builds around `Versions`: a backend, a block cache with a disk tier, counters."""
+
+    def __init__(self, backend: Backend, cache_dir: str) -> None:
+        self.backend = backend
+        self.stats = Stats()
+        self.disk = DiskTier(cache_dir, 1 << 30)
+        self.cache = BlockCache(CacheConfig(block_size=1 << 20), self.disk, self.stats, _inline, _inline)
+        self.replaced: list[int] = []
+        self.versions = Versions(
+            backend, self.cache, self.stats, _inline, _inline, lambda inode: self.replaced.append(inode.ino)
+        )
+        self.inodes = InodeTable(root_mtime_ns=0)
+
+    def inode(self, path: str) -> Inode:
+        return self.inodes.add(path, self.backend.stat(path))
+
+    def opens(self) -> int:
+        return self.stats.snapshot().get("backend_opens", 0)
+
+    async def read_all(self, inode: Inode) -> bytes:
+        obj, opener = await self.versions.choose(inode)
+        return bytes(await self.cache.read(obj, 0, obj.size, opener, None))
+
+    def close(self) -> None:
+        self.disk.close()
+
+
+@pytest.fixture
+def local(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    mount = Mount(open_backend(f"file://{root}", BackendOptions()), str(tmp_path / "cache"))
+    yield root, mount
+    mount.close()
+
+
+def test_a_local_file_is_stat_ed_on_every_choice_and_a_rewrite_is_a_new_version(local):
+    root, mount = local
+    (root / "f").write_bytes(b"one")
+    inode = mount.inode("f")
+
+    async def main() -> None:
+        first, _ = await mount.versions.choose(inode)
+        assert await mount.read_all(inode) == b"one"
+        (root / "f").write_bytes(b"second")
+        os.utime(root / "f", ns=(1, 2))
+        second, _ = await mount.versions.choose(inode)  # no TTL in between: the stat is free
+        assert second != first and second.size == 6
+        assert await mount.read_all(inode) == b"second"
+
+    trio.run(main)
+    assert mount.opens() == 2  # one reader per version read, none to choose
+
+
+def test_a_replaced_object_fails_the_read_and_marks_the_inode(local):
+    root, mount = local
+    (root / "f").write_bytes(b"aaaa")
+    inode = mount.inode("f")
+
+    async def main() -> None:
+        obj, opener = await mount.versions.choose(inode)
+        (root / "f").write_bytes(b"bbbbbbbb")  # another writer, after the choice
+        with pytest.raises(Stale):
+            await mount.cache.read(obj, 0, 4, opener, None)
+
+    trio.run(main)
+    assert mount.replaced == [inode.ino] and inode.attrs_at == 0.0
+
+
+def test_idle_kept_readers_are_closed_beyond_the_limit(local, monkeypatch):
+    root, mount = local
+    monkeypatch.setattr(versions_module, "MAX_IDLE_READERS", 2)
+    monkeypatch.setattr(versions_module, "IDLE_S", 0.0)
+    for i in range(5):
+        (root / f"f{i}").write_bytes(b"x" * (i + 1))
+    inodes = [mount.inode(f"f{i}") for i in range(5)]
+
+    async def main() -> None:
+        for inode in inodes:  # no release ever comes (the kernel's no-open mode)
+            assert await mount.read_all(inode) == b"x" * (inode.size)
+
+    trio.run(main)
+    assert len(mount.versions._kept) == 2
+    mount.versions.release(inodes[-1])
+    assert len(mount.versions._kept) == 1
+
+
+@pytest.fixture
+def s3(request, tmp_path):
+    case = s3_case(request)
+    backend = open_backend(case.uri, case.options)
+    mounts: list[Mount] = []
+
+    def mount() -> Mount:
+        m = Mount(backend, str(tmp_path / "cache"))  # every mount of the test shares the disk tier
+        mounts.append(m)
+        return m
+
+    yield case, mount
+    for m in mounts:
+        m.close()
+    backend.close()
+
+
+def test_an_object_etag_is_fetched_once_then_trusted_from_memory_and_after_a_remount(s3):
+    case, new_mount = s3
+    case.raw.put("old", b"settled")
+    time.sleep(TRUST_MARGIN_S + 0.2)  # seen well after its modification: no same-second rewrite can hide
+    first = new_mount()
+    inode = first.inode("old")
+
+    async def twice(mount: Mount, node: Inode) -> None:
+        assert await mount.read_all(node) == b"settled"
+        await mount.versions.choose(node)
+
+    trio.run(twice, first, inode)
+    assert first.opens() == 1  # the HEAD of the first choice; its reader served the miss; then memory
+    again = new_mount()  # a remount on the same node: the book and the block are on disk
+    trio.run(twice, again, again.inode("old"))
+    assert again.opens() == 0
+
+
+def test_a_fresh_object_etag_is_not_trusted_across_a_remount(s3):
+    case, new_mount = s3
+    case.raw.put("new", b"just written")
+    first = new_mount()
+    trio.run(first.read_all, first.inode("new"))
+    again = new_mount()
+    assert trio.run(again.read_all, again.inode("new")) == b"just written"
+    assert again.opens() == 1  # a same-second rewrite would keep size and mtime: ask again
+
+
+def test_a_same_size_rewrite_is_read_whole_never_mixed(s3):
+    case, new_mount = s3
+    case.raw.put("obj", b"A" * 1000)
+    mount = new_mount()
+    inode = mount.inode("obj")
+
+    async def main() -> None:
+        obj, opener = await mount.versions.choose(inode)
+        mount.versions.release(inode)  # its reader is gone: the miss opens the object again
+        case.raw.put("obj", b"B" * 1000)
+        with pytest.raises(Stale):
+            await mount.cache.read(obj, 0, 1000, opener, None)
+        inode.update(mount.backend.stat("obj"))
+        inode.etag = ""
+        assert await mount.read_all(inode) == b"B" * 1000
+
+    trio.run(main)
+    assert mount.replaced == [inode.ino]
