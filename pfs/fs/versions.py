@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -81,11 +82,12 @@ class Versions:
         """The version of `inode` its reads go to (close-to-open), and how the cache opens it on a miss."""
         if self.backend.cheap_open:  # revalidate now: it costs nothing, and an open sees the latest version
             inode.update(await self._run(self.backend.stat, inode.path))
-        elif self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
+        if self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
             etag = await self.trusted_etag(inode)
             if etag is None:
                 reader = await self.open_reader(inode)  # may refresh the attributes of a replaced object
-                etag = inode.etag = reader.version
+                # No token at all (a file just changed on HDFS): what this open reads is its own version.
+                etag = inode.etag = reader.version or f"open-{uuid.uuid4().hex}"
                 self._keep(inode, self.object(inode), reader)
                 await self.saw_etag(inode, etag)
             inode.etag = etag
