@@ -20,6 +20,9 @@ from benchmarks import loader
 from benchmarks.config import CLIENTS, PHASES, READ_ONLY, READ_SCENARIOS, SCENARIOS
 from tests.mounting import Mount, run_pfs
 
+# The quick run mounts eight clients three times per read scenario: minutes on a busy 2-core machine.
+pytestmark = pytest.mark.timeout(900)
+
 DAEMON_CLIENTS = ("pfs", "rclone", "s3fs", *READ_ONLY)
 
 
@@ -35,7 +38,7 @@ def quick_run(tmp_path_factory) -> tuple[dict, str]:
     env = {**os.environ, "PFS_BENCH_DIR": str(base / "state")}
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "run", "--quick", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=420,
+        env=env, capture_output=True, text=True, timeout=840,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert _fuse_mounts_under(str(base)) == []
