@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import inspect
 import json
 import logging
 import os
@@ -109,6 +110,14 @@ class DirHandle:
     entries: list[Entry] = field(default_factory=list)
 
 
+# trio 0.23 renamed run_sync's `cancellable` to `abandon_on_cancel` (and later removed the old name).
+_ABANDON_ON_CANCEL = (
+    "abandon_on_cancel"
+    if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
+    else "cancellable"
+)
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -178,7 +187,9 @@ class Operations(pyfuse3.Operations):
     async def _run(self, fn: Callable, *args: Any, cancellable: bool = False) -> Any:
         """`fn(*args)` in a worker thread. `cancellable`: a cancelled caller stops waiting at once and the
         thread finishes on its own (still counted by the limiter until then)."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter, cancellable=cancellable)
+        return await trio.to_thread.run_sync(
+            fn, *args, limiter=self._limiter, **{_ABANDON_ON_CANCEL: cancellable}
+        )
 
     async def _run_disk(self, fn: Callable, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._disk_limiter)
