@@ -57,11 +57,15 @@ def _pid_namespace() -> int:
 
 
 def _start_time(pid: int) -> int | None:
-    """Clock ticks after boot at which process `pid` started; None if there is no such process."""
+    """Clock ticks after boot at which process `pid` started; None if there is no such process, or only
+    its zombie (dead, waiting for a parent that may never reap it)."""
     stat = _read(f"/proc/{pid}/stat")
     if not stat:
         return None
-    return int(stat.rpartition(")")[2].split()[19])  # field 22: starttime
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] in ("Z", "X"):  # field 3: state
+        return None
+    return int(fields[19])  # field 22: starttime
 
 
 @functools.cache

@@ -53,6 +53,7 @@ T = TypeVar("T")
 
 LINK_SUFFIX = ".rclonelink"
 DIRECTORY_CONTENT_TYPE = b"application/x-directory"
+MAX_REMEMBERED = 100_000  # empty objects whose Content-Type is remembered (then forgotten at once)
 RESERVED = ".pfs"
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class ArrowBackend(Backend):
         self.id = f"{store.id}/{subdir}" if subdir else store.id
         self.timeout = store.timeout
         self._long_names: set[str] = set()  # left out of listings, reported once each
+        self._directory_objects: dict[tuple[str, int | None], bool] = {}  # see _is_directory_object
         # Hierarchical stores answer a stat from local metadata (file://) or the NameNode's memory (HDFS, one
         # RPC): an open then sees the latest version, as close-to-open consistency wants. An object store's
         # HEAD costs a round trip to a remote server, so opens trust attributes within the metadata TTL.
@@ -268,9 +270,14 @@ class ArrowBackend(Backend):
     def _is_directory_object(self, info: pafs.FileInfo) -> bool:
         """An empty object that older S3 tools wrote for a directory, without the trailing slash but with
         Content-Type application/x-directory. pyarrow's stat calls it a directory and its listings a file;
-        pfs calls it a directory everywhere, which costs one HEAD per empty object in a listing."""
+        pfs calls it a directory everywhere, which costs one HEAD per empty object the first time a listing
+        shows it (answers are remembered by key and modification time, so relisting costs nothing)."""
         if not self._store.object_store or info.size:
             return False
+        seen_as = (info.path, info.mtime_ns)
+        known = self._directory_objects.get(seen_as)
+        if known is not None:
+            return known
 
         def content_type() -> bytes:
             with self._fs.open_input_file(info.path) as f:
@@ -280,7 +287,12 @@ class ArrowBackend(Backend):
             found = self._call(f"stat {info.base_name}", content_type)
         except NotFound:  # removed since it was listed
             return False
-        return found.split(b";")[0].strip().lower() == DIRECTORY_CONTENT_TYPE
+        if len(self._directory_objects) >= MAX_REMEMBERED:
+            self._directory_objects.clear()
+        is_dir = self._directory_objects[seen_as] = (
+            found.split(b";")[0].strip().lower() == DIRECTORY_CONTENT_TYPE
+        )
+        return is_dir
 
     def _remove_directory_object(self, path: str) -> bool:
         """Remove the directory object of `path` if there is one (see _is_directory_object)."""

@@ -164,6 +164,7 @@ class ArrowReader(Reader):
         self._fs, self._call, self._path, self._full, self._size = fs, call, path, full, size
         self._lock = threading.Lock()
         self._closed = False
+        self._reading = 0  # reads in flight: a close waits for them (libhdfs crashes reading a closed file)
         self.version = ""
         self._file: pafs.NativeFile | None = call(f"open {path}", self._open)
         self.version = _etag(self._file)
@@ -179,16 +180,14 @@ class ArrowReader(Reader):
             raise Stale(f"{self._path} was replaced while it was being read")
         return f
 
-    def _current(self) -> pafs.NativeFile:
+    def _read_once(self, offset: int, length: int) -> bytes:
         with self._lock:
             if self._closed:
                 raise BackendError(f"read {self._path}: the file is closed")
             if self._file is None:
                 self._file = self._open()
-            return self._file
-
-    def _read_once(self, offset: int, length: int) -> bytes:
-        f = self._current()
+            f = self._file
+            self._reading += 1
         try:
             return f.read_at(length, offset)
         except Exception:
@@ -197,6 +196,16 @@ class ArrowReader(Reader):
                 if self._file is f:
                     self._file = None
             raise
+        finally:
+            self._read_done()
+
+    def _read_done(self) -> None:
+        with self._lock:
+            self._reading -= 1
+            last = self._closed and not self._reading
+            f, self._file = (self._file, None) if last else (None, self._file)
+        if f is not None:  # closed while this read was in flight: the last read closes the file
+            f.close()
 
     def read(self, offset: int, length: int) -> bytes:
         if offset >= self._size or length <= 0:
@@ -208,7 +217,11 @@ class ArrowReader(Reader):
         return data
 
     def close(self) -> None:
+        """Close now, or once the reads in flight are done (a reader may be let go while a fetch runs)."""
         with self._lock:
-            f, self._file, self._closed = self._file, None, True
+            self._closed = True
+            if self._reading:
+                return
+            f, self._file = self._file, None
         if f is not None:
             f.close()
