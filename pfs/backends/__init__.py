@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo, UploadGuard
+from pfs.backends.base import Backend, Entry, Kind, Meta, MetaChange, Reader, SpaceInfo, UploadGuard
 from pfs.backends.location import parse_location
 from pfs.backends.options import BackendOptions, redact_uri
 
@@ -41,6 +41,8 @@ __all__ = [
     "BackendOptions",
     "Entry",
     "Kind",
+    "Meta",
+    "MetaChange",
     "Reader",
     "SpaceInfo",
     "UploadGuard",

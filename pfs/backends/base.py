@@ -26,6 +26,28 @@ class Kind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Meta:
+    """POSIX attributes a store keeps beside an entry. None: not kept there (the mount's default applies)."""
+
+    mode: int | None = None  # permission bits with setuid/setgid/sticky (stat.S_IMODE)
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetaChange:
+    """What a chmod, chown or utimens asks to change; None: left as it is."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """What a listing or a stat knows about one name."""
 
@@ -33,6 +55,7 @@ class Entry:
     kind: Kind
     size: int = 0  # bytes of a file; length of a symlink's target; 0 for directories
     mtime_ns: int = 0  # 0 when the backend does not say (object-store directories)
+    meta: Meta | None = None  # None: the store keeps no POSIX attributes for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +136,10 @@ class Backend(ABC):
     #: and as the first part of cache keys, so it must not depend on credentials or mount options.
     id: str
 
+    #: The MetaChange fields `set_meta` persists ('mode', 'uid', 'gid', 'atime_ns', 'mtime_ns'). Changes of
+    #: the others last only as long as the mount.
+    stored_meta: frozenset[str] = frozenset()
+
     @abstractmethod
     def stat(self, path: str) -> Entry:
         """The entry at `path`; NotFound if there is none. stat('') is the root directory."""
@@ -153,6 +180,11 @@ class Backend(ABC):
         a server-side copy on object stores (no byte passes through this host; AWS copies at most 5 GiB
         in one request). Unsupported where the store cannot."""
         raise Unsupported(f"{src}: this store cannot copy files")
+
+    def set_meta(self, path: str, change: MetaChange) -> Entry:
+        """Persist the `stored_meta` fields of `change` on the entry at `path`; returns the entry as it is
+        afterwards. Only called with fields in `stored_meta`."""
+        raise Unsupported(f"{path}: this store keeps no POSIX attributes")
 
     @abstractmethod
     def read_symlink(self, path: str) -> str: ...

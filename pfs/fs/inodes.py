@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from pfs.backends import Entry, Kind
+from pfs.backends import Entry, Kind, Meta
 from pfs.fs.staging import StagedFile
 
 _SECOND = 1_000_000_000
@@ -22,7 +22,8 @@ _SECOND = 1_000_000_000
 
 @dataclass
 class Overrides:
-    """chmod/chown/utimens results, kept for the mount's lifetime (object stores have no place for them)."""
+    """chmod/chown/utimens results the backend does not keep (`Backend.stored_meta`), and the attributes of a
+    file not uploaded yet: they win over the backend's and last for the mount's lifetime."""
 
     mode: int | None = None  # permission bits only
     uid: int | None = None
@@ -46,6 +47,7 @@ class Inode:
     detached: bool = False  # unlinked while open: its data lives under a hidden name until the last close
     staged: StagedFile | None = None
     symlink_target: str | None = None
+    meta: Meta | None = None  # the POSIX attributes the backend keeps for it
     overrides: Overrides = field(default_factory=Overrides)
     # What identifies the content: the reader's version token (ETag) where the backend gives one.
     etag: str = ""
@@ -71,6 +73,7 @@ class Inode:
                 self.etag = ""  # unknown until the next open
             self.size = entry.size
             self.mtime_ns = entry.mtime_ns
+        self.meta = entry.meta
         self.attrs_at = time.monotonic() if seen_at is None else seen_at
         self.on_backend = True
 

@@ -28,7 +28,7 @@ import pyfuse3
 import trio
 
 from pfs import control
-from pfs.backends import Backend, Entry, Kind, Reader
+from pfs.backends import Backend, Entry, Kind, Meta, MetaChange, Reader
 from pfs.backends.leftovers import owner_tag
 from pfs.cache import BlockCache, CacheConfig, CachedObject, CacheUnavailable, DiskTier, Stream
 from pfs.errors import (
@@ -108,6 +108,18 @@ class Handle:
 class DirHandle:
     inode: Inode
     entries: list[Entry] = field(default_factory=list)
+
+
+_NO_META = Meta()
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None (None if all are)."""
+    return next((v for v in values if v is not None), None)
+
+
+def _changed(change: MetaChange) -> list[tuple[str, Any]]:
+    return [(f.name, v) for f in dataclasses.fields(change) if (v := getattr(change, f.name)) is not None]
 
 
 # trio 0.23 renamed run_sync's `cancellable` to `abandon_on_cancel` (and later removed the old name).
@@ -215,14 +227,16 @@ class Operations(pyfuse3.Operations):
     def _attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         ov = inode.overrides
+        meta = inode.meta or _NO_META
         if inode.kind is Kind.DIR:
             mode = stat.S_IFDIR | (0o777 & ~self.options.umask)
         elif inode.kind is Kind.SYMLINK:
             mode = stat.S_IFLNK | 0o777
         else:
             mode = stat.S_IFREG | (0o666 & ~self.options.umask)
-        if ov.mode is not None:
-            mode = stat.S_IFMT(mode) | ov.mode
+        bits = _first(ov.mode, meta.mode)
+        if bits is not None:
+            mode = stat.S_IFMT(mode) | bits
         size = inode.staged.size if inode.staged is not None else inode.size
         mtime = ov.mtime_ns if ov.mtime_ns is not None else inode.mtime_ns or self._mounted_at_ns
         attrs.st_ino = inode.ino
@@ -230,14 +244,14 @@ class Operations(pyfuse3.Operations):
         attrs.st_mode = mode
         # An unlinked file still open here has no name left: POSIX says its link count is 0.
         attrs.st_nlink = 2 if inode.kind is Kind.DIR else 0 if inode.detached else 1
-        attrs.st_uid = ov.uid if ov.uid is not None else self.options.uid
-        attrs.st_gid = ov.gid if ov.gid is not None else self.options.gid
+        attrs.st_uid = _first(ov.uid, meta.uid, self.options.uid)
+        attrs.st_gid = _first(ov.gid, meta.gid, self.options.gid)
         attrs.st_size = size
         attrs.st_blksize = 1 << 20
         attrs.st_blocks = (size + 511) // 512
         attrs.st_mtime_ns = mtime
-        attrs.st_ctime_ns = max(mtime, ov.ctime_ns or 0)
-        attrs.st_atime_ns = ov.atime_ns if ov.atime_ns is not None else mtime
+        attrs.st_ctime_ns = max(mtime, ov.ctime_ns or 0, meta.ctime_ns or 0)
+        attrs.st_atime_ns = _first(ov.atime_ns, meta.atime_ns, mtime)
         attrs.entry_timeout = self.options.metadata_ttl
         attrs.attr_timeout = self.options.metadata_ttl
         return attrs
@@ -347,21 +361,27 @@ class Operations(pyfuse3.Operations):
                 await self._run(staged.truncate, attr.st_size)
                 if node.open_handles == 1:  # a truncate(2) of a file nobody has open: publish now
                     await self.writes.upload(node)
+        change = MetaChange(
+            mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        if any(v is not None for k, v in _changed(change) if k != "atime_ns"):
+            self._check_writable()
+        # What the backend keeps goes there (a file not uploaded yet keeps it here until it is); the rest
+        # lives in the overrides for the mount's lifetime.
+        stored = self.backend.stored_meta if node.on_backend and node.staged is None else frozenset()
+        kept = {k: v for k, v in _changed(change) if k in stored}
+        if kept:
+            entry = await self._run(self.backend.set_meta, node.path, MetaChange(**kept))
+            node.update(entry)
+            self.names.changed(node.path)
         ov = node.overrides
-        if fields.update_mode:
-            self._check_writable()
-            ov.mode = stat.S_IMODE(attr.st_mode)
-        if fields.update_uid:
-            self._check_writable()
-            ov.uid = attr.st_uid
-        if fields.update_gid:
-            self._check_writable()
-            ov.gid = attr.st_gid
-        if fields.update_mtime:
-            self._check_writable()
-            ov.mtime_ns = attr.st_mtime_ns
-        if fields.update_atime:
-            ov.atime_ns = attr.st_atime_ns
+        for key, value in _changed(change):
+            if key not in kept:
+                setattr(ov, key, value)
         ov.ctime_ns = time.time_ns()  # any change of attributes is a status change, whatever times were given
         return self._attrs(node)
 
