@@ -106,6 +106,26 @@ class BlockCache:
         """Offer a block read elsewhere (with a version lookup) to the memory tier."""
         self.memory.put(obj.key(index), data)
 
+    def add_fetched(self, obj: CachedObject, index: int, data: Block) -> None:
+        """A block fetched from the backend elsewhere (with its version, in one request): into memory now,
+        into the disk tier in the background (its bytes held in the budget until written)."""
+        self.stats.add("cache_misses", 1)
+        self.stats.add("backend_reads", 1)
+        self.stats.add("backend_read_bytes", len(data))
+        key = obj.key(index)
+        self.memory.put(key, data)
+        if self.disk is not None:
+            self.memory.reserve(len(data))
+            if not self._store_on_disk(key, data):
+                self._release(len(data))
+
+    def try_room(self, nbytes: int) -> bool:
+        """Room in the budget for optional work (prefetch), released with `release_room`."""
+        return self.memory.try_reserve(nbytes)
+
+    def release_room(self, nbytes: int) -> None:
+        self._release(nbytes)
+
     # ---- reads -------------------------------------------------------------------------------------------
 
     async def read(

@@ -47,10 +47,11 @@ from pfs.errors import (
     errno_of,
 )
 from pfs.fs import readino
+from pfs.fs.ahead import ReadAhead
 from pfs.fs.flights import Flights
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.names import NameCache
-from pfs.fs.versions import Versions
+from pfs.fs.versions import Versions, Want
 from pfs.fs.writeback import WriteBack
 from pfs.options import MountOptions
 from pfs.stats import Stats, rss_bytes
@@ -147,8 +148,12 @@ class Operations(pyfuse3.Operations):
         )
         self.cache = BlockCache(config, disk, self.stats, self._run, self._run_disk)
         replaced = lambda inode: self._forget_in_kernel(inode.ino)  # noqa: E731
-        self.versions = Versions(backend, self.cache, self.stats, self._run, self._run_disk, replaced)
+        self.versions = Versions(
+            backend, self.cache, self.stats, self._run, self._run_disk, replaced, options.metadata_ttl
+        )
         self.names = NameCache(options.metadata_ttl)
+        # Files of a directory read in order are made ready ahead where an open asks the store anything.
+        self._ahead = None if backend.cheap_open else ReadAhead(self._prefetch_file)
         self._nursery: trio.Nursery | None = None
         self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same
         self._handles: dict[int, Handle | DirHandle] = {}
@@ -582,11 +587,25 @@ class Operations(pyfuse3.Operations):
             handle.reader = await self.versions.open_reader(node)
         else:
             handle.obj, opener = await self.versions.choose(node)
+            self._read_ahead(node)
         node.open_handles += 1
         info = self._file_info(node, self._new_fh(handle))
         if handle.obj is not None and not info.keep_cache:  # kept pages need no block
             self.cache.prefetch_whole(handle.obj, opener)
         return info
+
+    def _read_ahead(self, inode: Inode) -> None:
+        """`inode` is being opened: the next files of its directory may be read next."""
+        if self._ahead is not None:
+            listed = self.names.listing(inode.path.rpartition("/")[0], time.monotonic())
+            if listed is not None:
+                self._ahead.opened(inode.path, listed)
+
+    def _prefetch_file(self, path: str, entry: Entry) -> bool:
+        inode = self.inodes.at(path)
+        if inode is not None and (inode.staged is not None or inode.detached):
+            return True  # its bytes are here: nothing to fetch
+        return self.versions.prefetch(Want(path, entry.size, entry.mtime_ns))
 
     def _forget_in_kernel(self, ino: int) -> None:
         """Make the kernel drop its attributes and pages of `ino`, once the current request is answered:
@@ -666,6 +685,7 @@ class Operations(pyfuse3.Operations):
         if handle is None:
             inode = self.inodes[ino]
             obj, _ = await self.versions.choose(inode)
+            self._read_ahead(inode)
             handle = self._kernel_handles.setdefault(ino, Handle(inode, writable=False, obj=obj))
         return handle
 
