@@ -743,7 +743,7 @@ class Operations(pyfuse3.Operations):
             raise IsADirectory(node.path)
         if node.staged is not None or node.detached:  # local bytes: nothing to cache
             return f"{node.size} {node.size}".encode()
-        obj, opener = await self.versions.choose(node)
+        obj, opener = await self.versions.choose(node, first_block=name == control.WARMUP)
         try:
             if name == control.WARMUP:
                 cached = await self.cache.warm(obj, opener)
