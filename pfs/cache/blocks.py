@@ -34,6 +34,7 @@ Block = bytes | memoryview  # a view shares the buffer of the ranged read it cam
 OpenReader = Callable[[], Awaitable[Reader]]
 
 SMALL_READ_PART = 8  # a random read of at most 1/8 of a block that misses the cache reads just its bytes
+MAX_OBJECTS = 65536  # versions whose cache identity is kept made
 MAX_FILLS = 2  # blocks fetched at once behind such reads: the rest of the backend's threads serve readers
 
 
@@ -98,13 +99,20 @@ class BlockCache:
         self._nursery: trio.Nursery | None = None
         self._room = trio.Event()  # set whenever in-flight bytes are released
         self._fills = 0  # whole blocks being fetched behind small random reads
+        self._objects: dict[tuple[str, str, str, int], CachedObject] = {}
 
     def attach(self, nursery: trio.Nursery | None) -> None:
         """Background work (prefetch, disk writes) runs in `nursery`; without one it is done inline."""
         self._nursery = nursery
 
     def object(self, backend_id: str, path: str, version: str, size: int) -> CachedObject:
-        return CachedObject(backend_id, path, version, size, self.config.block_size)
+        ident = (backend_id, path, version, size)
+        obj = self._objects.get(ident)
+        if obj is None:  # made once per version: its digest is a hash, and opens ask for it every time
+            if len(self._objects) >= MAX_OBJECTS:
+                self._objects.clear()
+            obj = self._objects[ident] = CachedObject(backend_id, path, version, size, self.config.block_size)
+        return obj
 
     def keep_in_memory(self, obj: CachedObject, index: int, data: Block) -> None:
         """Offer a block read elsewhere (with a version lookup) to the memory tier."""
@@ -277,7 +285,7 @@ class BlockCache:
     async def _prefetch(
         self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch, fill: bool
     ) -> None:
-        self.stats.add("prefetch_blocks", count)
+        self.stats.add("fill_blocks" if fill else "prefetch_blocks", count)
         try:
             await self._load(obj, first, count, open_reader, fetch)
         except Exception as exc:  # the reader that needs these blocks fetches them itself and reports

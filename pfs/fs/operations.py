@@ -587,11 +587,11 @@ class Operations(pyfuse3.Operations):
             handle.reader = await self.versions.open_reader(node)
         else:
             handle.obj, opener = await self.versions.choose(node)
-            self._read_ahead(node)
         node.open_handles += 1
         info = self._file_info(node, self._new_fh(handle))
-        if handle.obj is not None and not info.keep_cache:  # kept pages need no block
+        if handle.obj is not None and not info.keep_cache:  # kept pages need no block, nor files ahead
             self.cache.prefetch_whole(handle.obj, opener)
+            self._read_ahead(node)
         return info
 
     def _read_ahead(self, inode: Inode) -> None:

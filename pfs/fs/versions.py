@@ -30,6 +30,7 @@ fetches or stores blocks: that is the cache's job.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -392,5 +393,6 @@ def _trusted(seen: Seen, size: int, mtime_ns: int) -> bool:
     return seen.seen_at - seen.mtime_ns / 1e9 >= TRUST_MARGIN_S
 
 
+@functools.lru_cache(maxsize=65536)  # asked at every open: a hash per open is measurable
 def _object_key(backend_id: str, path: str) -> str:
     return hashlib.blake2b(f"{backend_id}\0{path}".encode(), digest_size=16).hexdigest()
