@@ -118,16 +118,15 @@ class BlockCache:
         """Offer a block read elsewhere (with a version lookup) to the memory tier."""
         self.memory.put(obj.key(index), data)
 
-    def add_fetched(self, obj: CachedObject, index: int, data: Block, stored: bool = False) -> None:
+    def add_fetched(self, obj: CachedObject, index: int, data: Block) -> None:
         """A block fetched from the backend elsewhere (with its version, in one request): into memory now,
-        into the disk tier in the background (its bytes held in the budget until written) unless `stored`
-        there already."""
+        into the disk tier in the background (its bytes held in the budget until written)."""
         self.stats.add("cache_misses", 1)
         self.stats.add("backend_reads", 1)
         self.stats.add("backend_read_bytes", len(data))
         key = obj.key(index)
         self.memory.put(key, data)
-        if self.disk is not None and not stored:
+        if self.disk is not None:
             self.memory.reserve(len(data))
             if not self._store_on_disk(key, data):
                 self._release(len(data))
@@ -351,10 +350,6 @@ class BlockCache:
             for index, block in blocks.items():
                 self._put_quietly(obj.key(index), block)
         return blocks, took
-
-    def put_on_disk(self, obj: CachedObject, index: int, data: Block) -> None:
-        """Write a block to the disk tier now (in a worker thread), or not at all if that fails."""
-        self._put_quietly(obj.key(index), data)
 
     def _put_quietly(self, key: str, data: Block) -> None:
         """A block that cannot be written to disk is only not cached: reads go on."""

@@ -193,54 +193,16 @@ class Versions:
         return True
 
     async def _make_ready(self, ahead: _Ahead, nbytes: int) -> None:
-        want = ahead.want
-        key = _object_key(self.backend.id, want.path)
         try:
-            seen = self._seen.get(key)
-            if seen is not None and _trusted(seen, want.size, want.mtime_ns):
-                ahead.etag = seen.etag
-                return
-            # One worker call for all of it: the loop stays free for the requests of the file being read.
-            seen, block, fetched = await self._run(self._ready, key, want, seen is None)
-            if seen is None:
-                return
-            self._remember(key, seen)
-            if block is not None:
-                obj = self._object_for(want, seen.etag)
-                if fetched:
-                    self.stats.add("backend_first_reads", 1)
-                    self.cache.add_fetched(obj, 0, block, stored=True)
-                else:
-                    self.stats.add("cache_hits_disk", 1)
-                    self.cache.keep_in_memory(obj, 0, block)
-            ahead.etag = seen.etag
+            # Disk and backend work go through their own limiters (the disk tier's writes and free-space
+            # checks are never run by more than its few threads at once).
+            etag = await self.trusted_etag(ahead.want)
+            ahead.etag = etag if etag is not None else await self._read_first(ahead.want)
         except Exception as exc:  # the open asks for itself and reports
-            log.debug("prefetch of %s failed: %s", want.path, exc)
+            log.debug("prefetch of %s failed: %s", ahead.want.path, exc)
         finally:
             self.cache.release_room(nbytes)
             ahead.done.set()
-
-    def _ready(self, key: str, want: Want, ask_disk: bool) -> tuple[Seen | None, bytes | None, bool]:
-        """In a worker thread: (the version, the first block, whether it came from the backend) of `want`,
-        from the disk tier when trusted there, else with one GET whose answer is written to the disk tier."""
-        disk = self.cache.disk
-        small = want.size <= self.cache.config.block_size
-        if ask_disk and disk is not None:
-            seen, block = self._recall(key, want, small)
-            if seen is not None and _trusted(seen, want.size, want.mtime_ns):
-                return seen, block, False
-        got = self.backend.read_first(want.path, want.size, self.cache.config.block_size)
-        if got is None or not got[1]:
-            return None, None, False
-        data, etag = got
-        seen = Seen(want.size, want.mtime_ns, etag, time.time())
-        if disk is not None:
-            self.cache.put_on_disk(self._object_for(want, etag), 0, data)
-            try:
-                disk.record(key, seen)
-            except Exception as exc:  # only a remount's shortcut is lost
-                log.warning("could not record a version in the disk cache: %s", exc)
-        return seen, data, True
 
     def _drop(self, path: str) -> None:
         """Forget a file made ready that was not opened; its block leaves memory (it stays on disk)."""
