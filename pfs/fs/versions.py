@@ -25,7 +25,8 @@ file that is not opened is dropped (its block leaves memory) once newer ones tak
 Kept readers (one per inode) are closed when the last handle of the inode is released, or, where no
 release ever comes (no-open mode), when more than MAX_IDLE_READERS have not been used for IDLE_S seconds.
 Runs on the trio loop; backend and disk calls go through the `run_*` callables to worker threads. Never
-fetches or stores blocks: that is the cache's job.
+fetches or stores blocks beyond the first block that comes with a version's answer, which it hands to the
+cache (storing and evicting blocks is the cache's job).
 """
 
 from __future__ import annotations
