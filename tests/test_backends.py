@@ -679,7 +679,7 @@ def test_paused_server_gives_transient_within_the_deadline_then_recovers(pausabl
     reader = b.open_reader("f", len(data))
     pausable.pause()
     try:
-        for call in (lambda: reader.read(0, 1000), lambda: b.stat("f")):
+        for call in (lambda: reader.read(0, 1000), lambda: b.stat("f"), lambda: b.read_first("f", MiB, 1000)):
             start = time.monotonic()
             with pytest.raises(Transient):
                 call()
@@ -688,6 +688,7 @@ def test_paused_server_gives_transient_within_the_deadline_then_recovers(pausabl
         pausable.resume()
     assert reader.read(0, 1000) == data[:1000]
     assert b.stat("f").size == len(data)
+    assert b.read_first("f", MiB, 1000) == (data[:1000], reader.version)
     reader.close()
 
 
