@@ -20,7 +20,7 @@ async def _in_thread(fn: Callable, *args: Any) -> Any:
     return await trio.to_thread.run_sync(fn, *args)
 
 
-def test_a_small_random_read_that_misses_takes_just_its_bytes_and_the_block_follows(tmp_path):
+def test_a_small_random_read_that_misses_takes_just_its_bytes_and_the_block_follows_at_its_second(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     data = os.urandom(4 * MiB)
@@ -34,22 +34,26 @@ def test_a_small_random_read_that_misses_takes_just_its_bytes_and_the_block_foll
     async def opener():
         return await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
 
+    async def random_read(offset: int) -> None:
+        got = await cache.read(obj, offset, 4096, opener, Stream())
+        assert bytes(got) == data[offset : offset + 4096]
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             cache.attach(nursery)
-            offset = MiB + MiB // 2
-            got = await cache.read(obj, offset, 4096, opener, Stream())
-            assert bytes(got) == data[offset : offset + 4096]
+            await random_read(MiB + MiB // 2)
             assert stats.snapshot().get("cache_misses_partial") == 1
+            assert not stats.snapshot().get("fill_blocks")  # touched once: only its bytes
+            await random_read(MiB + 4096)
+            assert stats.snapshot().get("cache_misses_partial") == 2
+        assert stats.snapshot().get("fill_blocks") == 1  # touched twice: fetched whole behind the read
         cache.attach(None)  # no background work from here on
-        # the block was fetched behind it: the next random read of that block needs no backend
         reads = stats.snapshot()["backend_reads"]
-        got = await cache.read(obj, MiB + 100, 4096, opener, Stream())
-        assert bytes(got) == data[MiB + 100 : MiB + 4196]
+        await random_read(MiB + 100)
         assert stats.snapshot()["backend_reads"] == reads
         # a read at offset 0 starts a sequential reader: whole blocks
         await cache.read(obj, 0, 4096, opener, Stream())
-        assert stats.snapshot().get("cache_misses_partial") == 1
+        assert stats.snapshot().get("cache_misses_partial") == 2
 
     try:
         trio.run(main)
