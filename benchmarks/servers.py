@@ -19,6 +19,12 @@ from pfs.testserver import S3Server, s3_request, start_s3_server
 def start(kind: str, dataset: Dataset, run_dir: Path, log=print) -> S3Server:
     if kind == "rclone":
         server = start_s3_server("rclone", str(dataset.server_dir))
+        try:
+            log("listing the data set once (rclone computes each ETag, an MD5, at the first look)")
+            _list_everything(server)
+        except BaseException:
+            server.stop()
+            raise
         return server
     server = start_s3_server("seaweedfs", str(run_dir / "seaweedfs"))
     try:
@@ -32,6 +38,17 @@ def start(kind: str, dataset: Dataset, run_dir: Path, log=print) -> S3Server:
         server.stop()
         raise
     return server
+
+
+def _list_everything(server: S3Server) -> None:
+    """One recursive listing with a long timeout, so that the clients' first requests find the ETags known:
+    on a busy machine hashing the big files took 44 s for one directory, and clients (pfs's and pyarrow's
+    low-speed limit is a few seconds) gave up waiting for the first answer."""
+    fs = pafs.S3FileSystem(
+        endpoint_override=server.endpoint, scheme="http", region="us-east-1",
+        access_key=server.access_key, secret_key=server.secret_key, request_timeout=1800,
+    )  # fmt: skip
+    fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True))
 
 
 class Store:

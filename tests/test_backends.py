@@ -151,6 +151,26 @@ def test_reader_positional_reads_and_staleness(b):
         b.open_reader("r.bin", len(data) + 1)
 
 
+def test_first_bytes_and_version_in_one_request(case, b):
+    data = os.urandom(MiB + 5)
+    put(b, "ü +x.bin", data)
+    got = b.read_first("ü +x.bin", len(data), MiB)
+    if not case.object_store:
+        assert got is None  # a reader costs no extra request there
+        return
+    assert got is not None
+    reader = b.open_reader("ü +x.bin", len(data))
+    try:
+        assert got == (data[:MiB], reader.version)
+    finally:
+        reader.close()
+    assert b.read_first("ü +x.bin", len(data), 2 * MiB) == (data, reader.version)
+    with pytest.raises(Stale):  # not the size it was listed with: replaced since
+        b.read_first("ü +x.bin", len(data) - 1, MiB)
+    with pytest.raises(NotFound):
+        b.read_first("missing", 10, MiB)
+
+
 def test_make_dir_persists_while_empty(b):
     b.make_dir("d")
     assert b.stat("d").kind is Kind.DIR
@@ -659,7 +679,7 @@ def test_paused_server_gives_transient_within_the_deadline_then_recovers(pausabl
     reader = b.open_reader("f", len(data))
     pausable.pause()
     try:
-        for call in (lambda: reader.read(0, 1000), lambda: b.stat("f")):
+        for call in (lambda: reader.read(0, 1000), lambda: b.stat("f"), lambda: b.read_first("f", MiB, 1000)):
             start = time.monotonic()
             with pytest.raises(Transient):
                 call()
@@ -668,6 +688,7 @@ def test_paused_server_gives_transient_within_the_deadline_then_recovers(pausabl
         pausable.resume()
     assert reader.read(0, 1000) == data[:1000]
     assert b.stat("f").size == len(data)
+    assert b.read_first("f", MiB, 1000) == (data[:1000], reader.version)
     reader.close()
 
 

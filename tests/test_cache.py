@@ -67,6 +67,22 @@ def test_a_known_object_is_read_from_the_cache_without_asking_the_backend(reques
     assert stats.get("backend_opens", 0) == 0 and stats.get("backend_read_bytes", 0) == 0
 
 
+def test_a_directory_read_in_order_costs_one_request_per_file_made_ready_ahead(request, tmp_path):
+    """Object stores only: a cold small file is one GET (no HEAD), and the next files of a directory read
+    in name order are fetched before their open."""
+    case = s3_case(request)
+    files = {f"d/f{i:03d}": os.urandom(10_000 + i) for i in range(24)}
+    for name, data in files.items():
+        case.raw.put(name, data)
+    with mount(case, tmp_path, args=("-o", "block_size=1M,metadata_ttl=30")) as m:
+        os.listdir(f"{m.path}/d")
+        for name in sorted(files):
+            assert read(f"{m.path}/{name}") == files[name]
+        stats = control.stats(m.path)
+    assert stats.get("backend_opens", 0) == 0 and stats["backend_first_reads"] == len(files)
+    assert stats["prefetch_files_used"] >= len(files) - 2
+
+
 def test_an_object_rewritten_elsewhere_is_seen_after_the_ttl_and_never_mixed(case, tmp_path):
     old, new = b"a" * (3 * MiB), b"b" * (3 * MiB)
     case.raw.put("f.bin", old)

@@ -19,7 +19,7 @@ from pfs.cache import BlockCache, CacheConfig, DiskTier
 from pfs.errors import Stale
 from pfs.fs import versions as versions_module
 from pfs.fs.inodes import Inode, InodeTable
-from pfs.fs.versions import TRUST_MARGIN_S, Versions
+from pfs.fs.versions import TRUST_MARGIN_S, Versions, Want
 from pfs.stats import Stats
 from tests.conftest import s3_case
 
@@ -46,7 +46,9 @@ class Mount:
         return self.inodes.add(path, self.backend.stat(path))
 
     def opens(self) -> int:
-        return self.stats.snapshot().get("backend_opens", 0)
+        """Requests that looked at an object: a HEAD, or the one GET that brought its first block too."""
+        counters = self.stats.snapshot()
+        return counters.get("backend_opens", 0) + counters.get("backend_first_reads", 0)
 
     async def read_all(self, inode: Inode) -> bytes:
         obj, opener = await self.versions.choose(inode)
@@ -145,7 +147,7 @@ def test_an_object_etag_is_fetched_once_then_trusted_from_memory_and_after_a_rem
         await mount.versions.choose(node)
 
     trio.run(twice, first, inode)
-    assert first.opens() == 1  # the HEAD of the first choice; its reader served the miss; then memory
+    assert first.opens() == 1  # the GET of the first choice brought the block too; then memory
     again = new_mount()  # a remount on the same node: the book and the block are on disk
     trio.run(twice, again, again.inode("old"))
     assert again.opens() == 0
@@ -170,6 +172,7 @@ def test_a_same_size_rewrite_is_read_whole_never_mixed(s3):
     async def main() -> None:
         obj, opener = await mount.versions.choose(inode)
         mount.versions.release(inode)  # its reader is gone: the miss opens the object again
+        await mount.cache.evict(obj)  # and the block its choice brought is gone too
         case.raw.put("obj", b"B" * 1000)
         with pytest.raises(Stale):
             await mount.cache.read(obj, 0, 1000, opener, None)
@@ -179,3 +182,100 @@ def test_a_same_size_rewrite_is_read_whole_never_mixed(s3):
 
     trio.run(main)
     assert mount.replaced == [inode.ino]
+
+
+def test_a_cold_object_costs_one_get_and_its_later_blocks_check_the_version(s3):
+    case, new_mount = s3
+    data = os.urandom((1 << 20) + 100)  # two blocks
+    case.raw.put("two", data)
+    mount = new_mount()
+    assert trio.run(mount.read_all, mount.inode("two")) == data
+    counters = mount.stats.snapshot()
+    assert counters.get("backend_first_reads") == 1  # the version and block 0 in one GET
+    assert counters.get("backend_opens") == 1  # block 1: a reader, checked to have that ETag
+
+
+def _wants(mount: Mount, names: list[str]) -> list[Want]:
+    return [Want(n, *(lambda e: (e.size, e.mtime_ns))(mount.backend.stat(n))) for n in names]
+
+
+async def _ready(mount: Mount, wants: list[Want]) -> list[bool]:
+    started = [mount.versions.prefetch(want) for want in wants]
+    for ahead in list(mount.versions._ahead.values()):
+        await ahead.done.wait()
+    return started
+
+
+def test_files_made_ready_ahead_are_opened_without_another_request(s3):
+    case, new_mount = s3
+    names = [f"d/f{i}" for i in range(5)]
+    for name in names:
+        case.raw.put(name, name.encode() * 100)
+    mount = new_mount()
+    mount.versions._fresh_s = 60.0
+    inodes = [mount.inode(name) for name in names]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            mount.versions.attach(nursery)
+            assert await _ready(mount, _wants(mount, names)) == [True] * 5
+            for name, inode in zip(names, inodes, strict=True):
+                assert await mount.read_all(inode) == name.encode() * 100
+
+    trio.run(main)
+    counters = mount.stats.snapshot()
+    assert mount.opens() == 5 and counters.get("prefetch_files_used") == 5
+
+
+def test_prefetch_stays_within_the_memory_budget(s3):
+    case, new_mount = s3
+    names = [f"b/f{i}" for i in range(5)]
+    for name in names:
+        case.raw.put(name, b"x" * 1000)
+    mount = new_mount()
+    mount.cache.memory.limit = 4000  # in flight at most 3/4 of it: three files of 1000 bytes
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            mount.versions.attach(nursery)
+            assert await _ready(mount, _wants(mount, names)) == [True, True, True, False, False]
+        assert mount.cache.memory.reserved == 0  # every prefetch gave its room back
+
+    trio.run(main)
+
+
+def test_files_made_ready_and_never_opened_are_dropped(s3, monkeypatch):
+    case, new_mount = s3
+    monkeypatch.setattr(versions_module, "MAX_AHEAD", 2)
+    names = [f"x/f{i}" for i in range(3)]
+    for name in names:
+        case.raw.put(name, b"y" * 1000)
+    mount = new_mount()
+    wants = _wants(mount, names)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            mount.versions.attach(nursery)
+            for want in wants:
+                await _ready(mount, [want])
+
+    trio.run(main)
+    assert list(mount.versions._ahead) == names[1:]
+    assert mount.stats.snapshot().get("prefetch_files_dropped") == 1
+    assert mount.cache.memory.cached == 2 * 1000  # the dropped file's block left memory
+
+
+def test_a_file_changed_after_it_was_made_ready_is_read_as_it_is_now(s3):
+    case, new_mount = s3
+    case.raw.put("c", b"old")
+    mount = new_mount()
+    mount.versions._fresh_s = 60.0
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            mount.versions.attach(nursery)
+            await _ready(mount, _wants(mount, ["c"]))
+            case.raw.put("c", b"newer")
+            assert await mount.read_all(mount.inode("c")) == b"newer"
+
+    trio.run(main)

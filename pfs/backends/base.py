@@ -162,6 +162,12 @@ class Backend(ABC):
     def open_reader(self, path: str, size: int) -> Reader:
         """Open a file of known `size` for positional reads (no extra metadata request where avoidable)."""
 
+    def read_first(self, path: str, size: int, length: int) -> tuple[bytes, str] | None:
+        """The first `length` bytes of a file of known `size` and its version token, in one request; None
+        where the store cannot tell both at once (the caller then opens a reader). Stale when the file no
+        longer has `size` bytes."""
+        return None
+
     @abstractmethod
     def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
         """Publish `size` bytes read from `source` as the file at `path`, atomically: readers see either

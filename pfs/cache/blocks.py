@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,14 @@ log = logging.getLogger(__name__)
 Run = Callable[..., Awaitable[Any]]
 Block = bytes | memoryview  # a view shares the buffer of the ranged read it came from
 OpenReader = Callable[[], Awaitable[Reader]]
+
+SMALL_READ_PART = 8  # a random read of at most 1/8 of a block that misses the cache reads just its bytes
+MAX_OBJECTS = 65536  # versions whose cache identity is kept made
+MAX_FILLS = 2  # blocks fetched at once behind such reads: the rest of the backend's threads serve readers
+# Blocks read in part once, remembered so that a second small read of one fetches it whole: a block read
+# twice is in the working set, while fetching every block a random reader touches once would pull in the
+# whole file at 4 MiB per 4 KiB read.
+TOUCHED_BLOCKS = 65536
 
 
 @dataclass(frozen=True)
@@ -94,17 +103,46 @@ class BlockCache:
         self._inflight: dict[str, _Fetch] = {}
         self._nursery: trio.Nursery | None = None
         self._room = trio.Event()  # set whenever in-flight bytes are released
+        self._fills = 0  # whole blocks being fetched behind small random reads
+        self._touched: OrderedDict[Any, None] = OrderedDict()  # blocks read in part once (TOUCHED_BLOCKS)
+        self._objects: dict[tuple[str, str, str, int], CachedObject] = {}
 
-    def attach(self, nursery: trio.Nursery) -> None:
+    def attach(self, nursery: trio.Nursery | None) -> None:
         """Background work (prefetch, disk writes) runs in `nursery`; without one it is done inline."""
         self._nursery = nursery
 
     def object(self, backend_id: str, path: str, version: str, size: int) -> CachedObject:
-        return CachedObject(backend_id, path, version, size, self.config.block_size)
+        ident = (backend_id, path, version, size)
+        obj = self._objects.get(ident)
+        if obj is None:  # made once per version: its digest is a hash, and opens ask for it every time
+            if len(self._objects) >= MAX_OBJECTS:
+                self._objects.clear()
+            obj = self._objects[ident] = CachedObject(backend_id, path, version, size, self.config.block_size)
+        return obj
 
     def keep_in_memory(self, obj: CachedObject, index: int, data: Block) -> None:
         """Offer a block read elsewhere (with a version lookup) to the memory tier."""
         self.memory.put(obj.key(index), data)
+
+    def add_fetched(self, obj: CachedObject, index: int, data: Block) -> None:
+        """A block fetched from the backend elsewhere (with its version, in one request): into memory now,
+        into the disk tier in the background (its bytes held in the budget until written)."""
+        self.stats.add("cache_misses", 1)
+        self.stats.add("backend_reads", 1)
+        self.stats.add("backend_read_bytes", len(data))
+        key = obj.key(index)
+        self.memory.put(key, data)
+        if self.disk is not None:
+            self.memory.reserve(len(data))
+            if not self._store_on_disk(key, data):
+                self._release(len(data))
+
+    def try_room(self, nbytes: int) -> bool:
+        """Room in the budget for optional work (prefetch), released with `release_room`."""
+        return self.memory.try_reserve(nbytes)
+
+    def release_room(self, nbytes: int) -> None:
+        self._release(nbytes)
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -118,12 +156,18 @@ class BlockCache:
         first, last = offset // bs, (end - 1) // bs
         if stream is not None:
             self._follow(stream, obj, offset, end, last, open_reader)
-        # A random read of a big file takes just its bytes from the disk tier, not whole blocks.
-        random = stream is not None and stream.streak == 0 and obj.size > bs and self.disk is not None
+        # A random read of a big file takes just its bytes from the disk tier, not whole blocks; a small one
+        # that misses both tiers takes just its bytes from the backend too (the block follows in the
+        # background, budget permitting), so 4 KiB never waits for 4 MiB. A read at offset 0 is not random:
+        # it is how sequential readers start.
+        random = stream is not None and stream.streak == 0 and obj.size > bs
+        small = random and offset > 0 and end - offset <= bs // SMALL_READ_PART
         parts: list[Block] = []
         for index in range(first, last + 1):
             lo, hi = max(offset - index * bs, 0), min(end - index * bs, bs)
             part = await self._part_from_disk(obj, index, lo, hi) if random else None
+            if part is None and small and obj.key(index) not in self.memory:  # (a fill may be under way)
+                part = await self._part_from_backend(obj, index, lo, hi, open_reader)
             if part is None:
                 # A view, not a copy: pyfuse3 hands any buffer to the kernel as it is.
                 part = memoryview(await self._block(obj, index, open_reader))[lo:hi]
@@ -138,6 +182,30 @@ class BlockCache:
         if part is not None:
             self.stats.add("cache_hits_disk", 1)
         return part
+
+    async def _part_from_backend(
+        self, obj: CachedObject, index: int, lo: int, hi: int, open_reader: OpenReader
+    ) -> bytes:
+        """Bytes [lo, hi) of block `index` straight from the backend; at its second such read the whole
+        block is fetched into the cache in the background, when the budget has room and few such fills are
+        under way."""
+        reader = await open_reader()
+        key = obj.key(index)
+        if key not in self._touched:
+            self._touched[key] = None
+            if len(self._touched) > TOUCHED_BLOCKS:
+                self._touched.popitem(last=False)
+        elif self._fills < MAX_FILLS:
+            del self._touched[key]
+            self._schedule(obj, index, 1, open_reader, fill=True)
+        bs = self.config.block_size
+        started = time.perf_counter()
+        data = await self._run_backend(reader.read, index * bs + lo, hi - lo)
+        self.stats.add("backend_reads", 1)
+        self.stats.add("backend_read_bytes", len(data))
+        self.stats.add("backend_read_us", int((time.perf_counter() - started) * 1e6))
+        self.stats.add("cache_misses_partial", 1)
+        return data
 
     def prefetch_whole(self, obj: CachedObject, open_reader: OpenReader) -> None:
         """Start fetching a small file's only block as it is opened: its first read is right behind."""
@@ -203,7 +271,9 @@ class BlockCache:
     def _known(self, key: str) -> bool:
         return key in self.memory or key in self._inflight
 
-    def _schedule(self, obj: CachedObject, first: int, count: int, open_reader: OpenReader) -> bool:
+    def _schedule(
+        self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fill: bool = False
+    ) -> bool:
         """Prefetch blocks [first, first+count) that are neither in memory nor on their way; False when the
         memory budget has no room (the caller stops asking)."""
         wanted = [i for i in range(first, first + count) if not self._known(obj.key(i))]
@@ -213,7 +283,8 @@ class BlockCache:
         if not self.memory.try_reserve(self._span(obj, first, count)):
             return False
         fetch = self._register(obj, first, count)
-        self._nursery.start_soon(self._prefetch, obj, first, count, open_reader, fetch)
+        self._fills += fill
+        self._nursery.start_soon(self._prefetch, obj, first, count, open_reader, fetch, fill)
         return True
 
     def _register(self, obj: CachedObject, first: int, count: int) -> _Fetch:
@@ -224,13 +295,15 @@ class BlockCache:
         return fetch
 
     async def _prefetch(
-        self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch
+        self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch, fill: bool
     ) -> None:
-        self.stats.add("prefetch_blocks", count)
+        self.stats.add("fill_blocks" if fill else "prefetch_blocks", count)
         try:
             await self._load(obj, first, count, open_reader, fetch)
         except Exception as exc:  # the reader that needs these blocks fetches them itself and reports
             log.debug("prefetch of %s failed: %s", obj.path, exc)
+        finally:
+            self._fills -= fill
 
     async def _load(
         self, obj: CachedObject, first: int, count: int, open_reader: OpenReader, fetch: _Fetch

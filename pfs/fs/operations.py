@@ -47,10 +47,11 @@ from pfs.errors import (
     errno_of,
 )
 from pfs.fs import readino
+from pfs.fs.ahead import ReadAhead
 from pfs.fs.flights import Flights
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.names import NameCache
-from pfs.fs.versions import Versions
+from pfs.fs.versions import Versions, Want
 from pfs.fs.writeback import WriteBack
 from pfs.options import MountOptions
 from pfs.stats import Stats, rss_bytes
@@ -159,8 +160,12 @@ class Operations(pyfuse3.Operations):
         )
         self.cache = BlockCache(config, disk, self.stats, self._run, self._run_disk)
         replaced = lambda inode: self._forget_in_kernel(inode.ino)  # noqa: E731
-        self.versions = Versions(backend, self.cache, self.stats, self._run, self._run_disk, replaced)
+        self.versions = Versions(
+            backend, self.cache, self.stats, self._run, self._run_disk, replaced, options.metadata_ttl
+        )
         self.names = NameCache(options.metadata_ttl)
+        # Files of a directory read in order are made ready ahead where an open asks the store anything.
+        self._ahead = None if backend.cheap_open else ReadAhead(self._prefetch_file)
         self._nursery: trio.Nursery | None = None
         self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same
         self._handles: dict[int, Handle | DirHandle] = {}
@@ -604,9 +609,23 @@ class Operations(pyfuse3.Operations):
             handle.obj, opener = await self.versions.choose(node)
         node.open_handles += 1
         info = self._file_info(node, self._new_fh(handle))
-        if handle.obj is not None and not info.keep_cache:  # kept pages need no block
+        if handle.obj is not None and not info.keep_cache:  # kept pages need no block, nor files ahead
             self.cache.prefetch_whole(handle.obj, opener)
+            self._read_ahead(node)
         return info
+
+    def _read_ahead(self, inode: Inode) -> None:
+        """`inode` is being opened: the next files of its directory may be read next."""
+        if self._ahead is not None:
+            listed = self.names.listing(inode.path.rpartition("/")[0], time.monotonic())
+            if listed is not None:
+                self._ahead.opened(inode.path, listed)
+
+    def _prefetch_file(self, path: str, entry: Entry) -> bool:
+        inode = self.inodes.at(path)
+        if inode is not None and (inode.staged is not None or inode.detached):
+            return True  # its bytes are here: nothing to fetch
+        return self.versions.prefetch(Want(path, entry.size, entry.mtime_ns))
 
     def _forget_in_kernel(self, ino: int) -> None:
         """Make the kernel drop its attributes and pages of `ino`, once the current request is answered:
@@ -686,6 +705,7 @@ class Operations(pyfuse3.Operations):
         if handle is None:
             inode = self.inodes[ino]
             obj, _ = await self.versions.choose(inode)
+            self._read_ahead(inode)
             handle = self._kernel_handles.setdefault(ino, Handle(inode, writable=False, obj=obj))
         return handle
 
@@ -743,7 +763,7 @@ class Operations(pyfuse3.Operations):
             raise IsADirectory(node.path)
         if node.staged is not None or node.detached:  # local bytes: nothing to cache
             return f"{node.size} {node.size}".encode()
-        obj, opener = await self.versions.choose(node)
+        obj, opener = await self.versions.choose(node, first_block=name == control.WARMUP)
         try:
             if name == control.WARMUP:
                 cached = await self.cache.warm(obj, opener)

@@ -10,24 +10,36 @@ the `CachedObject` its reads go to and how to open the backend for that very ver
   when it was seen at least TRUST_MARGIN_S after the object's modification time (a same-second rewrite
   keeps size and mtime); otherwise the object is opened now (one HEAD) and that reader is kept for the
   first miss instead of opening it again.
+  Where the store can (`Backend.read_first`), that look is one GET of the object's first block, whose
+  answer carries the ETag and size a HEAD would have given: a cold small file costs one request, and its
+  block is in memory before the kernel asks for it.
 A reader opened later must carry the chosen ETag, or the read fails with Stale and `on_replaced` makes the
 next open look again (here and in the kernel): one read never mixes two versions.
+
+Files about to be opened (the next ones of a directory read in order, see pfs/fs/ahead.py) can be made
+ready ahead (`prefetch`): their version and first block, from the disk tier or with that one GET, inside
+the memory budget. The open of such a file waits for its prefetch instead of asking again, and uses its
+answer only while it is younger than the metadata TTL and matches the file's attributes; a prefetched
+file that is not opened is dropped (its block leaves memory) once newer ones take its place.
 
 Kept readers (one per inode) are closed when the last handle of the inode is released, or, where no
 release ever comes (no-open mode), when more than MAX_IDLE_READERS have not been used for IDLE_S seconds.
 Runs on the trio loop; backend and disk calls go through the `run_*` callables to worker threads. Never
-fetches or stores blocks: that is the cache's job.
+fetches or stores blocks beyond the first block that comes with a version's answer, which it hands to the
+cache (storing and evicting blocks is the cache's job).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import trio
 
@@ -49,6 +61,23 @@ TRUST_MARGIN_S = 2.0
 MAX_SEEN_IN_MEMORY = 100_000  # versions seen by this mount kept in memory (all of them stay on disk)
 MAX_IDLE_READERS = 64  # kept readers beyond this many are closed once idle (no-open mode has no release)
 IDLE_S = 30.0  # far longer than any one ranged read of a fetch that may still use the reader
+MAX_AHEAD = 256  # files made ready ahead and not opened yet; the oldest are dropped beyond this
+
+
+class Want(NamedTuple):
+    """A file's identity as a listing tells it: what a version is chosen for, before any inode exists."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(eq=False)
+class _Ahead:
+    want: Want
+    at: float  # monotonic time it was started
+    done: trio.Event = field(default_factory=trio.Event)
+    etag: str | None = None  # None until done, or when the look failed
 
 
 class Versions:
@@ -60,6 +89,7 @@ class Versions:
         run: Run,
         run_disk: Run,
         on_replaced: Callable[[Inode], None] = lambda inode: None,
+        fresh_s: float = 1.0,
     ) -> None:
         self.backend = backend
         self.reserved = backend.reserved_area()  # where files unlinked while open are read from
@@ -70,6 +100,8 @@ class Versions:
         self._on_replaced = on_replaced
         self._seen: dict[str, Seen] = {}  # the version book's in-memory part
         self._kept: OrderedDict[int, tuple[CachedObject, Reader, float]] = OrderedDict()  # by inode
+        self._ahead: OrderedDict[str, _Ahead] = OrderedDict()  # by path: files made ready ahead of their open
+        self._fresh_s = fresh_s  # how long a look made ahead stands for an open (the metadata TTL)
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -78,12 +110,16 @@ class Versions:
 
     # ---- choosing --------------------------------------------------------------------------------------
 
-    async def choose(self, inode: Inode) -> tuple[CachedObject, OpenReader]:
-        """The version of `inode` its reads go to (close-to-open), and how the cache opens it on a miss."""
+    async def choose(self, inode: Inode, first_block: bool = True) -> tuple[CachedObject, OpenReader]:
+        """The version of `inode` its reads go to (close-to-open), and how the cache opens it on a miss.
+        `first_block`: where the object must be asked, its first block may come with the answer (not for a
+        question about the cache itself, which must not change what it asks about)."""
         if self.backend.cheap_open:  # revalidate now: it costs nothing, and an open sees the latest version
             inode.update(await self._run(self.backend.stat, inode.path))
         if self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
-            etag = await self.trusted_etag(inode)
+            etag = await self._made_ready(inode) or await self.trusted_etag(inode)
+            if etag is None and first_block and not inode.detached:
+                etag = await self._read_first_now(inode)
             if etag is None:
                 reader = await self.open_reader(inode)  # may refresh the attributes of a replaced object
                 # No token at all (a file just changed on HDFS): what this open reads is its own version.
@@ -98,9 +134,87 @@ class Versions:
         version = self.backend.known_version(inode.path, inode.size, inode.mtime_ns) or inode.etag
         return self.cache.object(self.backend.id, inode.path, version, inode.size)
 
+    async def _made_ready(self, inode: Inode) -> str | None:
+        """The ETag a prefetch of this very file found, while it still stands for an open."""
+        ahead = self._ahead.pop(inode.path, None) if self._ahead else None
+        if ahead is None or inode.detached:
+            return None
+        await ahead.done.wait()
+        if ahead.etag is None or ahead.want != Want(inode.path, inode.size, inode.mtime_ns):
+            return None
+        if time.monotonic() - ahead.at >= self._fresh_s:
+            return None
+        self.stats.add("prefetch_files_used", 1)
+        return ahead.etag
+
+    async def _read_first_now(self, inode: Inode) -> str | None:
+        """The ETag from one GET of the first block (which goes to the cache); None where the store cannot
+        answer both at once, or the object changed since it was listed (the open then looks again)."""
+        try:
+            return await self._read_first(Want(inode.path, inode.size, inode.mtime_ns))
+        except Stale:
+            return None
+
+    async def _read_first(self, want: Want) -> str | None:
+        if want.size <= 0:
+            return None
+        got = await self._run(self.backend.read_first, want.path, want.size, self.cache.config.block_size)
+        if got is None or not got[1]:
+            return None
+        data, etag = got
+        self.stats.add("backend_first_reads", 1)
+        self.cache.add_fetched(self._object_for(want, etag), 0, data)
+        await self.saw_etag(want, etag)
+        return etag
+
+    # ---- ahead of opens ---------------------------------------------------------------------------------
+
+    def prefetch(self, want: Want) -> bool:
+        """Start making `want`'s version and first block ready for its open, in the background; False when
+        the memory budget has no room for it (the caller stops asking for more)."""
+        if self._nursery is None or want.size <= 0 or want.path in self._ahead:
+            return True
+        if self.backend.known_version(*want) is not None:
+            return True  # its open decides from memory or a free stat: nothing to do ahead
+        seen = self._seen.get(_object_key(self.backend.id, want.path))
+        if (
+            seen is not None
+            and _trusted(seen, want.size, want.mtime_ns)
+            and self._object_for(want, seen.etag).key(0) in self.cache.memory
+        ):
+            return True
+        nbytes = min(want.size, self.cache.config.block_size)
+        if not self.cache.try_room(nbytes):
+            return False
+        ahead = self._ahead[want.path] = _Ahead(want, time.monotonic())
+        while len(self._ahead) > MAX_AHEAD:
+            self._drop(next(iter(self._ahead)))
+        self.stats.add("prefetch_files", 1)
+        self._nursery.start_soon(self._make_ready, ahead, nbytes)
+        return True
+
+    async def _make_ready(self, ahead: _Ahead, nbytes: int) -> None:
+        try:
+            # Disk and backend work go through their own limiters (the disk tier's writes and free-space
+            # checks are never run by more than its few threads at once).
+            etag = await self.trusted_etag(ahead.want)
+            ahead.etag = etag if etag is not None else await self._read_first(ahead.want)
+        except Exception as exc:  # the open asks for itself and reports
+            log.debug("prefetch of %s failed: %s", ahead.want.path, exc)
+        finally:
+            self.cache.release_room(nbytes)
+            ahead.done.set()
+
+    def _drop(self, path: str) -> None:
+        """Forget a file made ready that was not opened; its block leaves memory (it stays on disk)."""
+        ahead = self._ahead.pop(path)
+        if ahead.etag is not None:
+            self.cache.memory.discard(self._object_for(ahead.want, ahead.etag).key(0))
+            self.stats.add("prefetch_files_dropped", 1)
+
     # ---- the version book ------------------------------------------------------------------------------
 
-    async def trusted_etag(self, inode: Inode) -> str | None:
+    async def trusted_etag(self, inode: Inode | Want) -> str | None:
         """The ETag of `inode`'s object with its current attributes, if one was seen and can be relied on.
 
         From memory; else from the disk tier (once per object and mount), in the same worker call as the
@@ -118,7 +232,7 @@ class Versions:
                     self.cache.keep_in_memory(self._object_for(inode, seen.etag), 0, block)
         return seen.etag if seen is not None and _trusted(seen, inode.size, inode.mtime_ns) else None
 
-    def _recall(self, key: str, inode: Inode, small: bool) -> tuple[Seen | None, bytes | None]:
+    def _recall(self, key: str, inode: Inode | Want, small: bool) -> tuple[Seen | None, bytes | None]:
         disk = self.cache.disk
         assert disk is not None
         seen = disk.seen(key)
@@ -126,10 +240,10 @@ class Versions:
             return seen, None
         return seen, disk.get(self._object_for(inode, seen.etag).key(0))
 
-    def _object_for(self, inode: Inode, etag: str) -> CachedObject:
+    def _object_for(self, inode: Inode | Want, etag: str) -> CachedObject:
         return self.cache.object(self.backend.id, inode.path, etag, inode.size)
 
-    async def saw_etag(self, inode: Inode, etag: str) -> None:
+    async def saw_etag(self, inode: Inode | Want, etag: str) -> None:
         """Remember an ETag just seen: in memory now, on disk (for remounts) after the open is answered."""
         key = _object_key(self.backend.id, inode.path)
         seen = Seen(inode.size, inode.mtime_ns, etag, time.time())
@@ -242,5 +356,6 @@ def _trusted(seen: Seen, size: int, mtime_ns: int) -> bool:
     return seen.seen_at - seen.mtime_ns / 1e9 >= TRUST_MARGIN_S
 
 
+@functools.lru_cache(maxsize=65536)  # asked at every open: a hash per open is measurable
 def _object_key(backend_id: str, path: str) -> str:
     return hashlib.blake2b(f"{backend_id}\0{path}".encode(), digest_size=16).hexdigest()

@@ -46,6 +46,7 @@ from pfs.errors import (
     NotFound,
     PermissionDenied,
     PfsError,
+    Stale,
     Transient,
 )
 
@@ -370,6 +371,17 @@ class ArrowBackend(Backend):
     def open_reader(self, path: str, size: int) -> Reader:
         self._check(path)
         return transfer.ArrowReader(self._fs, self._call, path, self._full(path), size)
+
+    def read_first(self, path: str, size: int, length: int) -> tuple[bytes, str] | None:
+        getter = self._store.getter
+        if getter is None or size <= 0:
+            return None
+        self._check(path)
+        bucket, _, key = self._full(path).partition("/")
+        first = self._call(f"read {path}", lambda: getter.first(bucket, key, min(length, size)))
+        if first.size != size:
+            raise Stale(f"{path} changed: {first.size} bytes now, {size} when looked up")
+        return first.data, first.etag
 
     def space(self) -> SpaceInfo:
         if isinstance(self._fs, pafs.LocalFileSystem):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from pfs.backends.arrow.s3get import Credentials, ObjectGetter
 from pfs.backends.location import BOS_DEFAULT_REGION, BOS_ENDPOINTS, Location
 from pfs.backends.options import BackendOptions
 from pfs.backends.watchdog import run_bounded
@@ -59,6 +60,9 @@ class Store:
     # Modification times come in whole seconds (libhdfs truncates HDFS's milliseconds): size and mtime
     # do not tell a same-size rewrite within the same second apart.
     mtime_seconds: bool = False
+    # One GET of an object's first bytes with its ETag and size (object stores whose credentials are known
+    # here); None where opening an object takes pyarrow's HEAD first.
+    getter: ObjectGetter | None = None
 
 
 def s3_timeouts(timeout: float) -> tuple[int, int]:
@@ -100,8 +104,9 @@ def _s3(location: Location, options: BackendOptions) -> Store:
         # Small objects go up in one PutObject at close instead of create + upload part + complete.
         "allow_delayed_open": True,
         "force_virtual_addressing": _flag(query.get("force_virtual_addressing")),
-        **_credentials(location, options),
     }
+    credentials = _credentials(location, options)
+    kwargs.update(credentials)
     if endpoint:
         kwargs["endpoint_override"] = endpoint
     if query.get("tls_ca_file_path"):
@@ -112,11 +117,32 @@ def _s3(location: Location, options: BackendOptions) -> Store:
         raise UsageError(f"cannot configure {location.display()}: {str(exc).splitlines()[0]}") from None
     shown_endpoint = endpoint or f"s3.{region}.amazonaws.com"
     root = f"{location.bucket}/{location.path}".rstrip("/")
+    getter = None
+    known = _known_credentials(credentials)
+    if known is not False:
+        getter = ObjectGetter(
+            shown_endpoint, scheme, region, known, float(connect_timeout + request_timeout),
+            virtual=not endpoint or bool(kwargs["force_virtual_addressing"]),
+            ca_file=query.get("tls_ca_file_path"),
+        )  # fmt: skip
     return Store(
         fs, root, object_store=True, move_replaces=True,
         id=f"{location.scheme}://{shown_endpoint}/{root}", endpoint=shown_endpoint,
-        timeout=options.timeout, attempt_budget=connect_timeout + request_timeout,
+        timeout=options.timeout, attempt_budget=connect_timeout + request_timeout, getter=getter,
     )  # fmt: skip
+
+
+def _known_credentials(kwargs: dict[str, object]) -> Credentials | bool | None:
+    """The keys pyarrow will sign with, None for anonymous access, False when only pyarrow's default chain
+    knows them (instance roles, ~/.aws profiles): then objects are opened by pyarrow alone."""
+    if kwargs.get("anonymous"):
+        return None
+    access = kwargs.get("access_key") or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = kwargs.get("secret_key") or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    token = kwargs.get("session_token") if "access_key" in kwargs else os.environ.get("AWS_SESSION_TOKEN")
+    if not access or not secret:
+        return False
+    return Credentials(str(access), str(secret), str(token) if token else None)
 
 
 def _endpoint(location: Location, options: BackendOptions) -> tuple[str, str]:

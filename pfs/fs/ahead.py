@@ -1,0 +1,75 @@
+"""`ReadAhead`: which files of a directory to make ready before they are opened, when it is read in order.
+
+A training epoch or a copy opens a directory's files one after another in name order; each cold open then
+waits a whole round trip to the store. When an open follows one of a directory's recent opens in name
+order (the next file, or close to it), the next `window` files are handed to `start` (which makes their
+version and first block ready inside the memory budget, see `Versions.prefetch`), never more than `window`
+ahead of the reader. Readers that jump around (a shuffled sampler) start nothing. Several readers of one
+directory are followed apart (up to STREAMS each). `start` answers False when the budget has no room: the
+rest waits for the next open.
+
+Pure bookkeeping over the directory's listing (names in the order a sorted walk reads them): no I/O and no
+awaits, so it runs on the trio loop between two checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pfs.backends import Entry, Kind
+from pfs.fs.names import Listing
+
+WINDOW = 8  # files made ready ahead of one reader: enough to hide a round trip behind the reads
+STREAMS = 16  # readers followed per directory
+MAX_DIRECTORIES = 64  # directories whose file order is kept
+NEAR = 2  # an open this many names past a reader's last one still follows it (a file skipped)
+
+
+class _Order:
+    """A listing's file names in name order, and where each is."""
+
+    def __init__(self, listing: Listing) -> None:
+        self.listing = listing
+        self.names = sorted(n for n, e in listing.entries.items() if e.kind is Kind.FILE)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.streams: list[list[int]] = []  # [last opened, made ready up to (exclusive)], newest last
+
+
+class ReadAhead:
+    def __init__(self, start: Callable[[str, Entry], bool], window: int = WINDOW) -> None:
+        self._start = start
+        self._window = window
+        self._orders: dict[str, _Order] = {}
+
+    def opened(self, path: str, listing: Listing) -> None:
+        """The file `path`, named in `listing` (its directory's), is being opened."""
+        directory, _, name = path.rpartition("/")
+        order = self._order(directory, listing)
+        i = order.index.get(name)
+        if i is None:
+            return
+        stream = next((s for s in order.streams if 0 < i - s[0] <= NEAR), None)
+        if stream is None:  # a new reader, or a jump: follow it from here, start nothing yet
+            order.streams.append([i, i + 1])
+            del order.streams[:-STREAMS]
+            return
+        stream[0] = i
+        order.streams.remove(stream)
+        order.streams.append(stream)
+        stop = min(i + 1 + self._window, len(order.names))
+        j = max(stream[1], i + 1)
+        while j < stop:
+            name = order.names[j]
+            prefix = f"{directory}/" if directory else ""
+            if not self._start(prefix + name, listing.entries[name]):
+                break
+            j += 1
+        stream[1] = j
+
+    def _order(self, directory: str, listing: Listing) -> _Order:
+        order = self._orders.get(directory)
+        if order is None or order.listing is not listing:  # a new listing: its names may differ
+            if len(self._orders) >= MAX_DIRECTORIES:
+                self._orders.pop(next(iter(self._orders)))
+            order = self._orders[directory] = _Order(listing)
+        return order

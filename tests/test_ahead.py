@@ -1,0 +1,75 @@
+"""`ReadAhead`: which files of a directory are made ready ahead of their open (pure bookkeeping, no I/O)."""
+
+from __future__ import annotations
+
+from pfs.backends import Entry, Kind
+from pfs.fs.ahead import ReadAhead
+from pfs.fs.names import Listing
+
+
+def _listing(count: int) -> Listing:
+    entries = {f"f{i:03d}": Entry(f"f{i:03d}", Kind.FILE, 100, 1) for i in range(count)}
+    entries["sub"] = Entry("sub", Kind.DIR)
+    return Listing(0.0, entries)
+
+
+class Recorder:
+    def __init__(self, room: int = 1_000) -> None:
+        self.started: list[str] = []
+        self.room = room
+
+    def __call__(self, path: str, entry: Entry) -> bool:
+        if self.room <= 0:
+            return False
+        self.room -= 1
+        self.started.append(path)
+        return True
+
+
+def test_a_directory_read_in_order_is_made_ready_a_window_ahead():
+    listing, start = _listing(30), Recorder()
+    ahead = ReadAhead(start, window=4)
+    ahead.opened("d/f000", listing)
+    assert start.started == []  # one open is no order yet
+    ahead.opened("d/f001", listing)
+    assert start.started == ["d/f002", "d/f003", "d/f004", "d/f005"]
+    ahead.opened("d/f002", listing)  # the window moves one file: one more
+    assert start.started[-1] == "d/f006" and len(start.started) == 5
+    ahead.opened("d/f004", listing)  # a skipped file still follows the reader
+    assert start.started[-2:] == ["d/f007", "d/f008"]
+
+
+def test_jumps_start_nothing():
+    listing, start = _listing(100), Recorder()
+    ahead = ReadAhead(start, window=4)
+    for i in (50, 7, 93, 20, 61, 3, 88):  # a shuffled sampler
+        ahead.opened(f"f{i:03d}", listing)
+    assert start.started == []
+
+
+def test_readers_of_one_directory_are_followed_apart():
+    listing, start = _listing(100), Recorder()
+    ahead = ReadAhead(start, window=2)
+    for i in range(3):
+        ahead.opened(f"f{i:03d}", listing)
+        ahead.opened(f"f{50 + i:03d}", listing)
+    assert start.started == ["f002", "f003", "f052", "f053", "f004", "f054"]
+
+
+def test_no_room_stops_the_window_until_the_next_open():
+    listing, start = _listing(30), Recorder(room=1)
+    ahead = ReadAhead(start, window=4)
+    ahead.opened("f000", listing)
+    ahead.opened("f001", listing)
+    assert start.started == ["f002"]
+    start.room = 10
+    ahead.opened("f002", listing)
+    assert start.started == ["f002", "f003", "f004", "f005", "f006"]
+
+
+def test_the_window_ends_with_the_directory_and_skips_directories():
+    listing, start = _listing(4), Recorder()
+    ahead = ReadAhead(start, window=8)
+    ahead.opened("f000", listing)
+    ahead.opened("f001", listing)
+    assert start.started == ["f002", "f003"]
