@@ -136,11 +136,24 @@ class Backend(ABC):
         """Open a file of known `size` for positional reads (no extra metadata request where avoidable)."""
 
     @abstractmethod
-    def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
+    def write_file(
+        self,
+        path: str,
+        source: BinaryIO,
+        size: int,
+        guard: UploadGuard | None = None,
+        *,
+        plain: bool = False,
+    ) -> Entry:
         """Publish `size` bytes read from `source` as the file at `path`, atomically: readers see either
         the old object or the whole new one, never a partial one. Large files are streamed (multipart on
         object stores), never held in memory. `guard` lets the caller abandon the upload. Returns the new
-        entry."""
+        entry.
+
+        `plain`: the caller's own namespace says `path` is free or a plain file (a mount's file being
+        written). Object stores then skip looking at the name first and stat-ing the result: a small file
+        is one PUT, and the entry returned has the size written and the time it was published (the
+        store's modification time may differ by under a second; the ETag identifies the version)."""
 
     def put_file(self, path: str, source: BinaryIO, size: int) -> None:
         """Publish like `write_file`, for a caller that knows from a fresh listing that `path` is free or a

@@ -16,6 +16,7 @@ write-back never to upload it. A broken file must never be published.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import io
 import os
@@ -34,14 +35,25 @@ def _staging_error(exc: OSError, what: str) -> PfsError:
     return StagingFailed(f"{what}: the staging directory failed: {exc.strerror or exc}")
 
 
+def _unnamed_file(folder: str) -> int:
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    fd, name = tempfile.mkstemp(dir=folder, prefix="pfs-staged-")  # no O_TMPFILE here: unlink at once
+    os.unlink(name)
+    return fd
+
+
 class StagedFile:
     def __init__(self, staging_dir: str, base_size: int, open_base: Callable[[], Reader] | None) -> None:
-        # Unlinked at once: a crash leaves nothing behind.
+        # Unnamed from the start, so a crash leaves nothing behind; linkable (no O_EXCL), so write-back
+        # can give it a name in its journal without copying it.
         try:
-            self._file: BinaryIO = tempfile.TemporaryFile(dir=staging_dir, prefix="pfs-staged-")  # noqa: SIM115
+            self._fd = _unnamed_file(staging_dir)
         except OSError as exc:
             raise _staging_error(exc, "create a staged file") from exc
-        self._fd = self._file.fileno()
         self._open_base = open_base
         self._base: Reader | None = None
         # Bytes of the base object still visible: a truncate below it hides the rest for good.
@@ -53,6 +65,10 @@ class StagedFile:
         self.modified = False
         self.broken: PfsError | None = None  # why this content will never be uploaded
         self.failure: str | None = None  # why the last upload of this content failed (kept for a retry)
+        self.generation = 0  # counts changes: what a write-back journal entry was made of
+        self.journal: str | None = None  # the write-back journal entry holding these bytes, if any
+        self.journaled = -1  # the generation the entry was last made durable at
+        self._linked_to: str | None = None
         self.lock = threading.Lock()
 
     def write(self, offset: int, data: bytes) -> int:
@@ -68,6 +84,7 @@ class StagedFile:
             self._add_range(offset, offset + written)
             self.size = max(self.size, offset + written)
             self.modified = True
+            self.generation += 1
             return written
 
     def truncate(self, length: int) -> None:
@@ -82,6 +99,7 @@ class StagedFile:
             self._clip_ranges(length)
             self.size = length
             self.modified = True
+            self.generation += 1
 
     def _check_intact(self) -> None:
         if self.broken is not None:
@@ -102,6 +120,47 @@ class StagedFile:
             pos = piece_end
         return b"".join(parts)
 
+    @property
+    def self_contained(self) -> bool:
+        """Every byte is in the staging file (no base object shows through): it alone is the content."""
+        return self._base_visible == 0
+
+    def persist(self, path: str) -> None:
+        """Make the content durable under `path`: a hard link to the staging file where its file system
+        can link an unnamed file (later calls then only sync it), else a copy. Self-contained files only."""
+        with self.lock:
+            self._check_intact()
+            try:
+                os.fsync(self._fd)
+                if self._linked_to != path:
+                    self._link_or_copy(path)
+            except OSError as exc:
+                raise _staging_error(exc, "persist") from exc
+
+    def _link_or_copy(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        try:
+            os.link(f"/proc/self/fd/{self._fd}", path, follow_symlinks=True)
+            self._linked_to = path
+            return
+        except OSError:
+            pass  # unlinked by name rather than made unnamed (no O_TMPFILE here): copy
+        tmp = path + ".tmp"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            offset = 0
+            while offset < self.size:
+                sent = os.copy_file_range(self._fd, out, self.size - offset, offset, offset)
+                if not sent:
+                    break
+                offset += sent
+            os.ftruncate(out, self.size)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, path)
+
     def source(self) -> BinaryIO:
         """A sequential reader of the whole content, for `Backend.write_file`."""
         return _ComposedReader(self)
@@ -120,7 +179,7 @@ class StagedFile:
         if self._base is not None:
             self._base.close()
             self._base = None
-        self._file.close()
+        os.close(self._fd)
 
     def _base_reader(self) -> Reader:
         if self._base is None:

@@ -23,7 +23,9 @@ backend keeps the previous version (or, for a new file, never sees the name).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -45,6 +47,7 @@ from pfs.errors import (
     Unsupported,
 )
 from pfs.fs.inodes import Inode
+from pfs.fs.journal import Journal
 from pfs.fs.staging import StagedFile
 from pfs.stats import Stats
 
@@ -64,6 +67,8 @@ PERMANENT = (
     Unsupported,
 )
 LISTED_FAILURES = 100  # names of failed uploads in the counters (the control xattr's value is bounded)
+BACKGROUND_UPLOADS = 8  # write-back mode: uploads in flight at once
+MAX_QUEUED = 4096  # write-back mode: closed files waiting (each holds an open staging file)
 
 
 class WriteBack:
@@ -75,7 +80,9 @@ class WriteBack:
         run: Run,
         stats: Stats,
         discarded: Callable[[Inode], None],
+        created: Callable[[Inode], None],
         keep_failed: bool = True,
+        journal: Journal | None = None,
     ) -> None:
         self._backend = backend
         self._store_of = store_of
@@ -83,9 +90,20 @@ class WriteBack:
         self._run = run
         self._stats = stats
         self._discarded = discarded  # told when bytes written here were dropped without being uploaded
+        self._created = created  # told when a new file's first upload made it exist on the backend
         self._keep_failed = keep_failed
         # The only inodes whose content or existence the backend may not know yet.
         self._staged: set[Inode] = set()
+        # Write-back mode (`journal` set): closed files waiting for a background upload, in close order.
+        self._journal = journal
+        self._queued: set[Inode] = set()
+        self._queue_in, self._queue_out = trio.open_memory_channel[Inode](math.inf)
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Start the background uploads of write-back mode in `nursery`."""
+        if self._journal is not None:
+            for _ in range(BACKGROUND_UPLOADS):
+                nursery.start_soon(self._upload_in_background)
 
     def base_opener(self, inode: Inode) -> Callable[[], Reader]:
         store, path, size = self._store_of(inode), inode.path, inode.size
@@ -131,6 +149,8 @@ class WriteBack:
         inode.staged = None
         self._staged.discard(inode)
         await self._run(staged.close)
+        if staged.journal is not None:  # uploaded, or dropped on purpose: nothing left to replay
+            await self._forget_journal(staged)
         if dropped:
             self._discarded(inode)
 
@@ -150,6 +170,7 @@ class WriteBack:
             if staged.failure is not None and not again:
                 return
             staged.modified = False  # writes landing during the upload set it again
+            generation = staged.generation
             try:
                 entry = await self._watched_write(inode.path, staged)
             except BaseException as exc:
@@ -157,14 +178,73 @@ class WriteBack:
                 if isinstance(exc, PfsError):
                     self._failed(inode, staged, exc)
                 raise
+            if staged.journal is not None and staged.generation == generation:
+                await self._forget_journal(staged)
         if staged.failure is not None:
             log.info("%s uploaded, after an upload of it had failed", inode.path)
             staged.failure = None
         inode.size, inode.mtime_ns, inode.etag = entry.size, entry.mtime_ns, ""
-        inode.on_backend = True
+        created, inode.on_backend = not inode.on_backend, True
+        if created:
+            self._created(inode)
         inode.attrs_at = time.monotonic()
         inode.opened_version = inode.version
         self._stats.add("bytes_uploaded", entry.size)
+
+    async def settled(self, inode: Inode | None) -> None:
+        """Wait for an upload of `inode` in flight (a write-back one runs behind the writer's close): a
+        name change must know whether the object landed, and must not be followed by it landing."""
+        if inode is not None and inode.staged is not None:
+            async with inode.upload_lock:
+                pass
+
+    async def close(self, inode: Inode, again: bool = True) -> None:
+        """A flush or release. In write-back mode a self-contained file is made durable in the journal and
+        queued for a background upload; everything else is uploaded now (`upload`)."""
+        if not await self._deferred(inode):
+            await self.upload(inode, again)
+
+    async def _deferred(self, inode: Inode) -> bool:
+        staged = inode.staged
+        if self._journal is None or staged is None or inode.detached or not staged.modified:
+            return False  # not write-back mode, or nothing to upload
+        if staged.broken is not None or staged.failure is not None or not staged.self_contained:
+            return False  # upload() refuses, retries as in the default mode, or needs the base object
+        if staged.journaled == staged.generation:
+            return True  # closed again without a change (the release after the flush): queued already
+        if len(self._queued) >= MAX_QUEUED:
+            return False  # the store is far behind: this writer waits for its own upload
+        await self._run(self._make_durable, inode.path, staged)
+        if inode not in self._queued:
+            self._queued.add(inode)
+            self._queue_in.send_nowait(inode)
+        return True
+
+    def _make_durable(self, path: str, staged: StagedFile) -> None:
+        journal = self._journal
+        assert journal is not None
+        generation = staged.generation
+        entry = staged.journal or journal.new_id()
+        staged.persist(journal.data_path(entry))
+        if staged.journal is None:
+            journal.record(entry, path)
+            staged.journal = entry
+        staged.journaled = generation
+
+    async def _forget_journal(self, staged: StagedFile) -> None:
+        assert self._journal is not None and staged.journal is not None
+        entry, staged.journal, staged.journaled = staged.journal, None, -1
+        await self._run(self._journal.remove, entry)
+
+    async def _upload_in_background(self) -> None:
+        async for inode in self._queue_out:
+            self._queued.discard(inode)
+            with contextlib.suppress(PfsError):  # logged and counted by upload(); kept or dropped there
+                await self.upload(inode)
+            staged = inode.staged
+            if staged is not None and staged.modified and staged.broken is None:
+                continue  # changed while uploading (its next close queues it again), or kept after a failure
+            await self.unstage_if_idle(inode)
 
     async def _watched_write(self, path: str, staged: StagedFile) -> Entry:
         """`write_file` in a worker thread, abandoned once no data has moved for the backend's timeout."""
@@ -173,7 +253,7 @@ class WriteBack:
         with trio.CancelScope() as abandoned:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, guard, stall, abandoned)
-                write = self._backend.write_file
+                write = functools.partial(self._backend.write_file, plain=True)
                 entry = await self._run(write, path, staged.source(), staged.size, guard, cancellable=True)
                 nursery.cancel_scope.cancel()
             return entry
@@ -243,10 +323,13 @@ class WriteBack:
     def counters(self) -> dict:
         pending = self._pending()
         failed = sorted(inode.path for inode in pending if inode.staged and inode.staged.failure)
+        queued = [inode.staged.size for inode in self._queued if inode.staged is not None]
         return {
             "pending_uploads": len(pending),
             "pending_failed_uploads": len(failed),
             "failed_uploads": failed[:LISTED_FAILURES],
+            "pending_writeback_files": len(queued),
+            "pending_writeback_bytes": sum(queued),
         }
 
 

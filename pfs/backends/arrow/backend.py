@@ -408,9 +408,20 @@ class ArrowBackend(Backend):
             raise NotFound(f"{path}: vanished right after it was written")
         return self._entry(_name(path), info, kind)
 
-    def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
+    def write_file(
+        self,
+        path: str,
+        source: BinaryIO,
+        size: int,
+        guard: UploadGuard | None = None,
+        *,
+        plain: bool = False,
+    ) -> Entry:
         self._check(path, creating=True)
         self._check_new_leaf(path)
+        if plain and self._store.object_store:
+            self._publish(path, self._full(path), source, size, guard)
+            return Entry(_name(path), Kind.FILE, size, time.time_ns())
         existing = self._lookup(path)
         if existing is not None and existing.kind is Kind.DIR:
             raise IsADirectory(f"{path}: is a directory")
