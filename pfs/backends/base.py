@@ -151,9 +151,17 @@ class Backend(ABC):
         entry.
 
         `plain`: the caller's own namespace says `path` is free or a plain file (a mount's file being
-        written). Object stores then skip looking at the name first and stat-ing the result: a small file
-        is one PUT, and the entry returned has the size written and the time it was published (the
-        store's modification time may differ by under a second; the ETag identifies the version)."""
+        written). Object stores then skip the symlink probe and the stat of the result: a small file is
+        one look at the name and one PUT, and the entry returned has the size written and the time it
+        was published (the store's modification time may differ by under a second; the ETag identifies
+        the version)."""
+
+    def stream_file(self, path: str, source: BinaryIO, guard: UploadGuard) -> Entry:
+        """Publish what `source` gives until it ends (a file still being written, size unknown) as the
+        file at `path` (a plain file or free, as with `write_file(plain=True)`): parts are uploaded while
+        the source still grows, and the file appears, atomically, only once the source has ended. Tried
+        once. Unsupported where publishing needs the whole file first (only object stores stream)."""
+        raise Unsupported(f"{path}: this store does not upload a file while it is written")
 
     def put_file(self, path: str, source: BinaryIO, size: int) -> None:
         """Publish like `write_file`, for a caller that knows from a fresh listing that `path` is free or a

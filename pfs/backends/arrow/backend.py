@@ -420,7 +420,13 @@ class ArrowBackend(Backend):
         self._check(path, creating=True)
         self._check_new_leaf(path)
         if plain and self._store.object_store:
-            self._publish(path, self._full(path), source, size, guard)
+            full = self._full(path)
+            # One look at the name though the caller knows what is there: a store that stopped answering
+            # is found out before a PUT is sent (a PUT its waiter gave up on may still land later).
+            own = self._call(f"stat {path}", lambda: self._fs.get_file_info(full))
+            if own.type == _DIR:
+                raise IsADirectory(f"{path}: is a directory")
+            self._publish(path, full, source, size, guard)
             return Entry(_name(path), Kind.FILE, size, time.time_ns())
         existing = self._lookup(path)
         if existing is not None and existing.kind is Kind.DIR:
@@ -430,6 +436,20 @@ class ArrowBackend(Backend):
         if existing is not None and existing.kind is Kind.SYMLINK:
             self._call(f"write {path}", lambda: self._fs.delete_file(full + LINK_SUFFIX))
         return self._stat_key(path, full, Kind.FILE)
+
+    def stream_file(self, path: str, source: BinaryIO, guard: UploadGuard) -> Entry:
+        if not self._store.object_store:
+            return super().stream_file(path, source, guard)
+        self._check(path, creating=True)
+        self._check_new_leaf(path)
+        full = self._full(path)
+        # Tried once: the source cannot go back to send the parts again.
+        size = self._call(
+            f"write {path}",
+            lambda: transfer.stream_object(self._fs, full, source, guard),
+            give_up=lambda exc: True,
+        )
+        return Entry(_name(path), Kind.FILE, size, time.time_ns())
 
     def copy_file(self, src: str, dst: str) -> None:
         self._check(src)

@@ -110,6 +110,30 @@ def upload_object(
     stream.close()
 
 
+def stream_object(fs: pafs.FileSystem, key: str, source: BinaryIO, guard: UploadGuard) -> int:
+    """Publish what `source` gives until it ends (its size unknown up front: a file still being written)
+    as object `key`. Parts go up as they fill; the object appears only once the source has ended and
+    every part is stored, never before: a source that fails or an abandoned upload publish nothing."""
+    stream = fs.open_output_stream(key)
+    total = unflushed = 0
+    try:
+        while chunk := source.read(CHUNK):
+            guard.progressed()
+            stream.write(chunk)
+            total += len(chunk)
+            unflushed += len(chunk)
+            if unflushed >= FLUSH_EVERY:
+                stream.flush()
+                unflushed = 0
+        stream.flush()
+        guard.commit()
+    except BaseException:
+        _abandon(stream)
+        raise
+    stream.close()
+    return total
+
+
 def write_via_temp(
     fs: pafs.FileSystem,
     tmp_dir: str,
