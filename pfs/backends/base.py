@@ -109,6 +109,8 @@ class Backend(ABC):
     #: A stat costs no remote round trip or one cheap one (a local directory; an HDFS NameNode, which answers
     #: from memory): callers revalidate on every open, so each open sees the latest version.
     cheap_open: bool = False
+    #: `stream_file` works: a file can be uploaded while it is still written (object stores).
+    streams_uploads: bool = False
     #: Identifies the data source without secrets, e.g. 's3://127.0.0.1:9000/bucket/prefix'. Used in logs
     #: and as the first part of cache keys, so it must not depend on credentials or mount options.
     id: str

@@ -167,6 +167,7 @@ class Operations(pyfuse3.Operations):
             lambda inode: self.names.changed(inode.path),
             keep_failed=options.failed_uploads == "keep",
             journal=Journal(options.staging_dir, backend.id) if options.writeback else None,
+            memory_limit=options.memory_limit,
         )
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]

@@ -26,7 +26,9 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from pfs.backends import Reader
-from pfs.errors import NoSpace, PfsError, StagingFailed
+from pfs.errors import BackendError, NoSpace, PfsError, StagingFailed
+
+CHUNK_CAP = 8 << 20  # the most a read of the whole stream returns at once
 
 
 def _staging_error(exc: OSError, what: str) -> PfsError:
@@ -70,6 +72,11 @@ class StagedFile:
         self.journaled = -1  # the generation the entry was last made durable at
         self._linked_to: str | None = None
         self.lock = threading.Lock()
+        # A new file written strictly in order (each write at the end) can be uploaded while it grows.
+        self._appending = open_base is None
+        self._grown = threading.Condition(self.lock)
+        self._end: int | None = None  # where `stream()` stops: set by `finish`
+        self._streamed = False  # `stream()` handed out its reader
 
     def write(self, offset: int, data: bytes) -> int:
         with self.lock:
@@ -80,11 +87,14 @@ class StagedFile:
                     written += os.pwrite(self._fd, data[written:], offset + written)
             except OSError as exc:
                 self.broken = _staging_error(exc, "write")
+                self._grown.notify_all()
                 raise self.broken from exc
+            self._appending = self._appending and offset == self.size and self._end is None
             self._add_range(offset, offset + written)
             self.size = max(self.size, offset + written)
             self.modified = True
             self.generation += 1
+            self._grown.notify_all()
             return written
 
     def truncate(self, length: int) -> None:
@@ -94,12 +104,17 @@ class StagedFile:
                 os.ftruncate(self._fd, length)
             except OSError as exc:
                 self.broken = _staging_error(exc, "truncate")
+                self._grown.notify_all()
                 raise self.broken from exc
             self._base_visible = min(self._base_visible, length)
             self._clip_ranges(length)
+            # Cut to nothing before any stream began (open with O_TRUNC): a new file from here on.
+            restart = length == 0 and not self._streamed
+            self._appending = restart or (self._appending and length == self.size)
             self.size = length
             self.modified = True
             self.generation += 1
+            self._grown.notify_all()
 
     def _check_intact(self) -> None:
         if self.broken is not None:
@@ -161,6 +176,39 @@ class StagedFile:
             os.close(out)
         os.replace(tmp, path)
 
+    def stream(self) -> BinaryIO | None:
+        """A reader of the content while it is still appended to, for `Backend.stream_file`: its reads
+        wait for the writer and end at `finish`; they fail once a write lands anywhere but at the end (the
+        file is then uploaded whole at close). None unless every write so far appended."""
+        with self.lock:
+            if not self._appending or self._end is not None:
+                return None
+            self._streamed = True
+            return _AppendedReader(self)
+
+    def finish(self) -> bool:
+        """End the stream at the current size; False if the content was not appended in order."""
+        with self.lock:
+            self._end = self.size
+            self._grown.notify_all()
+            return self._appending and self.broken is None
+
+    def stop_stream(self) -> None:
+        """The stream must never complete (the file is dropped, renamed, or uploaded another way)."""
+        with self.lock:
+            self._appending = False
+            self._grown.notify_all()
+
+    def _appended(self, pos: int, want: int) -> int:
+        """Bytes from `pos` the stream may read (0: the end); waits for the writer. Under `lock`."""
+        while True:
+            if not self._appending or self.broken is not None:
+                raise BackendError("the file stopped being appended to: it is uploaded whole at close")
+            limit = self.size if self._end is None else self._end
+            if limit - pos >= want or self._end is not None:
+                return max(0, min(want, limit - pos))
+            self._grown.wait()
+
     def source(self) -> BinaryIO:
         """A sequential reader of the whole content, for `Backend.write_file`."""
         return _ComposedReader(self)
@@ -176,6 +224,7 @@ class StagedFile:
             self._open_base = open_base
 
     def close(self) -> None:
+        self.stop_stream()
         if self._base is not None:
             self._base.close()
             self._base = None
@@ -249,3 +298,23 @@ class _ComposedReader(io.RawIOBase):
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._staged.size}[whence]
         self._pos = base + offset
         return self._pos
+
+
+class _AppendedReader(io.RawIOBase):
+    """Sequential view of a StagedFile that is still being appended to (see `StagedFile.stream`)."""
+
+    def __init__(self, staged: StagedFile) -> None:
+        super().__init__()
+        self._staged = staged
+        self._pos = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        staged = self._staged
+        with staged.lock:
+            count = staged._appended(self._pos, CHUNK_CAP if n is None or n < 0 else n)
+        data = os.pread(staged._fd, count, self._pos) if count else b""
+        self._pos += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True

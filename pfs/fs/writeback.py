@@ -28,7 +28,8 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import trio
 
@@ -67,6 +68,8 @@ PERMANENT = (
     Unsupported,
 )
 LISTED_FAILURES = 100  # names of failed uploads in the counters (the control xattr's value is bounded)
+STREAM_AFTER = 8 << 20  # a new file is uploaded while written once it is this big (smaller: one PUT)
+STREAM_MEMORY = 48 << 20  # what one such upload may hold in memory (parts in flight, see transfer.py)
 BACKGROUND_UPLOADS = 8  # write-back mode: uploads in flight at once
 MAX_QUEUED = 4096  # write-back mode: closed files waiting (each holds an open staging file)
 
@@ -83,6 +86,7 @@ class WriteBack:
         created: Callable[[Inode], None],
         keep_failed: bool = True,
         journal: Journal | None = None,
+        memory_limit: int = 0,
     ) -> None:
         self._backend = backend
         self._store_of = store_of
@@ -98,9 +102,16 @@ class WriteBack:
         self._journal = journal
         self._queued: set[Inode] = set()
         self._queue_in, self._queue_out = trio.open_memory_channel[Inode](math.inf)
+        # New files uploaded while they are written (object stores; not in write-back mode, whose close
+        # does not wait for the upload): as many at once as the memory budget holds parts for.
+        streams = backend.streams_uploads and journal is None
+        self._stream_slots = max(1, memory_limit // STREAM_MEMORY) if streams else 0
+        self._streams: dict[Inode, _Stream] = {}
+        self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
-        """Start the background uploads of write-back mode in `nursery`."""
+        """Background uploads (write-back mode, files uploaded while written) run in `nursery`."""
+        self._nursery = nursery
         if self._journal is not None:
             for _ in range(BACKGROUND_UPLOADS):
                 nursery.start_soon(self._upload_in_background)
@@ -132,12 +143,51 @@ class WriteBack:
         staged = await self.stage(inode)
         intact = staged.broken is None
         try:
-            return await self._run(staged.write, offset, data)
+            written = await self._run(staged.write, offset, data)
         except PfsError as exc:
             if intact and staged.broken is not None:
                 log.warning("%s will not be uploaded (the backend keeps what it had): %s", inode.path, exc)
                 self._stats.add("staging_failures", 1)
             raise
+        if staged.size >= STREAM_AFTER and inode not in self._streams:
+            self._start_stream(inode, staged)
+        return written
+
+    def _start_stream(self, inode: Inode, staged: StagedFile) -> None:
+        if self._nursery is None or inode.detached or len(self._streams) >= self._stream_slots:
+            return
+        source = staged.stream()
+        if source is None:
+            return
+        stream = _Stream(UploadGuard(), inode.path)
+        self._streams[inode] = stream
+        self._nursery.start_soon(self._stream, stream, source)
+
+    async def _stream(self, stream: _Stream, source: BinaryIO) -> None:
+        upload = self._backend.stream_file
+        try:
+            stream.entry = await self._run(upload, stream.path, source, stream.guard, cancellable=True)
+        except PfsError as exc:
+            stream.error = exc
+        finally:
+            stream.done.set()
+
+    async def _finish_stream(self, inode: Inode, staged: StagedFile) -> Entry | None:
+        """The entry of the upload that ran while the file was written, or None if there was none or it
+        cannot be used (the file was not appended in order, or it failed: then it is uploaded whole)."""
+        stream = self._streams.pop(inode, None)
+        if stream is None:
+            return None
+        if inode.path != stream.path or not await self._run(staged.finish):
+            staged.stop_stream()
+            await stream.done.wait()
+            return None
+        await self._watched(inode.path, stream.guard, stream.done.wait)
+        if stream.error is not None:
+            log.info("upload of %s while written failed, uploading it whole: %s", inode.path, stream.error)
+            return None
+        self._stats.add("uploads_streamed", 1)
+        return stream.entry
 
     async def unstage_if_idle(self, inode: Inode) -> None:
         staged = inode.staged
@@ -148,6 +198,7 @@ class WriteBack:
             return  # still to be uploaded
         inode.staged = None
         self._staged.discard(inode)
+        self._streams.pop(inode, None)  # closing the staged file fails its stream: nothing lands
         await self._run(staged.close)
         if staged.journal is not None:  # uploaded, or dropped on purpose: nothing left to replay
             await self._forget_journal(staged)
@@ -172,7 +223,8 @@ class WriteBack:
             staged.modified = False  # writes landing during the upload set it again
             generation = staged.generation
             try:
-                entry = await self._watched_write(inode.path, staged)
+                entry = await self._finish_stream(inode, staged)
+                entry = entry or await self._watched_write(inode.path, staged)
             except BaseException as exc:
                 staged.modified = True
                 if isinstance(exc, PfsError):
@@ -195,6 +247,7 @@ class WriteBack:
         """Wait for an upload of `inode` in flight (a write-back one runs behind the writer's close): a
         name change must know whether the object landed, and must not be followed by it landing."""
         if inode is not None and inode.staged is not None:
+            inode.staged.stop_stream()  # it goes to the old name: the file is uploaded whole at close
             async with inode.upload_lock:
                 pass
 
@@ -249,14 +302,21 @@ class WriteBack:
     async def _watched_write(self, path: str, staged: StagedFile) -> Entry:
         """`write_file` in a worker thread, abandoned once no data has moved for the backend's timeout."""
         guard = UploadGuard()
+        write = functools.partial(self._backend.write_file, plain=True)
+        source, size = staged.source(), staged.size
+        upload = lambda: self._run(write, path, source, size, guard, cancellable=True)  # noqa: E731
+        return await self._watched(path, guard, upload)
+
+    async def _watched(self, path: str, guard: UploadGuard, wait: Callable[[], Awaitable[Any]]) -> Any:
+        """What `wait` returns, unless the upload `guard` watches moves no data for the backend's
+        timeout: then it is abandoned (it can never complete any more) and Transient raised."""
         stall = self._backend.timeout
         with trio.CancelScope() as abandoned:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, guard, stall, abandoned)
-                write = functools.partial(self._backend.write_file, plain=True)
-                entry = await self._run(write, path, staged.source(), staged.size, guard, cancellable=True)
+                result = await wait()
                 nursery.cancel_scope.cancel()
-            return entry
+            return result
         self._stats.add("uploads_stalled", 1)
         raise Transient(f"upload of {path}: no data moved for {stall:g} s, abandoned")
 
@@ -331,6 +391,17 @@ class WriteBack:
             "pending_writeback_files": len(queued),
             "pending_writeback_bytes": sum(queued),
         }
+
+
+@dataclass(eq=False)
+class _Stream:
+    """An upload that runs while its file is written (`Backend.stream_file`)."""
+
+    guard: UploadGuard
+    path: str
+    done: trio.Event = field(default_factory=trio.Event)
+    entry: Entry | None = None
+    error: PfsError | None = None
 
 
 async def _watch(guard: UploadGuard, stall: float, scope: trio.CancelScope) -> None:

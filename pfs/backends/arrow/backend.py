@@ -108,6 +108,7 @@ class ArrowBackend(Backend):
         self._tmp_dir = f"{store.root.rstrip('/')}/{RESERVED}/tmp"
         self._aside_dir = f"{store.root.rstrip('/')}/{RESERVED}/replacing"  # see replace.py
         self.id = f"{store.id}/{subdir}" if subdir else store.id
+        self.streams_uploads = store.object_store
         self.timeout = store.timeout
         self._long_names: set[str] = set()  # left out of listings, reported once each
         self._directory_objects: dict[tuple[str, int | None], bool] = {}  # see _is_directory_object
