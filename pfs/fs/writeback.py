@@ -182,6 +182,7 @@ class WriteBack:
             staged.stop_stream()
             await stream.done.wait()
             return None
+        stream.guard.progressed()  # the close is news: waiting for the writer was no stall of the store
         await self._watched(inode.path, stream.guard, stream.done.wait)
         if stream.error is not None:
             log.info("upload of %s while written failed, uploading it whole: %s", inode.path, stream.error)
