@@ -12,7 +12,7 @@ import pytest
 
 from pfs.backends import BackendOptions, open_backend
 from pfs.errors import BackendError
-from pfs.fs.journal import Journal, replay
+from pfs.fs.journal import LABEL, Journal, replay
 from pfs.fs.staging import StagedFile
 
 MiB = 1 << 20
@@ -31,7 +31,7 @@ def journal_of_a_dead_process(staging: str, backend_id: str, entries: dict[str, 
         f"j = Journal({staging!r}, {backend_id!r})\n"
         "for path, data in json.load(sys.stdin).items():\n"
         f"    s = StagedFile({staging!r}, 0, None); s.write(0, bytes.fromhex(data))\n"
-        "    entry = j.new_id(); s.persist(j.data_path(entry)); j.record(entry, path)\n"
+        "    entry = j.new_id(); s.persist(j.data_path(entry), j.label(path)); j.sync()\n"
     )
     hexed = json.dumps({path: data.hex() for path, data in entries.items()})
     subprocess.run([sys.executable, "-c", code], input=hexed, text=True, check=True)
@@ -43,16 +43,14 @@ def test_replay_uploads_a_dead_mounts_entries_of_this_backend_only(backend, tmp_
     os.makedirs(tmp_path / "root" / "d")
     journal_of_a_dead_process(staging, backend.id, {**entries, "unacked": b"closed, never acknowledged"})
     folder = os.path.join(staging, "journal")
-    for name in os.listdir(folder):  # the close was killed between its data and its record
-        if name.endswith(".json") and "unacked" in open(os.path.join(folder, name)).read():
-            os.unlink(os.path.join(folder, name))
+    for name in os.listdir(folder):  # a copy the close did not finish: no label yet
+        if b"unacked" in os.getxattr(os.path.join(folder, name), LABEL):
+            os.removexattr(os.path.join(folder, name), LABEL)
     journal_of_a_dead_process(staging, "s3://elsewhere/bucket", {"other": b"not ours"})
     live = Journal(staging, backend.id)  # this process's own entry: its owner lives
     mine = StagedFile(staging, 0, None)
     mine.write(0, b"live")
-    entry = live.new_id()
-    mine.persist(live.data_path(entry))
-    live.record(entry, "live")
+    mine.persist(live.data_path(live.new_id()), live.label("live"))
     done = replay(staging, backend)
     assert (done.files, done.failed) == (3, 0)
     for path, data in entries.items():
@@ -61,16 +59,17 @@ def test_replay_uploads_a_dead_mounts_entries_of_this_backend_only(backend, tmp_
     assert not (tmp_path / "root" / "live").exists()
     assert not (tmp_path / "root" / "unacked").exists()
     left = os.listdir(folder)
-    assert len(left) == 4  # the other backend's entry and the live one, two files each
+    assert len(left) == 2  # the other backend's entry and the live one
     assert replay(staging, backend).files == 0
 
 
 def test_persist_follows_later_writes_through_the_link(tmp_path):
     staged = StagedFile(str(tmp_path), 0, None)
     staged.write(0, b"one")
-    staged.persist(str(tmp_path / "entry"))
+    label = ("user.test", b"x")
+    assert staged.persist(str(tmp_path / "entry"), label)
     staged.write(3, b" two")
-    staged.persist(str(tmp_path / "entry"))
+    assert not staged.persist(str(tmp_path / "entry"), label)
     assert (tmp_path / "entry").read_bytes() == b"one two"
 
 

@@ -2,9 +2,11 @@
 
 In write-back mode (`-o writeback`) a close returns once the file's bytes are on the local disk. Each such
 file has an entry in `<staging_dir>/journal/`: `<id>.data`, a hard link to (or, where the staging file
-system cannot link an unnamed file, a copy of) the staged bytes, and `<id>.json`, naming the backend and the
-path. Both are fsync'd, with the directory, before the close returns; the entry is removed once the upload
-completed, or when the bytes were dropped (discarded, unlinked, a permanent failure).
+system cannot link an unnamed file, a copy of) the staged bytes, labelled with an extended attribute that
+names the backend and the path (so one fsync makes bytes and record durable; the staging file system must
+support user extended attributes). File and directory are fsync'd before the close returns; the entry is
+removed once the upload completed, or when the bytes were dropped (discarded, unlinked, a permanent
+failure). An entry without its label (a copy cut short) was never acknowledged and is never replayed.
 
 A daemon killed with uploads pending leaves its entries behind. The next read-write mount of the same
 backend with the same staging directory replays them (uploads each whole, then removes it) before it
@@ -29,6 +31,8 @@ from pfs.errors import PfsError
 
 log = logging.getLogger(__name__)
 
+LABEL = "user.pfs.journal"  # the extended attribute of an entry: {"backend": id, "path": path}
+
 
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -52,27 +56,18 @@ class Journal:
     def data_path(self, entry: str) -> str:
         return os.path.join(self.dir, entry + ".data")
 
-    def record(self, entry: str, path: str) -> None:
-        """Name `path` as the destination of the (already durable) data of `entry`, durably."""
-        final = os.path.join(self.dir, entry + ".json")
-        tmp = final + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"backend": self._backend_id, "path": path}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+    def label(self, path: str) -> tuple[str, bytes]:
+        """The extended attribute that names an entry's backend and destination path."""
+        return LABEL, json.dumps({"backend": self._backend_id, "path": path}).encode()
+
+    def sync(self) -> None:
+        """Make the names of new entries durable."""
         _fsync_dir(self.dir)
 
     def remove(self, entry: str) -> None:
         """Forget `entry`: its bytes were uploaded or dropped."""
-        _remove(self.dir, entry)
-
-
-def _remove(folder: str, entry: str) -> None:
-    # The record goes first: a crash in between leaves data without a record, which is never replayed.
-    for suffix in (".json", ".data"):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(folder, entry + suffix))
+            os.unlink(self.data_path(entry))
 
 
 @dataclass
@@ -92,21 +87,17 @@ def replay(staging_dir: str, backend: Backend) -> Replayed:
     except FileNotFoundError:
         return done
     for name in names:
-        entry, _, suffix = name.rpartition(".")
-        if suffix not in ("json", "data") or not leftovers.owner_is_gone(name):
+        if not name.endswith(".data") or not leftovers.owner_is_gone(name):
             continue
-        record = os.path.join(folder, entry + ".json")
-        data = os.path.join(folder, entry + ".data")
-        if suffix == "data":
-            if not os.path.exists(record):  # never acknowledged: the close that made it did not return
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(data)
-            continue
+        data = os.path.join(folder, name)
         try:
-            with open(record) as f:
-                meta = json.load(f)
-        except (OSError, ValueError) as exc:
-            log.warning("write-back journal entry %s unreadable, kept: %s", entry, exc)
+            meta = json.loads(os.getxattr(data, LABEL))
+        except OSError:  # no label: a copy the close did not finish, never acknowledged
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(data)
+            continue
+        except ValueError as exc:
+            log.warning("write-back journal entry %s unreadable, kept: %s", name, exc)
             continue
         if meta.get("backend") != backend.id:
             continue  # another backend's: its next mount replays it
@@ -119,7 +110,8 @@ def replay(staging_dir: str, backend: Backend) -> Replayed:
             done.failed += 1
             log.warning("write-back of %s (of a dead mount) failed, kept for the next mount: %s", path, exc)
             continue
-        _remove(folder, entry)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(data)
         done.files += 1
         done.bytes += size
         log.info("uploaded %s (%d bytes), acknowledged by a mount that died before uploading it", path, size)

@@ -164,7 +164,7 @@ class Operations(pyfuse3.Operations):
             self._run,
             self.stats,
             self._discarded,
-            lambda inode: self.names.changed(inode.path),
+            lambda inode, entry: self.names.created(inode.path, entry),
             keep_failed=options.failed_uploads == "keep",
             journal=Journal(options.staging_dir, backend.id) if options.writeback else None,
             memory_limit=options.memory_limit,

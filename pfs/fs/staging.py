@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import errno
 import io
 import os
@@ -46,6 +47,23 @@ def _unnamed_file(folder: str) -> int:
     fd, name = tempfile.mkstemp(dir=folder, prefix="pfs-staged-")  # no O_TMPFILE here: unlink at once
     os.unlink(name)
     return fd
+
+
+_AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _link_unnamed(fd: int, path: str) -> bool:
+    """Give the unnamed file `fd` the name `path`; False where that cannot be done (then copy)."""
+    # linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the /proc way does not, but some kernels and
+    # sandboxes refuse it (EXDEV). A file unlinked by name (no O_TMPFILE) can take neither.
+    if _libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
+        return True
+    try:
+        os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+    except OSError:
+        return False
+    return True
 
 
 class StagedFile:
@@ -140,27 +158,30 @@ class StagedFile:
         """Every byte is in the staging file (no base object shows through): it alone is the content."""
         return self._base_visible == 0
 
-    def persist(self, path: str) -> None:
-        """Make the content durable under `path`: a hard link to the staging file where its file system
-        can link an unnamed file (later calls then only sync it), else a copy. Self-contained files only."""
+    def persist(self, path: str, label: tuple[str, bytes]) -> bool:
+        """Make the content durable under `path`, carrying the extended attribute `label` (name, value):
+        a hard link to the staging file where its file system can link an unnamed file (later calls then
+        only sync it), else a copy. Self-contained files only. True if `path` was made now (the caller
+        then syncs its directory)."""
         with self.lock:
             self._check_intact()
             try:
-                os.fsync(self._fd)
-                if self._linked_to != path:
-                    self._link_or_copy(path)
+                os.setxattr(self._fd, *label)
+                if self._linked_to == path:
+                    os.fsync(self._fd)
+                    return False
+                self._link_or_copy(path, label)
+                return True
             except OSError as exc:
                 raise _staging_error(exc, "persist") from exc
 
-    def _link_or_copy(self, path: str) -> None:
+    def _link_or_copy(self, path: str, label: tuple[str, bytes]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        try:
-            os.link(f"/proc/self/fd/{self._fd}", path, follow_symlinks=True)
+        if _link_unnamed(self._fd, path):
             self._linked_to = path
+            os.fsync(self._fd)  # the data, its label and (on journaling file systems) the new name at once
             return
-        except OSError:
-            pass  # unlinked by name rather than made unnamed (no O_TMPFILE here): copy
         tmp = path + ".tmp"
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -171,6 +192,7 @@ class StagedFile:
                     break
                 offset += sent
             os.ftruncate(out, self.size)
+            os.setxattr(out, *label)
             os.fsync(out)
         finally:
             os.close(out)

@@ -83,7 +83,7 @@ class WriteBack:
         run: Run,
         stats: Stats,
         discarded: Callable[[Inode], None],
-        created: Callable[[Inode], None],
+        created: Callable[[Inode, Entry], None],
         keep_failed: bool = True,
         journal: Journal | None = None,
         memory_limit: int = 0,
@@ -239,7 +239,7 @@ class WriteBack:
         inode.size, inode.mtime_ns, inode.etag = entry.size, entry.mtime_ns, ""
         created, inode.on_backend = not inode.on_backend, True
         if created:
-            self._created(inode)
+            self._created(inode, entry)
         inode.attrs_at = time.monotonic()
         inode.opened_version = inode.version
         self._stats.add("bytes_uploaded", entry.size)
@@ -268,7 +268,11 @@ class WriteBack:
             return True  # closed again without a change (the release after the flush): queued already
         if len(self._queued) >= MAX_QUEUED:
             return False  # the store is far behind: this writer waits for its own upload
-        await self._run(self._make_durable, inode.path, staged)
+        try:
+            await self._run(self._make_durable, inode.path, staged)
+        except PfsError as exc:  # the staging directory cannot keep it: the writer waits for the upload
+            log.warning("%s: not kept for write-back, uploading it now: %s", inode.path, exc)
+            return False
         if inode not in self._queued:
             self._queued.add(inode)
             self._queue_in.send_nowait(inode)
@@ -279,10 +283,9 @@ class WriteBack:
         assert journal is not None
         generation = staged.generation
         entry = staged.journal or journal.new_id()
-        staged.persist(journal.data_path(entry))
-        if staged.journal is None:
-            journal.record(entry, path)
-            staged.journal = entry
+        if staged.persist(journal.data_path(entry), journal.label(path)):
+            journal.sync()
+        staged.journal = entry
         staged.journaled = generation
 
     async def _forget_journal(self, staged: StagedFile) -> None:
