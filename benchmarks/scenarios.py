@@ -252,7 +252,11 @@ def _wait_visible(ctx: Context, directory: str, expected: dict[str, int]) -> Non
     selector = pafs.FileSelector(f"{ctx.bucket}/{directory}", recursive=True, allow_not_found=True)
     prefix = f"{ctx.bucket}/"
     while True:
-        seen = {i.path.removeprefix(prefix): i.size for i in ctx.raw_fs.get_file_info(selector) if i.is_file}
+        try:
+            infos = ctx.raw_fs.get_file_info(selector)
+        except OSError:  # a listing timed out on a busy server (a client still uploading): ask again
+            infos = []
+        seen = {i.path.removeprefix(prefix): i.size for i in infos if i.is_file}
         if all(seen.get(rel) == size for rel, size in expected.items()):
             return
         if time.monotonic() > deadline:
