@@ -16,10 +16,10 @@ GiB = 1 << 30
 
 SCENARIOS = (
     "seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader",
-    "meta", "write-big", "write-small",
+    "meta", "write-big", "write-small", "write-ckpt",
 )  # fmt: skip
 READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader")
-CLIENTS = ("pfs", "pfs-ro", "rclone", "s3fs", "raw", "local", "floor", "floor-noopen")
+CLIENTS = ("pfs", "pfs-ro", "pfs-wb", "rclone", "s3fs", "raw", "local", "floor", "floor-noopen")
 READ_ONLY = ("pfs-ro", "floor", "floor-noopen")  # no write scenarios
 PEERS = ("rclone", "s3fs")
 PHASES = ("cold", "warm", "hot")
@@ -39,6 +39,8 @@ class Sizes:
     ttfb_files: int  # files opened for time-to-first-byte
     write_big: int
     write_small_files: int
+    write_ckpt_shards: int  # a checkpoint: this many shards written by CKPT_THREADS threads at once
+    write_ckpt_shard: int
     stat_time_limit: float  # seconds a stat-every-file loop may run before it reports its rate so far
     seed: int = 20261122
 
@@ -62,6 +64,8 @@ FULL = Sizes(
     ttfb_files=100,
     write_big=1 * GiB,
     write_small_files=1000,
+    write_ckpt_shards=64,
+    write_ckpt_shard=32 * MiB,
     stat_time_limit=60.0,
 )
 
@@ -78,5 +82,7 @@ QUICK = Sizes(
     ttfb_files=10,
     write_big=8 * MiB,
     write_small_files=16,
+    write_ckpt_shards=8,
+    write_ckpt_shard=1 * MiB,
     stat_time_limit=10.0,
 )

@@ -27,6 +27,7 @@ LABELS = {
     "meta": "metadata",
     "write-big": "big file write (until on the server)",
     "write-small": "small file writes (until on the server)",
+    "write-ckpt": "checkpoint: shards written by 8 threads (until on the server)",
 }
 
 

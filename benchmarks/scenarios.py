@@ -28,6 +28,7 @@ from benchmarks.results import Result
 from benchmarks.servers import Store
 
 VISIBLE_TIMEOUT = 600.0
+CKPT_THREADS = 8  # a training job's checkpoint: one writer thread per rank's shards
 
 
 @dataclass
@@ -170,6 +171,8 @@ def runs_on(scenario: str, client: Client) -> str:
         return "the loader reads a directory"
     if scenario not in READS and scenario != "meta" and not client.writes:
         return "read-only client"
+    if (scenario in READS or scenario == "meta") and not client.reads:
+        return "write-only client"
     return ""
 
 
@@ -249,7 +252,11 @@ def _wait_visible(ctx: Context, directory: str, expected: dict[str, int]) -> Non
     selector = pafs.FileSelector(f"{ctx.bucket}/{directory}", recursive=True, allow_not_found=True)
     prefix = f"{ctx.bucket}/"
     while True:
-        seen = {i.path.removeprefix(prefix): i.size for i in ctx.raw_fs.get_file_info(selector) if i.is_file}
+        try:
+            infos = ctx.raw_fs.get_file_info(selector)
+        except OSError:  # a listing timed out on a busy server (a client still uploading): ask again
+            infos = []
+        seen = {i.path.removeprefix(prefix): i.size for i in infos if i.is_file}
         if all(seen.get(rel) == size for rel, size in expected.items()):
             return
         if time.monotonic() > deadline:
@@ -263,9 +270,14 @@ def run_write(ctx: Context, scenario: str, client: Client) -> list[Result]:
     """Write, close, and wait until the server has every byte: the time a job's output takes to be safe."""
     directory = f"_writes/{ctx.run_id}/{client.name}"
     block = random.Random(f"{ctx.sizes.seed}:write").randbytes(MiB)
+    threads = 1
     if scenario == "write-big":
         files = {f"{directory}/big.bin": ctx.sizes.write_big}
         metric = "write MiB/s"
+    elif scenario == "write-ckpt":
+        shards = range(ctx.sizes.write_ckpt_shards)
+        files = {f"{directory}/shard{i:03d}.bin": ctx.sizes.write_ckpt_shard for i in shards}
+        metric, threads = "write MiB/s", CKPT_THREADS
     else:
         files = {
             f"{directory}/s{i:05d}.bin": ctx.sizes.small_file for i in range(ctx.sizes.write_small_files)
@@ -278,8 +290,8 @@ def run_write(ctx: Context, scenario: str, client: Client) -> list[Result]:
     try:
         with Meter(client.daemon_pid()) as meter:
             start = time.perf_counter()
-            for rel, size in files.items():
-                io.write(rel, size, block)
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda item: io.write(item[0], item[1], block), files.items()))
             close_s = time.perf_counter() - start
             if client.on_backend:
                 _wait_visible(ctx, directory, files)
@@ -288,7 +300,7 @@ def run_write(ctx: Context, scenario: str, client: Client) -> list[Result]:
         client.remove_write_dir(ctx.store, directory)
     assert meter.usage is not None
     seconds, total = meter.usage.seconds, sum(files.values())
-    if scenario == "write-big":
+    if metric == "write MiB/s":
         value, at_close = total / MiB / seconds, total / MiB / close_s
     else:
         value, at_close = len(files) / seconds, len(files) / close_s

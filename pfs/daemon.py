@@ -21,9 +21,9 @@ import pyfuse3
 import trio
 
 from pfs import metrics, mounter
-from pfs.backends import BackendOptions, leftovers, open_backend
+from pfs.backends import Backend, BackendOptions, leftovers, open_backend
 from pfs.errors import PfsError
-from pfs.fs import readino
+from pfs.fs import journal, readino
 from pfs.fs.operations import Operations
 from pfs.options import MountOptions
 
@@ -45,6 +45,8 @@ def serve(
         pin_options(mount)
         store = snapshot_view(store, mount.snapshot, uri)
     os.makedirs(mount.staging_dir, mode=0o700, exist_ok=True)
+    if not mount.read_only:
+        _replay_journal(mount.staging_dir, store)
     operations = Operations(store, mount)
     pyfuse3.init(operations, mountpoint, _fuse_options(store.id, mount))
     if mount.read_only:  # nothing is written: the kernel may keep every file open for good (see readino)
@@ -59,6 +61,19 @@ def serve(
         operations.close()
         store.close()
         log.info("unmounted %s", mountpoint)
+
+
+def _replay_journal(staging_dir: str, store: Backend) -> None:
+    """Upload what a killed write-back mount of this backend acknowledged, before serving anything: no
+    write through this mount can then be overwritten by an older replayed one (pfs/fs/journal.py)."""
+    done = journal.replay(staging_dir, store)
+    if done.files or done.failed:
+        log.info(
+            "write-back journal: %d file(s) (%d bytes) of dead mounts uploaded, %d failed (kept)",
+            done.files,
+            done.bytes,
+            done.failed,
+        )
 
 
 def _fuse_options(fsname: str, mount: MountOptions) -> set[str]:

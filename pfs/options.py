@@ -42,6 +42,9 @@ class MountOptions:
     staging_dir: str = f"{DEFAULT_STATE_DIR}/staging"
     # After a failed upload: "keep" the bytes staged for a retry (next fsync/close, unmount) or "drop" them.
     failed_uploads: str = "keep"
+    # Write-back: close returns once the bytes are durable in staging_dir; the upload follows in the
+    # background (fsync and unmount wait for it; a killed daemon's are replayed by the next mount).
+    writeback: bool = False
     cache_dir: str = DEFAULT_CACHE_DIR  # the disk tier, shared by every mount on the node
     cache_size: int = 20 << 30  # bytes of the disk tier; 0 turns it off
     free_space_ratio: float = 0.1  # the disk tier shrinks to keep this share of its file system free
@@ -61,7 +64,7 @@ _IGNORED = {
     "default_permissions",
 }  # fmt: skip
 
-_FLAGS = {"ro": "read_only", "allow_other": "allow_other", "debug": "debug"}
+_FLAGS = {"ro": "read_only", "allow_other": "allow_other", "debug": "debug", "writeback": "writeback"}
 
 
 @dataclass(frozen=True)

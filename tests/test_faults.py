@@ -181,21 +181,27 @@ def test_a_stalled_upload_fails_close_within_the_timeout_and_is_not_completed_be
 ):
     data = os.urandom(128 * MiB)
     f = open(f"{mount.path}/stalled", "wb")
-    f.write(data)
-    before = _read_bytes(mount.pid)
+    before = _read_bytes(mount.pid)  # the writes coming in, and the staged bytes going out
     result: list[tuple[int | None, float]] = []
-    closing = threading.Thread(target=lambda: result.append(timed(f.close)))
-    started = time.monotonic()
-    closing.start()
+    started: list[float] = []
+
+    def write_and_close() -> None:
+        for i in range(0, len(data), MiB):  # a new file written in order is uploaded as it is written
+            f.write(data[i : i + MiB])
+        started.append(time.monotonic())
+        result.append(timed(f.close))
+
+    writer = threading.Thread(target=write_and_close)
+    writer.start()
     try:
-        assert wait_until(lambda: _read_bytes(mount.pid) - before > 64 * MiB, timeout=20, interval=0.005)
+        assert wait_until(lambda: _read_bytes(mount.pid) - before > 96 * MiB, timeout=20, interval=0.005)
         server.pause()  # mid-upload: some parts are on the server, more are on their way
         paused_at = time.monotonic()
-        closing.join(60)
+        writer.join(60)
         code, elapsed = result[0]
         assert code == errno.EIO
         # What was in flight, then no data moving for TIMEOUT (before: 28 s, whatever the timeout).
-        assert started + elapsed - paused_at < TIMEOUT + 3
+        assert started[0] + elapsed - paused_at < TIMEOUT + 3
     finally:
         server.resume()
     time.sleep(TIMEOUT)  # room for anything still running in the daemon to finish the upload

@@ -59,6 +59,7 @@ class Client:
     name = ""
     on_backend = True  # its writes land on the S3 server (so they count once visible there)
     writes = True  # False for a read-only client: the write scenarios skip it
+    reads = True  # False for a client that differs only in how it writes: the read scenarios skip it
     io: IO
 
     def __init__(self, env: Env) -> None:

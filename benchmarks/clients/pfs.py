@@ -1,6 +1,7 @@
 """pfs, mounted with its default options through its own command line (`python -m pfs mount`).
 
-`pfs-ro` adds `-o ro` (read-only: the kernel's no-open mode, as on snapshot mounts). The only other
+`pfs-ro` adds `-o ro` (read-only: the kernel's no-open mode, as on snapshot mounts), `pfs-wb` adds
+`-o writeback` (write scenarios only). The only other
 option passed is a per-run cache directory (`-o cache_dir=DIR`), so that "cold" starts from an
 empty cache and "warm" remounts onto the cache the cold pass filled, exactly as for the peers.
 """
@@ -70,6 +71,15 @@ class PfsClient(MountedClient):
                 self.unmount()
         force_unmount(self.mountpoint, self.pid)
         self.pid = None
+
+
+class PfsWriteBackClient(PfsClient):
+    """pfs mounted `-o writeback`: close returns once the bytes are durable in the local staging
+    directory, the upload follows (the write scenarios still count until every byte is on the server)."""
+
+    name = "pfs-wb"
+    options = ("writeback",)
+    reads = False
 
 
 class PfsReadOnlyClient(PfsClient):

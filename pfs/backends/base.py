@@ -132,6 +132,8 @@ class Backend(ABC):
     #: A stat costs no remote round trip or one cheap one (a local directory; an HDFS NameNode, which answers
     #: from memory): callers revalidate on every open, so each open sees the latest version.
     cheap_open: bool = False
+    #: `stream_file` works: a file can be uploaded while it is still written (object stores).
+    streams_uploads: bool = False
     #: Identifies the data source without secrets, e.g. 's3://127.0.0.1:9000/bucket/prefix'. Used in logs
     #: and as the first part of cache keys, so it must not depend on credentials or mount options.
     id: str
@@ -169,11 +171,32 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
+    def write_file(
+        self,
+        path: str,
+        source: BinaryIO,
+        size: int,
+        guard: UploadGuard | None = None,
+        *,
+        plain: bool = False,
+    ) -> Entry:
         """Publish `size` bytes read from `source` as the file at `path`, atomically: readers see either
         the old object or the whole new one, never a partial one. Large files are streamed (multipart on
         object stores), never held in memory. `guard` lets the caller abandon the upload. Returns the new
-        entry."""
+        entry.
+
+        `plain`: the caller's own namespace says `path` is free or a plain file (a mount's file being
+        written). Object stores then skip the symlink probe and the stat of the result: a small file is
+        one look at the name and one PUT, and the entry returned has the size written and the time it
+        was published (the store's modification time may differ by under a second; the ETag identifies
+        the version)."""
+
+    def stream_file(self, path: str, source: BinaryIO, guard: UploadGuard) -> Entry:
+        """Publish what `source` gives until it ends (a file still being written, size unknown) as the
+        file at `path` (a plain file or free, as with `write_file(plain=True)`): parts are uploaded while
+        the source still grows, and the file appears, atomically, only once the source has ended. Tried
+        once. Unsupported where publishing needs the whole file first (only object stores stream)."""
+        raise Unsupported(f"{path}: this store does not upload a file while it is written")
 
     def put_file(self, path: str, source: BinaryIO, size: int) -> None:
         """Publish like `write_file`, for a caller that knows from a fresh listing that `path` is free or a

@@ -21,7 +21,8 @@ URI forms:
 MOUNT_O_HELP = (
     "Mount options: ro, allow_other, uid=N, gid=N, umask=022, metadata_ttl=S, timeout=S, "
     "endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, anonymous, threads=N, "
-    "readahead_kb=N, staging_dir=DIR, failed_uploads=keep|drop, log_file=FILE, snapshot=NAME, debug; "
+    "readahead_kb=N, staging_dir=DIR, failed_uploads=keep|drop, writeback, log_file=FILE, snapshot=NAME, "
+    "debug; "
     "cache: cache_dir=DIR, "
     "cache_size=SIZE, free_space_ratio=R, memory_limit=SIZE, block_size=SIZE, prefetch=SIZE, metrics_port=N."
 )

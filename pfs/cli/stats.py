@@ -82,6 +82,10 @@ def _table(mountpoint: str, data: dict, rates: dict[str, float]) -> Table:
 
 def _pending(data: dict) -> str:
     text = str(data.get("pending_uploads", 0))
+    queued = data.get("pending_writeback_files", 0)
+    if queued:
+        queued_bytes = human(data.get("pending_writeback_bytes", 0))
+        text += f"   ({queued} closed, in the write-back queue: {queued_bytes})"
     failed = data.get("pending_failed_uploads", 0)
     if failed:
         names = data.get("failed_uploads", [])

@@ -84,6 +84,16 @@ class NameCache:
         self._listings.pop(path.rpartition("/")[0], None)
         self.generation += 1
 
+    def created(self, path: str, entry: Entry) -> None:
+        """This mount made the file `path` exist (its first upload): a kept listing of its directory gains
+        it, so the next new names there are still answered from that listing (one request per file saved
+        when many files are written)."""
+        self._missing.pop(path, None)
+        listed = self._listings.get(path.rpartition("/")[0])
+        if listed is not None:
+            listed.entries[entry.name] = entry
+        self.generation += 1
+
     def clear_listings(self) -> None:
         self._listings.clear()
         self.generation += 1

@@ -50,6 +50,7 @@ from pfs.fs import readino
 from pfs.fs.ahead import ReadAhead
 from pfs.fs.flights import Flights
 from pfs.fs.inodes import Inode, InodeTable
+from pfs.fs.journal import Journal
 from pfs.fs.names import NameCache
 from pfs.fs.versions import Versions, Want
 from pfs.fs.writeback import WriteBack
@@ -180,7 +181,10 @@ class Operations(pyfuse3.Operations):
             self._run,
             self.stats,
             self._discarded,
+            lambda inode, entry: self.names.created(inode.path, entry),
             keep_failed=options.failed_uploads == "keep",
+            journal=Journal(options.staging_dir, backend.id) if options.writeback else None,
+            memory_limit=options.memory_limit,
         )
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
@@ -190,6 +194,7 @@ class Operations(pyfuse3.Operations):
         self._nursery = nursery
         self.cache.attach(nursery)
         self.versions.attach(nursery)
+        self.writes.attach(nursery)
 
     def counters(self) -> dict:
         gauges = self.cache.gauges()
@@ -505,12 +510,15 @@ class Operations(pyfuse3.Operations):
 
     async def _remove(self, inode: Inode) -> None:
         """Remove a file's name; an open file stays readable (under a hidden name) until its last close."""
+        await self.writes.settled(inode)
         path = inode.path
         self.names.changed(path)
         if inode.on_backend and inode.open_handles:
             await self._detach(inode)
         elif inode.on_backend:
             await self._run(self.backend.remove_file, path)
+            if inode.staged is not None:  # closed, its upload still pending (write-back): never lands
+                inode.on_backend, inode.detached = False, True
         else:
             inode.detached = True  # never uploaded: its staged bytes serve the open handles, then vanish
         self.inodes.remove_path(path)
@@ -543,6 +551,8 @@ class Operations(pyfuse3.Operations):
             target: Inode | None = await self._stat(dst)
         except NotFound:
             target = None
+        for node in (inode, target):
+            await self.writes.settled(node)
         if target is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
                 raise AlreadyExists(dst)
@@ -646,7 +656,10 @@ class Operations(pyfuse3.Operations):
             inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
         async with self.writes.pinned(inode):
             staged = await self.writes.stage(inode)
-            await self._run(staged.truncate, 0)  # also marks it modified: an empty new file is published too
+            if staged.size:
+                await self._run(staged.truncate, 0)  # also marks it modified
+            else:
+                staged.modified = True  # nothing to cut, but an empty new file is published too
             inode.open_handles += 1
         inode.lookups += 1
         fh = self._new_fh(Handle(inode, writable=True))
@@ -690,13 +703,11 @@ class Operations(pyfuse3.Operations):
             self.names.changed(inode.path)
         self._forget_in_kernel(inode.ino)
 
-    async def _publish(self, inode: Inode, again: bool = True) -> None:
+    async def _publish(self, inode: Inode, again: bool = True, closing: bool = False) -> None:
+        """Upload the inode's staged bytes; `closing` (flush, release): write-back mode may queue them."""
         if inode.staged is None:
             return  # nothing written: nothing to upload
-        was_new = not inode.on_backend
-        await self.writes.upload(inode, again)
-        if was_new and inode.on_backend:
-            self.names.changed(inode.path)
+        await (self.writes.close(inode, again) if closing else self.writes.upload(inode, again))
 
     async def _kernel_handle(self, ino: int) -> Handle:
         """The one handle of inode `ino` in no-open mode, made on its first read: the version chosen then
@@ -713,7 +724,7 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh: int):
         if self.no_open:
             raise pyfuse3.FUSEError(errno.ENOSYS)  # nothing to write: the kernel stops sending FLUSH
-        await self._publish(self._file_handle(fh).inode)
+        await self._publish(self._file_handle(fh).inode, closing=True)
 
     @handler
     async def fsync(self, fh: int, datasync: bool):
@@ -726,7 +737,7 @@ class Operations(pyfuse3.Operations):
         inode = handle.inode
         try:
             # The flush of this close already tried: a failed upload is not tried again behind its back.
-            await self._publish(inode, again=False)
+            await self._publish(inode, again=False, closing=True)
         finally:
             inode.open_handles -= 1
             if handle.reader is not None:

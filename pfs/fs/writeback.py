@@ -23,10 +23,13 @@ backend keeps the previous version (or, for a new file, never sees the name).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import trio
 
@@ -45,6 +48,7 @@ from pfs.errors import (
     Unsupported,
 )
 from pfs.fs.inodes import Inode
+from pfs.fs.journal import Journal
 from pfs.fs.staging import StagedFile
 from pfs.stats import Stats
 
@@ -64,6 +68,10 @@ PERMANENT = (
     Unsupported,
 )
 LISTED_FAILURES = 100  # names of failed uploads in the counters (the control xattr's value is bounded)
+STREAM_AFTER = 8 << 20  # a new file is uploaded while written once it is this big (smaller: one PUT)
+STREAM_MEMORY = 48 << 20  # what one such upload may hold in memory (parts in flight, see transfer.py)
+BACKGROUND_UPLOADS = 8  # write-back mode: uploads in flight at once
+MAX_QUEUED = 4096  # write-back mode: closed files waiting (each holds an open staging file)
 
 
 class WriteBack:
@@ -75,7 +83,10 @@ class WriteBack:
         run: Run,
         stats: Stats,
         discarded: Callable[[Inode], None],
+        created: Callable[[Inode, Entry], None],
         keep_failed: bool = True,
+        journal: Journal | None = None,
+        memory_limit: int = 0,
     ) -> None:
         self._backend = backend
         self._store_of = store_of
@@ -83,9 +94,27 @@ class WriteBack:
         self._run = run
         self._stats = stats
         self._discarded = discarded  # told when bytes written here were dropped without being uploaded
+        self._created = created  # told when a new file's first upload made it exist on the backend
         self._keep_failed = keep_failed
         # The only inodes whose content or existence the backend may not know yet.
         self._staged: set[Inode] = set()
+        # Write-back mode (`journal` set): closed files waiting for a background upload, in close order.
+        self._journal = journal
+        self._queued: set[Inode] = set()
+        self._queue_in, self._queue_out = trio.open_memory_channel[Inode](math.inf)
+        # New files uploaded while they are written (object stores; not in write-back mode, whose close
+        # does not wait for the upload): as many at once as the memory budget holds parts for.
+        streams = backend.streams_uploads and journal is None
+        self._stream_slots = max(1, memory_limit // STREAM_MEMORY) if streams else 0
+        self._streams: dict[Inode, _Stream] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Background uploads (write-back mode, files uploaded while written) run in `nursery`."""
+        self._nursery = nursery
+        if self._journal is not None:
+            for _ in range(BACKGROUND_UPLOADS):
+                nursery.start_soon(self._upload_in_background)
 
     def base_opener(self, inode: Inode) -> Callable[[], Reader]:
         store, path, size = self._store_of(inode), inode.path, inode.size
@@ -114,12 +143,52 @@ class WriteBack:
         staged = await self.stage(inode)
         intact = staged.broken is None
         try:
-            return await self._run(staged.write, offset, data)
+            written = await self._run(staged.write, offset, data)
         except PfsError as exc:
             if intact and staged.broken is not None:
                 log.warning("%s will not be uploaded (the backend keeps what it had): %s", inode.path, exc)
                 self._stats.add("staging_failures", 1)
             raise
+        if staged.size >= STREAM_AFTER and inode not in self._streams:
+            self._start_stream(inode, staged)
+        return written
+
+    def _start_stream(self, inode: Inode, staged: StagedFile) -> None:
+        if self._nursery is None or inode.detached or len(self._streams) >= self._stream_slots:
+            return
+        source = staged.stream()
+        if source is None:
+            return
+        stream = _Stream(UploadGuard(), inode.path)
+        self._streams[inode] = stream
+        self._nursery.start_soon(self._stream, stream, source)
+
+    async def _stream(self, stream: _Stream, source: BinaryIO) -> None:
+        upload = self._backend.stream_file
+        try:
+            stream.entry = await self._run(upload, stream.path, source, stream.guard, cancellable=True)
+        except PfsError as exc:
+            stream.error = exc
+        finally:
+            stream.done.set()
+
+    async def _finish_stream(self, inode: Inode, staged: StagedFile) -> Entry | None:
+        """The entry of the upload that ran while the file was written, or None if there was none or it
+        cannot be used (the file was not appended in order, or it failed: then it is uploaded whole)."""
+        stream = self._streams.pop(inode, None)
+        if stream is None:
+            return None
+        if inode.path != stream.path or not await self._run(staged.finish):
+            staged.stop_stream()
+            await stream.done.wait()
+            return None
+        stream.guard.progressed()  # the close is news: waiting for the writer was no stall of the store
+        await self._watched(inode.path, stream.guard, stream.done.wait)
+        if stream.error is not None:
+            log.info("upload of %s while written failed, uploading it whole: %s", inode.path, stream.error)
+            return None
+        self._stats.add("uploads_streamed", 1)
+        return stream.entry
 
     async def unstage_if_idle(self, inode: Inode) -> None:
         staged = inode.staged
@@ -130,7 +199,10 @@ class WriteBack:
             return  # still to be uploaded
         inode.staged = None
         self._staged.discard(inode)
+        self._streams.pop(inode, None)  # closing the staged file fails its stream: nothing lands
         await self._run(staged.close)
+        if staged.journal is not None:  # uploaded, or dropped on purpose: nothing left to replay
+            await self._forget_journal(staged)
         if dropped:
             self._discarded(inode)
 
@@ -150,33 +222,105 @@ class WriteBack:
             if staged.failure is not None and not again:
                 return
             staged.modified = False  # writes landing during the upload set it again
+            generation = staged.generation
             try:
-                entry = await self._watched_write(inode.path, staged)
+                entry = await self._finish_stream(inode, staged)
+                entry = entry or await self._watched_write(inode.path, staged)
             except BaseException as exc:
                 staged.modified = True
                 if isinstance(exc, PfsError):
                     self._failed(inode, staged, exc)
                 raise
+            if staged.journal is not None and staged.generation == generation:
+                await self._forget_journal(staged)
         if staged.failure is not None:
             log.info("%s uploaded, after an upload of it had failed", inode.path)
             staged.failure = None
         inode.size, inode.mtime_ns, inode.etag = entry.size, entry.mtime_ns, ""
-        inode.on_backend = True
+        created, inode.on_backend = not inode.on_backend, True
+        if created:
+            self._created(inode, entry)
         inode.attrs_at = time.monotonic()
         inode.opened_version = inode.version
         self._stats.add("bytes_uploaded", entry.size)
 
+    async def settled(self, inode: Inode | None) -> None:
+        """Wait for an upload of `inode` in flight (a write-back one runs behind the writer's close): a
+        name change must know whether the object landed, and must not be followed by it landing."""
+        if inode is not None and inode.staged is not None:
+            inode.staged.stop_stream()  # it goes to the old name: the file is uploaded whole at close
+            async with inode.upload_lock:
+                pass
+
+    async def close(self, inode: Inode, again: bool = True) -> None:
+        """A flush or release. In write-back mode a self-contained file is made durable in the journal and
+        queued for a background upload; everything else is uploaded now (`upload`)."""
+        if not await self._deferred(inode):
+            await self.upload(inode, again)
+
+    async def _deferred(self, inode: Inode) -> bool:
+        staged = inode.staged
+        if self._journal is None or staged is None or inode.detached or not staged.modified:
+            return False  # not write-back mode, or nothing to upload
+        if staged.broken is not None or staged.failure is not None or not staged.self_contained:
+            return False  # upload() refuses, retries as in the default mode, or needs the base object
+        if staged.journaled == staged.generation:
+            return True  # closed again without a change (the release after the flush): queued already
+        if len(self._queued) >= MAX_QUEUED:
+            return False  # the store is far behind: this writer waits for its own upload
+        try:
+            await self._run(self._make_durable, inode.path, staged)
+        except PfsError as exc:  # the staging directory cannot keep it: the writer waits for the upload
+            log.warning("%s: not kept for write-back, uploading it now: %s", inode.path, exc)
+            return False
+        if inode not in self._queued:
+            self._queued.add(inode)
+            self._queue_in.send_nowait(inode)
+        return True
+
+    def _make_durable(self, path: str, staged: StagedFile) -> None:
+        journal = self._journal
+        assert journal is not None
+        generation = staged.generation
+        entry = staged.journal or journal.new_id()
+        if staged.persist(journal.data_path(entry), journal.label(path)):
+            journal.sync()
+        staged.journal = entry
+        staged.journaled = generation
+
+    async def _forget_journal(self, staged: StagedFile) -> None:
+        assert self._journal is not None and staged.journal is not None
+        entry, staged.journal, staged.journaled = staged.journal, None, -1
+        await self._run(self._journal.remove, entry)
+
+    async def _upload_in_background(self) -> None:
+        async for inode in self._queue_out:
+            self._queued.discard(inode)
+            with contextlib.suppress(PfsError):  # logged and counted by upload(); kept or dropped there
+                await self.upload(inode)
+            staged = inode.staged
+            if staged is not None and staged.modified and staged.broken is None:
+                continue  # changed while uploading (its next close queues it again), or kept after a failure
+            await self.unstage_if_idle(inode)
+
     async def _watched_write(self, path: str, staged: StagedFile) -> Entry:
         """`write_file` in a worker thread, abandoned once no data has moved for the backend's timeout."""
         guard = UploadGuard()
+        write = functools.partial(self._backend.write_file, plain=True)
+        source, size = staged.source(), staged.size
+        upload = lambda: self._run(write, path, source, size, guard, cancellable=True)  # noqa: E731
+        return await self._watched(path, guard, upload)
+
+    async def _watched(self, path: str, guard: UploadGuard, wait: Callable[[], Awaitable[Any]]) -> Any:
+        """What `wait` returns, unless the upload `guard` watches moves no data for the backend's
+        timeout: then it is abandoned (it can never complete any more) and Transient raised."""
         stall = self._backend.timeout
         with trio.CancelScope() as abandoned:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, guard, stall, abandoned)
-                write = self._backend.write_file
-                entry = await self._run(write, path, staged.source(), staged.size, guard, cancellable=True)
+                result = await wait()
                 nursery.cancel_scope.cancel()
-            return entry
+            return result
         self._stats.add("uploads_stalled", 1)
         raise Transient(f"upload of {path}: no data moved for {stall:g} s, abandoned")
 
@@ -243,11 +387,25 @@ class WriteBack:
     def counters(self) -> dict:
         pending = self._pending()
         failed = sorted(inode.path for inode in pending if inode.staged and inode.staged.failure)
+        queued = [inode.staged.size for inode in self._queued if inode.staged is not None]
         return {
             "pending_uploads": len(pending),
             "pending_failed_uploads": len(failed),
             "failed_uploads": failed[:LISTED_FAILURES],
+            "pending_writeback_files": len(queued),
+            "pending_writeback_bytes": sum(queued),
         }
+
+
+@dataclass(eq=False)
+class _Stream:
+    """An upload that runs while its file is written (`Backend.stream_file`)."""
+
+    guard: UploadGuard
+    path: str
+    done: trio.Event = field(default_factory=trio.Event)
+    entry: Entry | None = None
+    error: PfsError | None = None
 
 
 async def _watch(guard: UploadGuard, stall: float, scope: trio.CancelScope) -> None:

@@ -160,7 +160,9 @@ class SnapshotBackend(Backend):
     def _refuse(self) -> NoReturn:
         raise ReadOnly(f"snapshot {self._name} is read-only")
 
-    def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
+    def write_file(
+        self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None, *, plain: bool = False
+    ) -> Entry:
         self._refuse()
 
     def write_symlink(self, path: str, target: str) -> Entry:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import threading
 import uuid
 from collections.abc import Callable
@@ -87,14 +88,20 @@ def upload_object(
             raise
         stream.close()
         return
+    stream_object(fs, key, _Exactly(source, size, path), guard)
+
+
+def stream_object(fs: pafs.FileSystem, key: str, source: BinaryIO, guard: UploadGuard) -> int:
+    """Publish what `source` gives until it ends (its size unknown up front: a file still being written)
+    as object `key`. Parts go up as they fill; the object appears only once the source has ended and
+    every part is stored, never before: a source that fails or an abandoned upload publish nothing."""
     stream = fs.open_output_stream(key)
+    total = unflushed = 0
     try:
-        remaining, unflushed = size, 0
-        while remaining:
-            chunk = read_source(source, min(CHUNK, remaining), path)
+        while chunk := source.read(CHUNK):
             guard.progressed()
             stream.write(chunk)
-            remaining -= len(chunk)
+            total += len(chunk)
             unflushed += len(chunk)
             if unflushed >= FLUSH_EVERY:
                 stream.flush()  # waits for the parts in flight; raises if one of them failed
@@ -108,6 +115,26 @@ def upload_object(
     # If close() fails (a part or the completion failed), pyarrow has already marked the stream closed
     # without completing it, so dropping it is safe.
     stream.close()
+    return total
+
+
+class _Exactly(io.RawIOBase):
+    """`size` bytes of `source`, then the end; BackendError if `source` ends early."""
+
+    def __init__(self, source: BinaryIO, size: int, path: str) -> None:
+        super().__init__()
+        self._source, self._remaining, self._path = source, size, path
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        n = self._remaining if n is None or n < 0 else n
+        if not self._remaining:
+            return b""
+        chunk = read_source(self._source, min(n, self._remaining), self._path)
+        self._remaining -= len(chunk)
+        return chunk
 
 
 def write_via_temp(

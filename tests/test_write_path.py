@@ -1,0 +1,79 @@
+"""The write path's fast routes: a new file written in order is uploaded while it is written (object
+stores), anything else falls back to the staged upload at close; never a partial object."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from pfs import control, mounter
+from tests.conftest import unique
+from tests.mounting import Mount
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def case(backend_case):
+    if not backend_case.object_store:
+        pytest.skip("only object stores upload a file while it is written")
+    return backend_case.subcase(unique("wp"))
+
+
+def test_a_sequential_write_is_uploaded_while_written_and_appears_only_at_close(case, tmp_path):
+    data = os.urandom(40 * MiB)
+    with Mount(case.uri, str(tmp_path / "m"), env=case.env) as m:
+        with open(f"{m.path}/seq", "wb") as f:
+            for i in range(0, len(data), MiB):
+                f.write(data[i : i + MiB])
+            f.flush()
+            assert not case.raw.exists("seq")  # parts are up, the object is not
+        assert case.raw.get("seq") == data
+        with open(f"{m.path}/seq", "rb") as f:
+            assert f.read() == data
+        assert control.stats(m.path).get("uploads_streamed") == 1
+
+
+def test_a_write_out_of_order_falls_back_to_the_whole_upload(case, tmp_path):
+    data = bytearray(os.urandom(24 * MiB))
+    with Mount(case.uri, str(tmp_path / "m"), env=case.env) as m:
+        with open(f"{m.path}/rewritten", "wb") as f:
+            f.write(data[: 20 * MiB])
+            f.flush()
+            f.seek(MiB)
+            f.write(b"x" * 4096)  # rewrites a range that may already be uploaded
+            data[MiB : MiB + 4096] = b"x" * 4096
+            f.seek(20 * MiB)
+            f.write(data[20 * MiB :])
+        assert case.raw.get("rewritten") == bytes(data)
+        assert not control.stats(m.path).get("uploads_streamed")
+
+
+def test_a_rewrite_with_o_trunc_is_streamed_too_and_the_old_version_stays_until_close(case, tmp_path):
+    case.raw.put("ckpt", b"the previous checkpoint")
+    data = os.urandom(20 * MiB)
+    with Mount(case.uri, str(tmp_path / "m"), env=case.env) as m:
+        with open(f"{m.path}/ckpt", "wb") as f:
+            f.write(data)
+            f.flush()
+            assert case.raw.get("ckpt") == b"the previous checkpoint"
+        assert case.raw.get("ckpt") == data
+        assert control.stats(m.path).get("uploads_streamed") == 1
+
+
+@pytest.mark.parametrize("name", ["old", "new"])
+def test_a_daemon_killed_while_a_file_is_streamed_publishes_nothing(case, tmp_path, name):
+    case.raw.put("old", b"the good version")
+    m = Mount(case.uri, str(tmp_path / "m"), env=case.env).start()
+    try:
+        f = open(f"{m.path}/{name}", "wb")
+        f.write(os.urandom(30 * MiB))
+        f.flush()
+        os.kill(m.pid, signal.SIGKILL)
+        assert mounter.wait_for_exit(m.pid, 10)
+    finally:
+        m.cleanup()
+    assert case.raw.get("old") == b"the good version"
+    assert not case.raw.exists("new")
