@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from pfs.backends import Backend, Entry, Reader, UploadGuard
+from pfs.backends import Backend, Entry, Meta, Reader, UploadGuard
 from pfs.errors import (
     AlreadyExists,
     BackendError,
@@ -151,7 +151,7 @@ class WriteBack:
                 return
             staged.modified = False  # writes landing during the upload set it again
             try:
-                entry = await self._watched_write(inode.path, staged)
+                entry = await self._watched_write(inode.path, staged, _meta_of(inode))
             except BaseException as exc:
                 staged.modified = True
                 if isinstance(exc, PfsError):
@@ -166,7 +166,7 @@ class WriteBack:
         inode.opened_version = inode.version
         self._stats.add("bytes_uploaded", entry.size)
 
-    async def _watched_write(self, path: str, staged: StagedFile) -> Entry:
+    async def _watched_write(self, path: str, staged: StagedFile, meta: Meta | None) -> Entry:
         """`write_file` in a worker thread, abandoned once no data has moved for the backend's timeout."""
         guard = UploadGuard()
         stall = self._backend.timeout
@@ -174,7 +174,8 @@ class WriteBack:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, guard, stall, abandoned)
                 write = self._backend.write_file
-                entry = await self._run(write, path, staged.source(), staged.size, guard, cancellable=True)
+                source = staged.source()
+                entry = await self._run(write, path, source, staged.size, guard, meta, cancellable=True)
                 nursery.cancel_scope.cancel()
             return entry
         self._stats.add("uploads_stalled", 1)
@@ -248,6 +249,15 @@ class WriteBack:
             "pending_failed_uploads": len(failed),
             "failed_uploads": failed[:LISTED_FAILURES],
         }
+
+
+def _meta_of(inode: Inode) -> Meta | None:
+    """The attributes given here that the new version must carry (a new file's owner and mode, a chmod
+    while it was being written); None: the store keeps the old version's."""
+    ov = inode.overrides
+    if ov.mode is None and ov.uid is None and ov.gid is None:
+        return None
+    return Meta(mode=ov.mode, uid=ov.uid, gid=ov.gid)
 
 
 async def _watch(guard: UploadGuard, stall: float, scope: trio.CancelScope) -> None:

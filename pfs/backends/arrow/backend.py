@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 from pfs.backends.arrow import replace, transfer
 from pfs.backends.arrow.connect import Store
 from pfs.backends.arrow.errors import translate
-from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo, UploadGuard
+from pfs.backends.base import Backend, Entry, Kind, Meta, Reader, SpaceInfo, UploadGuard
 from pfs.backends.retry import retry_call
 from pfs.backends.watchdog import run_bounded
 from pfs.errors import (
@@ -408,7 +408,14 @@ class ArrowBackend(Backend):
             raise NotFound(f"{path}: vanished right after it was written")
         return self._entry(_name(path), info, kind)
 
-    def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
+    def write_file(
+        self,
+        path: str,
+        source: BinaryIO,
+        size: int,
+        guard: UploadGuard | None = None,
+        meta: Meta | None = None,
+    ) -> Entry:
         self._check(path, creating=True)
         self._check_new_leaf(path)
         existing = self._lookup(path)
