@@ -342,9 +342,12 @@ class Operations(pyfuse3.Operations):
         """A name changed: forget listings and missing names around it, and (where stats are cheap) the
         parent directory's attributes, whose mtime, ctime and link count moved."""
         self.names.changed(path)
-        parent = self.inodes.at(path.rpartition("/")[0])
+        parent_path = path.rpartition("/")[0]
+        parent = self.inodes.at(parent_path)
         if parent is not None and self.backend.cheap_open:
             parent.attrs_at = 0.0
+            if parent_path:  # the listing that holds the parent's entry holds its old attributes too
+                self.names.forget_directory(parent_path.rpartition("/")[0])
 
     async def _owner(self, parent: Inode, mode: int, ctx: pyfuse3.RequestContext, kind: Kind) -> MetaChange:
         """Owner and mode of an entry a caller creates: the caller's; in a setgid directory its group (and

@@ -150,8 +150,9 @@ class WriteBack:
             if staged.failure is not None and not again:
                 return
             staged.modified = False  # writes landing during the upload set it again
+            meta = _meta_of(inode)
             try:
-                entry = await self._watched_write(inode.path, staged, _meta_of(inode))
+                entry = await self._watched_write(inode.path, staged, meta)
             except BaseException as exc:
                 staged.modified = True
                 if isinstance(exc, PfsError):
@@ -164,7 +165,18 @@ class WriteBack:
         inode.on_backend = True
         inode.attrs_at = time.monotonic()
         inode.opened_version = inode.version
+        if entry.meta is not None:
+            self._stored(inode, entry.meta, meta)
         self._stats.add("bytes_uploaded", entry.size)
+
+    def _stored(self, inode: Inode, stored: Meta, given: Meta | None) -> None:
+        """The store keeps attributes (file://): the published version's are the inode's now, and what
+        was given here for it no longer needs to be held (unless changed again during the upload)."""
+        inode.meta = stored
+        ov = inode.overrides
+        for key in self._backend.stored_meta & {"mode", "uid", "gid"}:
+            if given is not None and getattr(ov, key) == getattr(given, key):
+                setattr(ov, key, None)
 
     async def _watched_write(self, path: str, staged: StagedFile, meta: Meta | None) -> Entry:
         """`write_file` in a worker thread, abandoned once no data has moved for the backend's timeout."""

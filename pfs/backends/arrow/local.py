@@ -28,7 +28,7 @@ from typing import BinaryIO, TypeVar
 
 import pyarrow.fs as pafs
 
-from pfs.backends.arrow.backend import LINK_SUFFIX, RESERVED, ArrowBackend, _Counting, _name
+from pfs.backends.arrow.backend import LINK_SUFFIX, RESERVED, ArrowBackend, _name
 from pfs.backends.arrow.transfer import CHUNK, read_source
 from pfs.backends.base import Entry, Kind, Meta, MetaChange, UploadGuard
 from pfs.backends.leftovers import owner_tag
@@ -87,6 +87,13 @@ def _lstat(full: str) -> os.stat_result | None:
         return None
 
 
+def _stat(full: str) -> os.stat_result | None:
+    try:
+        return os.stat(full)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def _entry_of(name: str, st: os.stat_result, kind: Kind) -> Entry:
     meta = Meta(
         mode=stat.S_IMODE(st.st_mode),
@@ -121,7 +128,7 @@ class LocalBackend(ArrowBackend):
     # ---- attributes from lstat ----------------------------------------------------------------------
 
     def _entry(self, name: str, info: pafs.FileInfo, kind: Kind) -> Entry:
-        st = _lstat(info.path)
+        st = _stat(info.path)  # followed, as pyarrow follows a symlink made by another program
         return super()._entry(name, info, kind) if st is None else _entry_of(name, st, kind)
 
     def _lookup_once(self, path: str) -> Entry | None:
@@ -131,7 +138,7 @@ class LocalBackend(ArrowBackend):
         name = _name(path)
         st = _os(f"stat {path}", lambda: _lstat(full))
         if st is not None and stat.S_ISLNK(st.st_mode):  # a symlink made by another program: followed
-            st = _os(f"stat {path}", lambda: os.stat(full))
+            st = _os(f"stat {path}", lambda: _stat(full))
         kind = _KINDS.get(stat.S_IFMT(st.st_mode)) if st is not None else None
         if st is not None and kind is not None and not (kind is Kind.FILE and name.endswith(LINK_SUFFIX)):
             return _entry_of(name, st, kind)
@@ -221,19 +228,16 @@ class LocalBackend(ArrowBackend):
 
     # ---- publishing ---------------------------------------------------------------------------------
 
-    def write_file(
+    def _publish_version(
         self,
         path: str,
+        key: str,
         source: BinaryIO,
         size: int,
-        guard: UploadGuard | None = None,
-        meta: Meta | None = None,
-    ) -> Entry:
-        self._check(path, creating=True)
-        self._check_new_leaf(path)
-        existing = self._lookup(path)
-        if existing is not None and existing.kind is Kind.DIR:
-            raise IsADirectory(f"{path}: is a directory")
+        guard: UploadGuard | None,
+        existing: Entry | None,
+        meta: Meta | None,
+    ) -> None:
         old = existing.meta if existing is not None and existing.kind is Kind.FILE else None
         given = meta or Meta()
         owner = Meta(
@@ -241,29 +245,18 @@ class LocalBackend(ArrowBackend):
             uid=given.uid if given.uid is not None else old and old.uid,
             gid=given.gid if given.gid is not None else old and old.gid,
         )
-        full = self._full(path)
-        start = source.tell() if source.seekable() else None
-        guard = guard or UploadGuard()
-        counted = _Counting(source)
         in_place = old is not None and (old.nlink or 1) > 1
 
-        def once() -> None:
-            if start is not None:
-                source.seek(start)
-            guard.retry()
+        def write(src: BinaryIO, attempt: UploadGuard) -> None:
             if in_place:
-                self._rewrite(full, counted, size, path, guard)
+                _os(f"write {path}", lambda: self._rewrite(key, src, size, path, attempt))
             else:
-                self._write_new(full, counted, size, path, guard, owner)
+                _os(f"write {path}", lambda: self._write_new(key, src, size, path, attempt, owner))
 
-        give_up = (lambda exc: True) if start is None else None
-        self._call(f"write {path}", lambda: _os(f"write {path}", once), give_up, counted.total)
-        if existing is not None and existing.kind is Kind.SYMLINK:
-            _os(f"write {path}", lambda: os.unlink(full + LINK_SUFFIX))
-        return self.stat(path)
+        self._publish(path, key, source, size, guard, write)
 
     def _write_new(
-        self, full: str, source: _Counting, size: int, path: str, guard: UploadGuard, owner: Meta
+        self, full: str, source: BinaryIO, size: int, path: str, guard: UploadGuard, owner: Meta
     ) -> None:
         os.makedirs(self._tmp_dir, exist_ok=True)
         tmp = f"{self._tmp_dir}/{owner_tag()}{uuid.uuid4().hex}.part"  # see pfs/backends/leftovers.py
@@ -284,7 +277,7 @@ class LocalBackend(ArrowBackend):
                 os.unlink(tmp)
             raise
 
-    def _rewrite(self, full: str, source: _Counting, size: int, path: str, guard: UploadGuard) -> None:
+    def _rewrite(self, full: str, source: BinaryIO, size: int, path: str, guard: UploadGuard) -> None:
         fd = os.open(full, os.O_WRONLY | os.O_CLOEXEC)
         try:
             guard.commit()  # from here on the old bytes are being overwritten: no abandoning half-way
@@ -294,10 +287,10 @@ class LocalBackend(ArrowBackend):
             os.close(fd)
 
 
-def _copy(fd: int, source: _Counting, size: int, path: str, guard: UploadGuard) -> None:
+def _copy(fd: int, source: BinaryIO, size: int, path: str, guard: UploadGuard) -> None:
     offset = 0
     while offset < size:
-        chunk = read_source(source, min(CHUNK, size - offset), path)  # type: ignore[arg-type]
+        chunk = read_source(source, min(CHUNK, size - offset), path)
         guard.progressed()
         view = memoryview(chunk)
         while view:
