@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import os
 import shutil
 import stat
@@ -18,6 +19,8 @@ from collections.abc import Callable
 
 import pytest
 
+from pfs.backends import Meta
+from pfs.errors import Refused, errno_of
 from tests.mounting import Mount
 
 NOBODY = 65534
@@ -25,11 +28,15 @@ NOBODY = 65534
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown, mknod and other users need root")
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown, mknod and other users need root")
 
 
 @pytest.fixture(scope="module")
 def mounted():
+    _need_root()
     # Under /tmp with mode 0755 all the way, so that other users can reach the mount and the directory.
     top = tempfile.mkdtemp(prefix="pfs-posix-", dir="/tmp")
     os.chmod(top, 0o755)
@@ -248,3 +255,54 @@ def test_fchmod_while_writing_is_kept_by_the_published_file(dirs):
         os.close(fd)
     assert stat.S_IMODE(os.stat(f"{b}/f").st_mode) == 0o711
     assert stat.S_IMODE(os.stat(f"{d}/f").st_mode) == 0o711
+
+
+# ---- in-process: the backend and the inode table, without a mount ------------------------------------------
+
+
+@pytest.fixture
+def local(tmp_path):
+    from pfs.backends import BackendOptions, open_backend
+
+    _need_root()
+    backend = open_backend(f"file://{tmp_path}", BackendOptions())
+    yield backend, str(tmp_path)
+    backend.close()
+
+
+def test_the_local_backend_reads_and_stores_attributes(local):
+    from pfs.backends import Kind, MetaChange
+
+    b, root = local
+    entry = b.write_file("f", io.BytesIO(b"abc"), 3, meta=Meta(mode=0o600, uid=1234, gid=5678))
+    st = os.stat(f"{root}/f")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 1234, 5678)
+    assert entry.meta == Meta(0o600, 1234, 5678, st.st_atime_ns, st.st_ctime_ns, 1, st.st_ino, 0)
+    after = b.set_meta("f", MetaChange(mode=0o640, atime_ns=10**9, mtime_ns=2 * 10**9))
+    assert (after.meta.mode, after.meta.atime_ns, after.mtime_ns) == (0o640, 10**9, 2 * 10**9)
+    again = b.write_file("f", io.BytesIO(b"new"), 3)  # a new version keeps the old one's mode and owner
+    assert (again.meta.mode, again.meta.uid, again.meta.gid) == (0o640, 1234, 5678)
+    b.make_node("p", Kind.FIFO)
+    assert {e.name: e.kind for e in b.list_dir("")} == {"f": Kind.FILE, "p": Kind.FIFO}
+    linked = b.link("f", "g")
+    assert linked.meta.nlink == 2 and linked.meta.ino == b.stat("f").meta.ino
+    with pytest.raises(Refused) as refused:
+        b.link("", "d")
+    assert errno_of(refused.value) == errno.EPERM
+
+
+def test_names_of_one_file_share_one_inode():
+    from pfs.backends import Entry, Kind
+    from pfs.fs.inodes import InodeTable
+
+    table = InodeTable(root_mtime_ns=0)
+    two = Meta(mode=0o644, nlink=2, ino=77)
+    a = table.add("a", Entry("a", Kind.FILE, 1, 1, two))
+    a.lookups = 1  # the kernel holds it
+    assert table.add("b", Entry("b", Kind.FILE, 1, 1, two)) is a  # found by the store's inode number
+    table.move("a", "c", tree=False)
+    assert a.path == "c" and table.at("b") is a
+    table.remove_path("c")
+    assert a.path == "b" and table.at("b") is a and table.at("c") is None
+    other = table.add("x", Entry("x", Kind.FILE, 1, 1, Meta(nlink=1, ino=77)))
+    assert other is not a  # a single name is never taken for another's (inode numbers are reused)
