@@ -147,6 +147,37 @@ class LocalBackend(ArrowBackend):
         st = _os(f"stat {path}", lambda: _lstat(full + LINK_SUFFIX))
         return _entry_of(name, st, Kind.SYMLINK) if st is not None and stat.S_ISREG(st.st_mode) else None
 
+    def list_dir(self, path: str) -> list[Entry]:
+        """One stat per name (pyarrow's listing and then an lstat would be two)."""
+        self._check(path)
+        full = self._full(path)
+
+        def scan() -> list[tuple[str, os.stat_result]]:
+            found = []
+            with os.scandir(full) as names:
+                for name in names:
+                    with contextlib.suppress(FileNotFoundError):  # gone since, or a dangling symlink
+                        found.append((name.name, name.stat()))
+            return found
+
+        entries: dict[str, Entry] = {}
+        links: dict[str, Entry] = {}
+        for name, st in _os(f"list {path or '/'}", scan):
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+            if kind is None or (not path and self._hide_reserved and name == RESERVED):
+                continue
+            if len(name.encode()) > 255:  # no Linux program could open it: leave it out
+                self._report_long_name(f"{full}/{name}")
+            elif kind is Kind.FILE and name.endswith(LINK_SUFFIX):
+                if len(name) > len(LINK_SUFFIX):
+                    target = name[: -len(LINK_SUFFIX)]
+                    links[target] = _entry_of(target, st, Kind.SYMLINK)
+            else:
+                entries[name] = _entry_of(name, st, kind)
+        for name, link in links.items():  # a real file or directory wins over a link of the same name
+            entries.setdefault(name, link)
+        return sorted(entries.values(), key=lambda e: e.name)
+
     def _entries(self, infos: list[pafs.FileInfo], at_root: bool) -> dict[str, Entry]:
         entries = super()._entries(infos, at_root)
         for info in infos:  # pyarrow lists special files as of unknown type
