@@ -4,9 +4,10 @@ pyarrow's LocalFileSystem knows files and directories, sizes and modification ti
 modes or owners, no chmod/chown/link/mknod. This module is the one place where file:// metadata goes through
 os.* instead: attributes come from lstat (mode, owner, times, link count, inode number, device), chmod, chown
 and utimens are applied to the underlying file, and hard links, FIFOs, sockets and device nodes live there
-as themselves. Data still goes through the inherited pyarrow paths (reads, directory renames, symlinks as
-`.rclonelink` files like on every store), except publishing a file: it is written here with os.* so that the
-new version carries its mode and owner before it appears under its name.
+as themselves. Stats and listings are os.* too (one stat per name). Data still goes through the inherited
+pyarrow paths (reads, renames, walks, symlinks as `.rclonelink` files like on every store), except
+publishing a file: it is written here with os.* so that the new version carries its mode and owner before
+it appears under its name.
 
 Publishing (`write_file`) stays atomic: a temporary file under `.pfs/tmp` gets the bytes, then the mode and
 owner (the caller's `meta`, else the old version's, else 0644 and the daemon's), then is renamed over the
