@@ -73,6 +73,15 @@ class InvalidName(PfsError):
     """A name that is not valid UTF-8: no backend can store it (object keys and HDFS paths are UTF-8)."""
 
 
+class Refused(PfsError):
+    """A POSIX file system's own refusal (file://) with an errno no other class names (EPERM, EMLINK, ...),
+    passed on to the caller as it is."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class UsageError(PfsError):
     """A user mistake: the CLI prints the message as one line and exits with `exit_code`."""
 
@@ -103,6 +112,8 @@ _ERRNO: dict[type[PfsError], int] = {
 
 def errno_of(exc: BaseException) -> int:
     """The errno a FUSE request fails with for `exc`; anything unexpected is EIO."""
+    if isinstance(exc, Refused):
+        return exc.code
     for cls in type(exc).__mro__:
         if cls in _ERRNO:
             return _ERRNO[cls]

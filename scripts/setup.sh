@@ -13,6 +13,12 @@ if ! command -v s3fs >/dev/null; then  # a peer FUSE client the benchmarks compa
     apt-get update -qq
     apt-get install -y -qq s3fs >/dev/null
 fi
+if ! command -v prove >/dev/null || ! command -v autoreconf >/dev/null || ! command -v libtoolize >/dev/null \
+    || [ ! -e /usr/include/sys/acl.h ]; then  # to build and run pjdfstest (tests/test_pjdfstest.py)
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq autoconf automake libtool make gcc libacl1-dev perl >/dev/null
+fi
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test,bench]'
 
 # mount(8) looks for /sbin/mount.<type>: this makes `mount -t fuse.pfs` and fstab lines work.

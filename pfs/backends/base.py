@@ -23,6 +23,11 @@ class Kind(enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
+    # Special files, only where the store is a POSIX file system (file://): the kernel serves their I/O.
+    FIFO = "fifo"
+    SOCKET = "socket"
+    CHAR_DEVICE = "char"
+    BLOCK_DEVICE = "block"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,9 @@ class Meta:
     gid: int | None = None
     atime_ns: int | None = None
     ctime_ns: int | None = None
+    nlink: int | None = None  # names of the entry (hard links)
+    ino: int | None = None  # the store's own inode number: names with the same one are one file
+    rdev: int | None = None  # the device of a device node
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +187,13 @@ class Backend(ABC):
         guard: UploadGuard | None = None,
         *,
         plain: bool = False,
+        meta: Meta | None = None,
     ) -> Entry:
         """Publish `size` bytes read from `source` as the file at `path`, atomically: readers see either
         the old object or the whole new one, never a partial one. Large files are streamed (multipart on
-        object stores), never held in memory. `guard` lets the caller abandon the upload. Returns the new
-        entry.
+        object stores), never held in memory. `guard` lets the caller abandon the upload. `meta`: the
+        attributes the new version carries where the store keeps them (fields left None: the old
+        version's, or the store's defaults for a new file). Returns the new entry.
 
         `plain`: the caller's own namespace says `path` is free or a plain file (a mount's file being
         written). Object stores then skip the symlink probe and the stat of the result: a small file is
@@ -214,6 +224,18 @@ class Backend(ABC):
         """Persist the `stored_meta` fields of `change` on the entry at `path`; returns the entry as it is
         afterwards. Only called with fields in `stored_meta`."""
         raise Unsupported(f"{path}: this store keeps no POSIX attributes")
+
+    def make_node(self, path: str, kind: Kind, rdev: int = 0) -> Entry:
+        """Create a FIFO, socket or device node at `path` (AlreadyExists if the name is taken)."""
+        raise Unsupported(f"{path}: this store cannot hold special files")
+
+    def link(self, src: str, dst: str) -> Entry:
+        """Give the file at `src` a second name `dst`; returns the entry of `dst`."""
+        raise Unsupported(f"{dst}: this store has no hard links")
+
+    def exchange(self, src: str, dst: str) -> None:
+        """Swap the entries at `src` and `dst` atomically (renameat2's RENAME_EXCHANGE)."""
+        raise Unsupported(f"{src}: this store cannot exchange names")
 
     @abstractmethod
     def read_symlink(self, path: str) -> str: ...

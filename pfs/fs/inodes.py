@@ -84,6 +84,10 @@ class InodeTable:
         self._by_ino: dict[int, Inode] = {root.ino: root}
         self._by_path: dict[str, Inode] = {"": root}
         self._overrides: dict[str, Overrides] = {}
+        # Files with several names (hard links, file://): the store's inode number -> the one inode of all
+        # its names, and that inode's names, so that each name shows the same inode to the kernel.
+        self._by_store_ino: dict[int, Inode] = {}
+        self._names: dict[int, set[str]] = {}
         self._next_ino = root.ino + 1
         # A file whose size or mtime changed gets a new inode, so an inode's bytes never change: what the
         # kernel's no-open mode needs, where it keeps every page of an inode and never reopens it.
@@ -103,9 +107,14 @@ class InodeTable:
         inode = self._by_path.get(path)
         if inode is not None and inode.kind is entry.kind and not self._new_version(inode, entry):
             inode.update(entry, seen_at)
+            self._index(inode)
             return inode
         if inode is not None:
             self._unbind(inode)
+        linked = self._linked(entry)
+        if linked is not None:
+            self.bind(linked, path, entry)
+            return linked
         inode = Inode(
             self._next_ino, path, entry.kind, overrides=self._overrides.setdefault(path, Overrides())
         )
@@ -113,6 +122,31 @@ class InodeTable:
         inode.update(entry, seen_at)
         self._by_ino[inode.ino] = inode
         self._by_path[path] = inode
+        self._index(inode)
+        return inode
+
+    def bind(self, inode: Inode, path: str, entry: Entry) -> None:
+        """Give `inode` the further name `path` (a hard link), with attributes from `entry`."""
+        names = self._names.setdefault(inode.ino, {inode.path})
+        names.add(path)
+        self._by_path[path] = inode
+        self._overrides[path] = inode.overrides
+        inode.update(entry)
+        self._index(inode)
+
+    def _index(self, inode: Inode) -> None:
+        meta = inode.meta
+        if inode.kind is not Kind.DIR and meta is not None and meta.ino and (meta.nlink or 1) > 1:
+            self._by_store_ino[meta.ino] = inode
+
+    def _linked(self, entry: Entry) -> Inode | None:
+        """The live inode of another name of the same file as `entry`, if this mount knows one."""
+        meta = entry.meta
+        if entry.kind is Kind.DIR or meta is None or not meta.ino or (meta.nlink or 1) < 2:
+            return None
+        inode = self._by_store_ino.get(meta.ino)
+        if inode is None or self._by_ino.get(inode.ino) is not inode or inode.kind is not entry.kind:
+            return None
         return inode
 
     def _new_version(self, inode: Inode, entry: Entry) -> bool:
@@ -129,7 +163,21 @@ class InodeTable:
         inode = self._by_path.pop(path, None)
         self._overrides.pop(path, None)
         if inode is not None:
+            self._rename_within(inode, path, None)
             self._drop_if_unused(inode)
+
+    def _rename_within(self, inode: Inode, old: str, new: str | None) -> None:
+        """Name `old` of a file with several names became `new` (None: removed); its other names stay."""
+        names = self._names.get(inode.ino)
+        if names is None:
+            return
+        names.discard(old)
+        if new is not None:
+            names.add(new)
+        if inode.path == old:
+            inode.path = new if new is not None else next(iter(names), old)
+        if len(names) <= 1:
+            del self._names[inode.ino]
 
     def move(self, src: str, dst: str, tree: bool) -> list[Inode]:
         """Rename `src` to `dst` (with `tree`, everything below it too); returns the inodes moved.
@@ -142,8 +190,11 @@ class InodeTable:
         for path in paths:
             inode = self._by_path.pop(path, None)
             if inode is not None:
-                inode.path = dst + path[len(src) :]
-                self._by_path[inode.path] = inode
+                new = dst + path[len(src) :]
+                if inode.ino in self._names:
+                    self._rename_within(inode, path, new)
+                inode.path = new
+                self._by_path[new] = inode
                 moved.append(inode)
         overrides = [p for p in self._overrides if p == src or p.startswith(prefix)] if tree else [src]
         for path in overrides:
@@ -170,6 +221,11 @@ class InodeTable:
             self._by_ino.pop(inode.ino, None)
             if named:
                 del self._by_path[inode.path]
+            for name in self._names.pop(inode.ino, ()):
+                if self._by_path.get(name) is inode:
+                    del self._by_path[name]
+            if inode.meta is not None and self._by_store_ino.get(inode.meta.ino or 0) is inode:
+                del self._by_store_ino[inode.meta.ino or 0]
 
     def _unbind(self, inode: Inode) -> None:
         if self._by_path.get(inode.path) is inode:

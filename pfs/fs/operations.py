@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import functools
 import inspect
+import io
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ from pfs.errors import (
     PermissionDenied,
     PfsError,
     ReadOnly,
+    Refused,
     Stale,
     Unsupported,
     errno_of,
@@ -113,6 +115,16 @@ class DirHandle:
 
 
 _NO_META = Meta()
+_FORMAT = {
+    Kind.FILE: stat.S_IFREG,
+    Kind.DIR: stat.S_IFDIR,
+    Kind.SYMLINK: stat.S_IFLNK,
+    Kind.FIFO: stat.S_IFIFO,
+    Kind.SOCKET: stat.S_IFSOCK,
+    Kind.CHAR_DEVICE: stat.S_IFCHR,
+    Kind.BLOCK_DEVICE: stat.S_IFBLK,
+}
+_KIND_OF_FORMAT = {fmt: kind for kind, fmt in _FORMAT.items()}
 
 
 def _first(*values: Any) -> Any:
@@ -188,6 +200,9 @@ class Operations(pyfuse3.Operations):
         )
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
+        # The backend keeps owners (file://): new entries belong to their creator, with the caller's mode
+        # (the kernel has applied the caller's umask), and the kernel checks permissions by them.
+        self._posix = "uid" in backend.stored_meta
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Background work (prefetch, disk writes, kernel invalidations) runs in `nursery`."""
@@ -238,22 +253,20 @@ class Operations(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         ov = inode.overrides
         meta = inode.meta or _NO_META
-        if inode.kind is Kind.DIR:
-            mode = stat.S_IFDIR | (0o777 & ~self.options.umask)
-        elif inode.kind is Kind.SYMLINK:
-            mode = stat.S_IFLNK | 0o777
+        if inode.kind is Kind.SYMLINK:  # a symlink's own mode means nothing: always rwxrwxrwx
+            bits = 0o777
         else:
-            mode = stat.S_IFREG | (0o666 & ~self.options.umask)
-        bits = _first(ov.mode, meta.mode)
-        if bits is not None:
-            mode = stat.S_IFMT(mode) | bits
+            default = 0o777 if inode.kind is Kind.DIR else 0o666
+            bits = _first(ov.mode, meta.mode, default & ~self.options.umask)
+        mode = _FORMAT[inode.kind] | bits
         size = inode.staged.size if inode.staged is not None else inode.size
         mtime = ov.mtime_ns if ov.mtime_ns is not None else inode.mtime_ns or self._mounted_at_ns
         attrs.st_ino = inode.ino
         attrs.generation = 0
         attrs.st_mode = mode
         # An unlinked file still open here has no name left: POSIX says its link count is 0.
-        attrs.st_nlink = 2 if inode.kind is Kind.DIR else 0 if inode.detached else 1
+        attrs.st_nlink = 0 if inode.detached else _first(meta.nlink, 2 if inode.kind is Kind.DIR else 1)
+        attrs.st_rdev = meta.rdev or 0
         attrs.st_uid = _first(ov.uid, meta.uid, self.options.uid)
         attrs.st_gid = _first(ov.gid, meta.gid, self.options.gid)
         attrs.st_size = size
@@ -270,6 +283,8 @@ class Operations(pyfuse3.Operations):
         """`inode` with attributes no older than the metadata TTL (the root and detached files are local).
 
         Stale when its name now holds something else (replaced by a rename, or by another kind of entry)."""
+        if inode.ino == pyfuse3.ROOT_INODE and self._posix and not inode.fresh(self.options.metadata_ttl):
+            inode.update(await self._run(self.backend.stat, ""))  # the root directory's own attributes
         if inode.ino == pyfuse3.ROOT_INODE or inode.detached:
             return inode
         current = await self._stat(inode.path)
@@ -333,6 +348,40 @@ class Operations(pyfuse3.Operations):
         assert isinstance(handle, Handle)
         return handle
 
+    def _changed(self, path: str) -> None:
+        """A name changed: forget listings and missing names around it, and (where stats are cheap) the
+        parent directory's attributes, whose mtime, ctime and link count moved."""
+        self.names.changed(path)
+        parent_path = path.rpartition("/")[0]
+        parent = self.inodes.at(parent_path)
+        if parent is not None and self.backend.cheap_open:
+            parent.attrs_at = 0.0
+            if parent_path:  # the listing that holds the parent's entry holds its old attributes too
+                self.names.forget_directory(parent_path.rpartition("/")[0])
+
+    async def _owner(self, parent: Inode, mode: int, ctx: pyfuse3.RequestContext, kind: Kind) -> MetaChange:
+        """Owner and mode of an entry a caller creates: the caller's; in a setgid directory its group (and
+        a new directory is setgid too). Without stored owners: the mount's umask on the mode only."""
+        bits = stat.S_IMODE(mode)
+        if not self._posix:
+            return MetaChange(mode=bits & ~self.options.umask)
+        attrs = self._attrs(await self._refresh(parent))
+        gid = ctx.gid
+        if attrs.st_mode & stat.S_ISGID:
+            gid = attrs.st_gid
+            if kind is Kind.DIR:
+                bits |= stat.S_ISGID
+        return MetaChange(mode=None if kind is Kind.SYMLINK else bits, uid=ctx.uid, gid=gid)
+
+    async def _give(self, path: str, owner: MetaChange) -> Inode:
+        """Store `owner` on the entry just made at `path` (file://) and take its attributes."""
+        entry = await self._run(self.backend.set_meta, path, owner)
+        return self.inodes.add(path, entry)
+
+    @staticmethod
+    def _other_names(inode: Inode) -> bool:
+        return inode.kind is not Kind.DIR and ((inode.meta or _NO_META).nlink or 1) > 1
+
     # ---- metadata ---------------------------------------------------------------------------------------
 
     @handler
@@ -390,8 +439,7 @@ class Operations(pyfuse3.Operations):
             self.names.changed(node.path)
         ov = node.overrides
         for key, value in _changed(change):
-            if key not in kept:
-                setattr(ov, key, value)
+            setattr(ov, key, None if key in kept else value)  # what the backend now keeps wins
         ov.ctime_ns = time.time_ns()  # any change of attributes is a status change, whatever times were given
         return self._attrs(node)
 
@@ -465,11 +513,16 @@ class Operations(pyfuse3.Operations):
     @handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext):
         self._check_writable()
-        path = self._child_path(self.inodes[parent_inode], name)
+        parent = self.inodes[parent_inode]
+        path = self._child_path(parent, name)
+        owner = await self._owner(parent, mode, ctx, Kind.DIR)
         await self._run(self.backend.make_dir, path)
-        self.names.changed(path)
-        inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
-        inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
+        self._changed(path)
+        if self._posix:
+            inode = await self._give(path, owner)
+        else:
+            inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
+            inode.overrides.mode = owner.mode
         inode.lookups += 1
         return self._attrs(inode)
 
@@ -483,7 +536,7 @@ class Operations(pyfuse3.Operations):
         if self.writes.unpublished_below(path, direct=True):
             raise NotEmpty(path)
         await self._run(self.backend.remove_dir, path)
-        self.names.changed(path)
+        self._changed(path)
         self.inodes.remove_path(path)
 
     # ---- names ------------------------------------------------------------------------------------------
@@ -491,10 +544,12 @@ class Operations(pyfuse3.Operations):
     @handler
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext):
         self._check_writable()
-        path = self._child_path(self.inodes[parent_inode], name)
+        parent = self.inodes[parent_inode]
+        path = self._child_path(parent, name)
+        owner = await self._owner(parent, 0o777, ctx, Kind.SYMLINK)
         entry = await self._run(self.backend.write_symlink, path, os.fsdecode(target))
-        self.names.changed(path)
-        inode = self.inodes.add(path, entry)
+        self._changed(path)
+        inode = await self._give(path, owner) if self._posix else self.inodes.add(path, entry)
         inode.symlink_target = os.fsdecode(target)
         inode.lookups += 1
         return self._attrs(inode)
@@ -506,14 +561,17 @@ class Operations(pyfuse3.Operations):
         inode = await self._stat(path)
         if inode.kind is Kind.DIR:
             raise IsADirectory(path)
-        await self._remove(inode)
+        await self._remove(inode, path)
 
-    async def _remove(self, inode: Inode) -> None:
-        """Remove a file's name; an open file stays readable (under a hidden name) until its last close."""
+    async def _remove(self, inode: Inode, path: str) -> None:
+        """Remove a file's name; an open file stays readable (under a hidden name) until its last close.
+        A file with other names (hard links) just loses this one."""
         await self.writes.settled(inode)
-        path = inode.path
-        self.names.changed(path)
-        if inode.on_backend and inode.open_handles:
+        self._changed(path)
+        if self._other_names(inode):
+            await self._run(self.backend.remove_file, path)
+            inode.attrs_at = 0.0  # its link count and ctime changed
+        elif inode.on_backend and inode.open_handles:
             await self._detach(inode)
         elif inode.on_backend:
             await self._run(self.backend.remove_file, path)
@@ -542,10 +600,11 @@ class Operations(pyfuse3.Operations):
     @handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self._check_writable()
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise Unsupported("RENAME_EXCHANGE")
         src = self._child_path(self.inodes[parent_inode_old], name_old)
         dst = self._child_path(self.inodes[parent_inode_new], name_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            await self._exchange(src, dst)
+            return
         inode = await self._stat(src)
         try:
             target: Inode | None = await self._stat(dst)
@@ -562,7 +621,9 @@ class Operations(pyfuse3.Operations):
                 raise IsADirectory(dst)
             if target.kind is not Kind.DIR and inode.kind is Kind.DIR:
                 raise NotADirectory(dst)
-            if target.kind is not Kind.DIR and target.open_handles and target.on_backend:
+            if self._other_names(target):
+                target.attrs_at = 0.0  # loses a name: its link count and ctime change
+            elif target.kind is not Kind.DIR and target.open_handles and target.on_backend:
                 await self._detach(target)
             elif not target.on_backend:
                 target.detached = True  # its pending bytes must never land on the new file
@@ -572,8 +633,9 @@ class Operations(pyfuse3.Operations):
             # Publish first, so that the backend renames (atomically on file://) over the old target.
             await self.writes.upload(inode)
         await self._run(self.backend.rename, src, dst)
-        self.names.changed(src)
-        self.names.changed(dst)
+        self._changed(src)
+        self._changed(dst)
+        inode.attrs_at = 0.0  # a rename changes the ctime
         if inode.kind is Kind.DIR:
             self.names.clear_listings()  # every directory below moved
         moved = self.inodes.move(src, dst, tree=inode.kind is Kind.DIR)
@@ -581,6 +643,64 @@ class Operations(pyfuse3.Operations):
             self.inodes.prune(target)
         for node in moved:
             await self._repoint(node)
+
+    async def _exchange(self, src: str, dst: str) -> None:
+        """renameat2's RENAME_EXCHANGE: both names exist and swap their entries (file:// only)."""
+        a, b = await self._stat(src), await self._stat(dst)
+        for inode in (a, b):
+            if inode.kind is Kind.DIR and self.writes.unpublished_below(inode.path, direct=False):
+                await self.writes.flush_all()
+            elif not inode.on_backend:
+                await self.writes.upload(inode)
+        await self._run(self.backend.exchange, src, dst)
+        self._changed(src)
+        self._changed(dst)
+        if Kind.DIR in (a.kind, b.kind):
+            self.names.clear_listings()
+        aside = f"{src}\0{self._mount_id}"  # a name no entry can have
+        moved = self.inodes.move(src, aside, tree=a.kind is Kind.DIR)
+        moved += self.inodes.move(dst, src, tree=b.kind is Kind.DIR)
+        moved += self.inodes.move(aside, dst, tree=a.kind is Kind.DIR)
+        for node in moved:
+            node.attrs_at = 0.0
+            await self._repoint(node)
+
+    @handler
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext):
+        self._check_writable()
+        node = self.inodes[inode]
+        path = self._child_path(self.inodes[new_parent_inode], new_name)
+        if node.staged is not None or not node.on_backend:
+            await self._publish(node)  # the new name names the bytes written so far
+        entry = await self._run(self.backend.link, node.path, path)
+        self._changed(path)
+        self.inodes.bind(node, path, entry)
+        node.lookups += 1
+        return self._attrs(node)
+
+    @handler
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext):
+        self._check_writable()
+        parent = self.inodes[parent_inode]
+        path = self._child_path(parent, name)
+        kind = _KIND_OF_FORMAT.get(stat.S_IFMT(mode))
+        if kind is None or kind in (Kind.DIR, Kind.SYMLINK):
+            raise Refused(f"{path}: mknod of mode {mode:o}", errno.EINVAL)
+        with contextlib.suppress(NotFound):
+            await self._stat(path)
+            raise AlreadyExists(path)
+        owner = await self._owner(parent, mode, ctx, kind)
+        if kind is Kind.FILE:
+            meta = Meta(mode=owner.mode, uid=owner.uid, gid=owner.gid)
+            entry = await self._run(self.backend.write_file, path, io.BytesIO(), 0, None, meta)
+        else:
+            entry = await self._run(self.backend.make_node, path, kind, rdev)
+        self._changed(path)
+        inode = await self._give(path, owner) if self._posix else self.inodes.add(path, entry)
+        if not self._posix:
+            inode.overrides.mode = owner.mode
+        inode.lookups += 1
+        return self._attrs(inode)
 
     # ---- files ------------------------------------------------------------------------------------------
 
@@ -646,14 +766,17 @@ class Operations(pyfuse3.Operations):
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
         self._check_writable()
-        path = self._child_path(self.inodes[parent_inode], name)
+        parent = self.inodes[parent_inode]
+        path = self._child_path(parent, name)
         inode = self.inodes.at(path)
         if inode is not None and flags & os.O_EXCL:
             raise AlreadyExists(path)
         if inode is None:
+            owner = await self._owner(parent, mode, ctx, Kind.FILE)
             inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.FILE, 0, time.time_ns()))
             inode.on_backend = False
-            inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
+            ov = inode.overrides
+            ov.mode, ov.uid, ov.gid = owner.mode, owner.uid, owner.gid
         async with self.writes.pinned(inode):
             staged = await self.writes.stage(inode)
             if staged.size:
@@ -707,7 +830,10 @@ class Operations(pyfuse3.Operations):
         """Upload the inode's staged bytes; `closing` (flush, release): write-back mode may queue them."""
         if inode.staged is None:
             return  # nothing written: nothing to upload
+        was_new = not inode.on_backend
         await (self.writes.close(inode, again) if closing else self.writes.upload(inode, again))
+        if was_new and inode.on_backend:
+            self._changed(inode.path)
 
     async def _kernel_handle(self, ino: int) -> Handle:
         """The one handle of inode `ino` in no-open mode, made on its first read: the version chosen then

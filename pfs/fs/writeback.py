@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import trio
 
-from pfs.backends import Backend, Entry, Reader, UploadGuard
+from pfs.backends import Backend, Entry, Meta, Reader, UploadGuard
 from pfs.errors import (
     AlreadyExists,
     BackendError,
@@ -223,9 +223,10 @@ class WriteBack:
                 return
             staged.modified = False  # writes landing during the upload set it again
             generation = staged.generation
+            meta = _meta_of(inode)
             try:
                 entry = await self._finish_stream(inode, staged)
-                entry = entry or await self._watched_write(inode.path, staged)
+                entry = entry or await self._watched_write(inode.path, staged, meta)
             except BaseException as exc:
                 staged.modified = True
                 if isinstance(exc, PfsError):
@@ -242,6 +243,8 @@ class WriteBack:
             self._created(inode, entry)
         inode.attrs_at = time.monotonic()
         inode.opened_version = inode.version
+        if entry.meta is not None:
+            self._stored(inode, entry.meta, meta)
         self._stats.add("bytes_uploaded", entry.size)
 
     async def settled(self, inode: Inode | None) -> None:
@@ -303,10 +306,19 @@ class WriteBack:
                 continue  # changed while uploading (its next close queues it again), or kept after a failure
             await self.unstage_if_idle(inode)
 
-    async def _watched_write(self, path: str, staged: StagedFile) -> Entry:
+    def _stored(self, inode: Inode, stored: Meta, given: Meta | None) -> None:
+        """The store keeps attributes (file://): the published version's are the inode's now, and what
+        was given here for it no longer needs to be held (unless changed again during the upload)."""
+        inode.meta = stored
+        ov = inode.overrides
+        for key in self._backend.stored_meta & {"mode", "uid", "gid"}:
+            if given is not None and getattr(ov, key) == getattr(given, key):
+                setattr(ov, key, None)
+
+    async def _watched_write(self, path: str, staged: StagedFile, meta: Meta | None) -> Entry:
         """`write_file` in a worker thread, abandoned once no data has moved for the backend's timeout."""
         guard = UploadGuard()
-        write = functools.partial(self._backend.write_file, plain=True)
+        write = functools.partial(self._backend.write_file, plain=True, meta=meta)
         source, size = staged.source(), staged.size
         upload = lambda: self._run(write, path, source, size, guard, cancellable=True)  # noqa: E731
         return await self._watched(path, guard, upload)
@@ -406,6 +418,15 @@ class _Stream:
     done: trio.Event = field(default_factory=trio.Event)
     entry: Entry | None = None
     error: PfsError | None = None
+
+
+def _meta_of(inode: Inode) -> Meta | None:
+    """The attributes given here that the new version must carry (a new file's owner and mode, a chmod
+    while it was being written); None: the store keeps the old version's."""
+    ov = inode.overrides
+    if ov.mode is None and ov.uid is None and ov.gid is None:
+        return None
+    return Meta(mode=ov.mode, uid=ov.uid, gid=ov.gid)
 
 
 async def _watch(guard: UploadGuard, stall: float, scope: trio.CancelScope) -> None:

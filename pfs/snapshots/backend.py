@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO, NoReturn
 
-from pfs.backends import Backend, Entry, Kind, Reader, SpaceInfo, UploadGuard
+from pfs.backends import Backend, Entry, Kind, Meta, Reader, SpaceInfo, UploadGuard
 from pfs.errors import BackendError, NotADirectory, NotFound, ReadOnly, Stale
 from pfs.snapshots.manifest import Manifest, mtime_token
 
@@ -161,7 +161,14 @@ class SnapshotBackend(Backend):
         raise ReadOnly(f"snapshot {self._name} is read-only")
 
     def write_file(
-        self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None, *, plain: bool = False
+        self,
+        path: str,
+        source: BinaryIO,
+        size: int,
+        guard: UploadGuard | None = None,
+        *,
+        plain: bool = False,
+        meta: Meta | None = None,
     ) -> Entry:
         self._refuse()
 

@@ -7,8 +7,11 @@ object or exception: it hands out `Backend`s and raises `pfs.errors` only.
 
 from __future__ import annotations
 
+import pyarrow.fs as pafs
+
 from pfs.backends.arrow.backend import ArrowBackend
 from pfs.backends.arrow.connect import connect
+from pfs.backends.arrow.local import LocalBackend
 from pfs.backends.arrow.verify import verify
 from pfs.backends.location import Location
 from pfs.backends.options import BackendOptions
@@ -18,6 +21,8 @@ def open_arrow_backend(location: Location, options: BackendOptions, check: bool)
     store = connect(location, options)
     if check:
         verify(store, location)
+    if isinstance(store.fs, pafs.LocalFileSystem):
+        return LocalBackend(store)
     return ArrowBackend(store)
 
 

@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 from pfs.backends.arrow import replace, transfer
 from pfs.backends.arrow.connect import Store
 from pfs.backends.arrow.errors import translate
-from pfs.backends.base import Backend, Entry, Kind, Reader, SpaceInfo, UploadGuard
+from pfs.backends.base import Backend, Entry, Kind, Meta, Reader, SpaceInfo, UploadGuard
 from pfs.backends.retry import retry_call
 from pfs.backends.watchdog import run_bounded
 from pfs.errors import (
@@ -394,10 +394,17 @@ class ArrowBackend(Backend):
     # ---- changing the namespace ---------------------------------------------------------------------
 
     def _publish(
-        self, path: str, key: str, source: BinaryIO, size: int, guard: UploadGuard | None = None
+        self,
+        path: str,
+        key: str,
+        source: BinaryIO,
+        size: int,
+        guard: UploadGuard | None = None,
+        write: Callable[[BinaryIO, UploadGuard], None] | None = None,
     ) -> None:
         """Write `size` bytes of `source` under `key` atomically; retried from the start if `source` can
-        seek back, else tried once."""
+        seek back, else tried once. `write(source, guard)`: how one attempt writes, where the store's own
+        way (a multipart upload, a temporary file moved into place) is not wanted."""
         start = source.tell() if source.seekable() else None
         guard = guard or UploadGuard()
         counted = _Counting(source)
@@ -406,7 +413,9 @@ class ArrowBackend(Backend):
             if start is not None:
                 source.seek(start)
             guard.retry()
-            if self._store.object_store:
+            if write is not None:
+                write(counted, guard)
+            elif self._store.object_store:
                 transfer.upload_object(self._fs, key, counted, size, path, guard)
             else:
                 aside = None if self._store.move_replaces else self._aside_dir
@@ -429,6 +438,7 @@ class ArrowBackend(Backend):
         guard: UploadGuard | None = None,
         *,
         plain: bool = False,
+        meta: Meta | None = None,
     ) -> Entry:
         self._check(path, creating=True)
         self._check_new_leaf(path)
@@ -445,10 +455,23 @@ class ArrowBackend(Backend):
         if existing is not None and existing.kind is Kind.DIR:
             raise IsADirectory(f"{path}: is a directory")
         full = self._full(path)
-        self._publish(path, full, source, size, guard)
+        self._publish_version(path, full, source, size, guard, existing, meta)
         if existing is not None and existing.kind is Kind.SYMLINK:
             self._call(f"write {path}", lambda: self._fs.delete_file(full + LINK_SUFFIX))
         return self._stat_key(path, full, Kind.FILE)
+
+    def _publish_version(
+        self,
+        path: str,
+        key: str,
+        source: BinaryIO,
+        size: int,
+        guard: UploadGuard | None,
+        existing: Entry | None,
+        meta: Meta | None,
+    ) -> None:
+        """The write of `write_file`, replacing `existing`; `meta` is not kept by this store."""
+        self._publish(path, key, source, size, guard)
 
     def stream_file(self, path: str, source: BinaryIO, guard: UploadGuard) -> Entry:
         if not self._store.object_store:
