@@ -34,6 +34,9 @@ class Meta:
     gid: int | None = None
     atime_ns: int | None = None
     ctime_ns: int | None = None
+    #: Only in `write_file`'s `meta`: the modification time the new file shows (entries carry theirs in
+    #: `Entry.mtime_ns`).
+    mtime_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +166,20 @@ class Backend(ABC):
         """Open a file of known `size` for positional reads (no extra metadata request where avoidable)."""
 
     @abstractmethod
-    def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
+    def write_file(
+        self,
+        path: str,
+        source: BinaryIO,
+        size: int,
+        guard: UploadGuard | None = None,
+        *,
+        meta: Meta | None = None,
+    ) -> Entry:
         """Publish `size` bytes read from `source` as the file at `path`, atomically: readers see either
         the old object or the whole new one, never a partial one. Large files are streamed (multipart on
-        object stores), never held in memory. `guard` lets the caller abandon the upload. Returns the new
-        entry."""
+        object stores), never held in memory. `guard` lets the caller abandon the upload. `meta`: the
+        `stored_meta` attributes the new file carries (None fields: a file replaced keeps its own, a new
+        file gets the mount's defaults). Returns the new entry."""
 
     def put_file(self, path: str, source: BinaryIO, size: int) -> None:
         """Publish like `write_file`, for a caller that knows from a fresh listing that `path` is free or a

@@ -459,7 +459,12 @@ class Operations(pyfuse3.Operations):
         await self._run(self.backend.make_dir, path)
         self.names.changed(path)
         inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
-        inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
+        bits = stat.S_IMODE(mode) & ~self.options.umask
+        if bits != 0o777 & ~self.options.umask:  # the default needs no record
+            if "mode" in self.backend.stored_meta:
+                inode.update(await self._run(self.backend.set_meta, path, MetaChange(mode=bits)))
+            else:
+                inode.overrides.mode = bits
         inode.lookups += 1
         return self._attrs(inode)
 
@@ -624,7 +629,9 @@ class Operations(pyfuse3.Operations):
         if inode is None:
             inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.FILE, 0, time.time_ns()))
             inode.on_backend = False
-            inode.overrides.mode = stat.S_IMODE(mode) & ~self.options.umask
+            bits = stat.S_IMODE(mode) & ~self.options.umask
+            if bits != 0o666 & ~self.options.umask:  # the default needs no record where attributes are kept
+                inode.overrides.mode = bits
         async with self.writes.pinned(inode):
             staged = await self.writes.stage(inode)
             await self._run(staged.truncate, 0)  # also marks it modified: an empty new file is published too

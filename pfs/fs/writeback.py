@@ -23,6 +23,8 @@ backend keeps the previous version (or, for a new file, never sees the name).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +32,7 @@ from typing import Any
 
 import trio
 
-from pfs.backends import Backend, Entry, Reader, UploadGuard
+from pfs.backends import Backend, Entry, Meta, Reader, UploadGuard
 from pfs.errors import (
     AlreadyExists,
     BackendError,
@@ -63,6 +65,7 @@ PERMANENT = (
     ReadOnly,
     Unsupported,
 )
+_PUBLISHED_META = ("mode", "uid", "gid", "mtime_ns")  # what Meta can carry to write_file
 LISTED_FAILURES = 100  # names of failed uploads in the counters (the control xattr's value is bounded)
 
 
@@ -150,8 +153,9 @@ class WriteBack:
             if staged.failure is not None and not again:
                 return
             staged.modified = False  # writes landing during the upload set it again
+            meta = self._meta_to_store(inode)
             try:
-                entry = await self._watched_write(inode.path, staged)
+                entry = await self._watched_write(inode.path, staged, meta)
             except BaseException as exc:
                 staged.modified = True
                 if isinstance(exc, PfsError):
@@ -160,20 +164,30 @@ class WriteBack:
         if staged.failure is not None:
             log.info("%s uploaded, after an upload of it had failed", inode.path)
             staged.failure = None
-        inode.size, inode.mtime_ns, inode.etag = entry.size, entry.mtime_ns, ""
+        inode.size, inode.mtime_ns, inode.etag, inode.meta = entry.size, entry.mtime_ns, "", entry.meta
+        for name, value in dataclasses.asdict(meta or Meta()).items():
+            if value is not None and getattr(inode.overrides, name) == value:  # the backend keeps it now
+                setattr(inode.overrides, name, None)
         inode.on_backend = True
         inode.attrs_at = time.monotonic()
         inode.opened_version = inode.version
         self._stats.add("bytes_uploaded", entry.size)
 
-    async def _watched_write(self, path: str, staged: StagedFile) -> Entry:
+    def _meta_to_store(self, inode: Inode) -> Meta | None:
+        """The attributes set on a file while it was staged (cp -p, tar x) that the backend keeps."""
+        ov = inode.overrides
+        kept = {name: getattr(ov, name) for name in self._backend.stored_meta if name in _PUBLISHED_META}
+        kept = {name: value for name, value in kept.items() if value is not None}
+        return Meta(**kept) if kept else None
+
+    async def _watched_write(self, path: str, staged: StagedFile, meta: Meta | None) -> Entry:
         """`write_file` in a worker thread, abandoned once no data has moved for the backend's timeout."""
         guard = UploadGuard()
         stall = self._backend.timeout
         with trio.CancelScope() as abandoned:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, guard, stall, abandoned)
-                write = self._backend.write_file
+                write = functools.partial(self._backend.write_file, meta=meta)
                 entry = await self._run(write, path, staged.source(), staged.size, guard, cancellable=True)
                 nursery.cancel_scope.cancel()
             return entry

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO, NoReturn
 
-from pfs.backends import Backend, Entry, Kind, Reader, SpaceInfo, UploadGuard
+from pfs.backends import Backend, Entry, Kind, Meta, Reader, SpaceInfo, UploadGuard
 from pfs.errors import BackendError, NotADirectory, NotFound, ReadOnly, Stale
 from pfs.snapshots.manifest import Manifest, mtime_token
 
@@ -160,7 +160,15 @@ class SnapshotBackend(Backend):
     def _refuse(self) -> NoReturn:
         raise ReadOnly(f"snapshot {self._name} is read-only")
 
-    def write_file(self, path: str, source: BinaryIO, size: int, guard: UploadGuard | None = None) -> Entry:
+    def write_file(
+        self,
+        path: str,
+        source: BinaryIO,
+        size: int,
+        guard: UploadGuard | None = None,
+        *,
+        meta: Meta | None = None,
+    ) -> Entry:
         self._refuse()
 
     def write_symlink(self, path: str, target: str) -> Entry:
