@@ -142,6 +142,8 @@ class Backend(ABC):
     #: The MetaChange fields `set_meta` persists ('mode', 'uid', 'gid', 'atime_ns', 'mtime_ns'). Changes of
     #: the others last only as long as the mount.
     stored_meta: frozenset[str] = frozenset()
+    #: Names the store keeps for itself in every directory (hidden from listings, refused for new entries).
+    reserved_names: frozenset[str] = frozenset()
 
     @abstractmethod
     def stat(self, path: str) -> Entry:

@@ -216,8 +216,8 @@ class Operations(pyfuse3.Operations):
             raise NameTooLong(text[:40] + "...")
         if parent.kind is not Kind.DIR:
             raise NotADirectory(parent.path)
-        if not parent.path and text == RESERVED_ROOT_NAME:
-            raise PermissionDenied(f"{RESERVED_ROOT_NAME} is reserved")
+        if (not parent.path and text == RESERVED_ROOT_NAME) or text in self.backend.reserved_names:
+            raise PermissionDenied(f"{text} is reserved")
         return f"{parent.path}/{text}" if parent.path else text
 
     def _check_writable(self) -> None:
@@ -370,9 +370,11 @@ class Operations(pyfuse3.Operations):
         )
         if any(v is not None for k, v in _changed(change) if k != "atime_ns"):
             self._check_writable()
-        # What the backend keeps goes there (a file not uploaded yet keeps it here until it is); the rest
+        # What the backend keeps goes there, also for a file open but unchanged (touch's futimens: no upload
+        # will carry it); a file with bytes to upload keeps it here until the upload carries it. The rest
         # lives in the overrides for the mount's lifetime.
-        stored = self.backend.stored_meta if node.on_backend and node.staged is None else frozenset()
+        pending = node.staged is not None and node.staged.modified
+        stored = self.backend.stored_meta if node.on_backend and not pending else frozenset()
         kept = {k: v for k, v in _changed(change) if k in stored}
         if kept:
             entry = await self._run(self.backend.set_meta, node.path, MetaChange(**kept))

@@ -125,6 +125,7 @@ class ArrowBackend(Backend):
         if store.object_store and hide_reserved:
             self._attrs = attrs.AttrIndex(self._fs, self._index_key, self._call, self._publish)
             self.stored_meta = frozenset(attrs.FIELDS)
+            self.reserved_names = frozenset({attrs.INDEX})
 
     def reserved_area(self) -> ArrowBackend:
         """A backend rooted at `<root>/.pfs`, where pfs keeps its own data (snapshots)."""

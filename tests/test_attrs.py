@@ -1,0 +1,205 @@
+"""POSIX attributes on an object store survive a remount and reach a second mount: chmod +x, chown,
+touch -d, cp -p, mv (which copies the object: a new modification time on S3) and a file's rewrite. An
+object rewritten by another tool shows its new state; a dataset without attributes looks as always."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import time
+
+import pyarrow.fs as pafs
+import pytest
+
+from pfs.backends import BackendOptions, Meta, MetaChange, open_backend
+from pfs.backends.arrow.attrs import INDEX
+from tests.conftest import unique
+from tests.mounting import Mount
+
+TTL = "0.2"  # seconds: a second mount sees changes after this long
+DAY = 86_400
+
+
+@pytest.fixture
+def uri(s3_server, s3_bucket) -> str:
+    return s3_server.uri(s3_bucket, unique("attrs"))
+
+
+@pytest.fixture
+def mount(s3_server, uri, tmp_path):
+    m = Mount(uri, str(tmp_path / "m"), env=s3_server.env(), args=("-o", f"metadata_ttl={TTL}"))
+    with m:
+        yield m
+
+
+@pytest.fixture
+def second(s3_server, uri, tmp_path):
+    m = Mount(uri, str(tmp_path / "m2"), env=s3_server.env(), args=("-o", f"metadata_ttl={TTL}"))
+    with m:
+        yield m
+
+
+def write(path: str, data: bytes = b"data") -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def settle() -> None:
+    time.sleep(float(TTL) * 3)
+
+
+def test_chmod_x_survives_a_remount_and_reaches_a_second_mount(mount, second):
+    write(f"{mount.path}/run.sh", b"#!/bin/sh\necho hi\n")
+    subprocess.run(["chmod", "+x", f"{mount.path}/run.sh"], check=True)
+    settle()
+    assert os.stat(f"{second.path}/run.sh").st_mode & 0o777 == 0o755
+    mount.remount()
+    assert os.stat(f"{mount.path}/run.sh").st_mode & 0o777 == 0o755
+    assert subprocess.run([f"{mount.path}/run.sh"], capture_output=True, text=True).stdout == "hi\n"
+
+
+def test_chown_survives_a_remount(mount, second):
+    os.mkdir(f"{mount.path}/d")
+    write(f"{mount.path}/d/f")
+    os.chown(f"{mount.path}/d/f", 1234, 5678)
+    os.chown(f"{mount.path}/d", 4321, 8765)
+    mount.remount()
+    st = os.stat(f"{mount.path}/d/f")
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    st = os.stat(f"{mount.path}/d")
+    assert (st.st_uid, st.st_gid) == (4321, 8765)
+    settle()
+    assert os.stat(f"{second.path}/d/f").st_uid == 1234
+
+
+def test_touch_d_survives_a_remount(mount, second):
+    write(f"{mount.path}/old")
+    subprocess.run(["touch", "-d", "2001-02-03 04:05:06 UTC", f"{mount.path}/old"], check=True)
+    mount.remount()
+    assert os.stat(f"{mount.path}/old").st_mtime == 981173106
+    settle()
+    assert os.stat(f"{second.path}/old").st_mtime == 981173106
+
+
+def test_cp_p_keeps_mode_and_time_across_a_remount(mount, tmp_path):
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 1000)
+    os.chmod(src, 0o750)
+    os.utime(src, (1_000_000_000, 1_000_000_000))
+    subprocess.run(["cp", "-p", str(src), f"{mount.path}/copy"], check=True)
+    mount.remount()
+    st = os.stat(f"{mount.path}/copy")
+    assert (st.st_mode & 0o777, st.st_mtime, st.st_size) == (0o750, 1_000_000_000, 1000)
+
+
+def test_mv_keeps_the_modification_time(mount, second):
+    os.mkdir(f"{mount.path}/a")
+    os.mkdir(f"{mount.path}/b")
+    write(f"{mount.path}/a/f")
+    os.utime(f"{mount.path}/a/f", (1_500_000_000, 1_500_000_000))
+    write(f"{mount.path}/a/plain")
+    before = os.stat(f"{mount.path}/a/plain").st_mtime_ns
+    time.sleep(1.1)  # the store's copy would get a later second
+    subprocess.run(["mv", f"{mount.path}/a/f", f"{mount.path}/b/f"], check=True)
+    subprocess.run(["mv", f"{mount.path}/a/plain", f"{mount.path}/a/moved"], check=True)
+    mount.remount()
+    assert os.stat(f"{mount.path}/b/f").st_mtime == 1_500_000_000
+    assert os.stat(f"{mount.path}/a/moved").st_mtime_ns == before
+    assert sorted(os.listdir(f"{mount.path}/a")) == ["moved"]
+    settle()
+    assert os.stat(f"{second.path}/b/f").st_mtime == 1_500_000_000
+
+
+def test_a_rewrite_keeps_mode_and_owner(mount):
+    write(f"{mount.path}/f", b"one")
+    os.chmod(f"{mount.path}/f", 0o700)
+    os.chown(f"{mount.path}/f", 42, 43)
+    write(f"{mount.path}/f", b"two, longer")
+    mount.remount()
+    st = os.stat(f"{mount.path}/f")
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid, st.st_size) == (0o700, 42, 43, 11)
+
+
+def test_a_new_file_and_directory_keep_their_mode(mount):
+    os.mkdir(f"{mount.path}/private", 0o700)
+    fd = os.open(f"{mount.path}/private/key", os.O_CREAT | os.O_WRONLY, 0o600)
+    os.write(fd, b"secret")
+    os.close(fd)
+    mount.remount()
+    assert os.stat(f"{mount.path}/private").st_mode & 0o777 == 0o700
+    assert os.stat(f"{mount.path}/private/key").st_mode & 0o777 == 0o600
+
+
+def test_an_object_rewritten_by_another_tool_shows_its_new_state(mount, s3_server, uri):
+    write(f"{mount.path}/f", b"ours")
+    os.chmod(f"{mount.path}/f", 0o751)
+    os.utime(f"{mount.path}/f", (DAY, DAY))
+    mount.stop()
+    time.sleep(1.1)  # another second: the new object's stamp differs even at the same size
+    fs, root = pafs.FileSystem.from_uri(uri.replace("s3://", "s3://{}:{}@".format(*_keys(s3_server)), 1))
+    fs.delete_file(f"{root}/f")  # as a tool that deletes, then writes
+    with fs.open_output_stream(f"{root}/f") as out:
+        out.write(b"them")
+    mount.start()
+    st = os.stat(f"{mount.path}/f")
+    assert st.st_mode & 0o777 == 0o644 and st.st_mtime > DAY
+    with open(f"{mount.path}/f", "rb") as f:
+        assert f.read() == b"them"
+
+
+def test_the_index_is_hidden_and_reserved(mount):
+    write(f"{mount.path}/f")
+    os.chmod(f"{mount.path}/f", 0o600)
+    assert os.listdir(mount.path) == ["f"]
+    with pytest.raises(FileNotFoundError):
+        os.stat(f"{mount.path}/{INDEX}")
+    with pytest.raises(PermissionError):
+        write(f"{mount.path}/{INDEX}")
+
+
+def _keys(server) -> tuple[str, str]:
+    return server.access_key, server.secret_key
+
+
+# ---- the backend alone ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def backend(s3_server, uri):
+    b = open_backend(uri, BackendOptions(**_options(s3_server)))
+    yield b
+    b.close()
+
+
+def test_a_dataset_without_attributes_lists_as_before(backend):
+    backend.make_dir("d")
+    backend.write_file("d/f", io.BytesIO(b"abc"), 3)
+    [entry] = backend.list_dir("d")
+    assert entry.meta is None and backend.stat("d/f").meta is None
+    assert backend.stored_meta == {"mode", "uid", "gid", "mtime_ns"}
+
+
+def test_removing_a_name_drops_its_record_and_an_empty_index(backend, s3_server, uri):
+    backend.write_file("f", io.BytesIO(b"abc"), 3, meta=Meta(mode=0o700, mtime_ns=7 * 10**9))
+    entry = backend.stat("f")
+    assert (entry.meta.mode, entry.mtime_ns) == (0o700, 7 * 10**9)
+    backend.remove_file("f")
+    backend.write_file("f", io.BytesIO(b"abc"), 3)  # the same name again: a new file, no attributes
+    assert backend.stat("f").meta is None
+    assert [e.name for e in backend.list_dir("")] == ["f"]
+
+
+def test_changes_of_two_backends_merge(backend, s3_server, uri):
+    other = open_backend(uri, BackendOptions(**_options(s3_server)))
+    backend.write_file("a", io.BytesIO(b"a"), 1)
+    backend.write_file("b", io.BytesIO(b"b"), 1)
+    backend.set_meta("a", MetaChange(mode=0o700))
+    other.set_meta("b", MetaChange(mode=0o711))
+    modes = {e.name: e.meta.mode for e in backend.list_dir("")}
+    assert modes == {"a": 0o700, "b": 0o711}
+
+
+def _options(server) -> dict:
+    env = server.env()
+    return {"access_key": env["AWS_ACCESS_KEY_ID"], "secret_key": env["AWS_SECRET_ACCESS_KEY"]}
