@@ -111,6 +111,21 @@ def test_mv_keeps_the_modification_time(mount, second):
     assert os.stat(f"{second.path}/b/f").st_mtime == 1_500_000_000
 
 
+def test_mv_of_a_directory_keeps_what_is_inside(mount):
+    os.makedirs(f"{mount.path}/tree/sub")
+    write(f"{mount.path}/tree/sub/f")
+    os.chmod(f"{mount.path}/tree/sub/f", 0o711)
+    write(f"{mount.path}/tree/plain")
+    before = os.stat(f"{mount.path}/tree/plain").st_mtime_ns
+    time.sleep(1.1)
+    os.rename(f"{mount.path}/tree", f"{mount.path}/moved")
+    mount.remount()
+    st = os.stat(f"{mount.path}/moved/sub/f")
+    assert st.st_mode & 0o777 == 0o711
+    assert os.stat(f"{mount.path}/moved/plain").st_mtime_ns == before
+    assert sorted(os.listdir(f"{mount.path}/moved")) == ["plain", "sub"]
+
+
 def test_a_rewrite_keeps_mode_and_owner(mount):
     write(f"{mount.path}/f", b"one")
     os.chmod(f"{mount.path}/f", 0o700)

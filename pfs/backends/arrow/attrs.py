@@ -41,6 +41,7 @@ FIELDS = ("mode", "uid", "gid", "mtime_ns")
 TRUST_S = 1.0
 MAX_DIRS = 4096  # indexes kept in memory
 MERGE_ATTEMPTS = 3
+YOUNG_NS = 2 * 10**9  # an index written this recently may change again unseen (see _Cached.young)
 log = logging.getLogger(__name__)
 
 Records = dict[str, dict[str, Any]]
@@ -68,6 +69,9 @@ class _Cached:
     seen: tuple[int, int] | None  # (size, mtime_ns) of the index object; None: there is none
     at: float  # monotonic time it was read
     records: Records
+    #: The index may have been rewritten within its modification second, same size, after it was read (a
+    #: chmod 755 -> 700 keeps the size): then its size and time tell nothing, and the next listing reads it.
+    young: bool = False
 
 
 class AttrIndex:
@@ -123,10 +127,12 @@ class AttrIndex:
         read again only when the index changed since it was last read."""
         seen = None if index_info is None else (index_info.size or 0, index_info.mtime_ns or 0)
         cached = self._cache.get(directory)
-        if cached is not None and cached.seen == seen:
+        if cached is not None and cached.seen == seen and not cached.young:
             cached.at = time.monotonic()
             return cached.records
-        return self._remember(directory, seen, {} if seen is None else self._read(directory))
+        records = self._remember(directory, seen, {} if seen is None else self._read(directory))
+        self._cache[directory].young = seen is not None and time.time_ns() - seen[1] < YOUNG_NS
+        return records
 
     def records(self, directory: str) -> Records:
         """The records of `directory` for a single name (stat): the index read within TRUST_S, else read."""

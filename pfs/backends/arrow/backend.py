@@ -687,3 +687,37 @@ class ArrowBackend(Backend):
         with contextlib.suppress(NotFound):  # nothing left: the source was a prefix without a marker
             self._call(f"rename {src}", lambda: self._fs.delete_dir(old))
         self._remove_directory_object(src)
+        if self._attrs is not None:
+            self._restamp_tree(src, dst, infos)
+
+    def _restamp_tree(self, src: str, dst: str, infos: list[pafs.FileInfo]) -> None:
+        """After a directory's objects were copied: every file keeps its attributes and modification time,
+        recorded against its new copy (one index write per directory that has files)."""
+        assert self._attrs is not None
+        old_root, new_root = self._full(src), self._full(dst)
+        selector = pafs.FileSelector(new_root, recursive=True, allow_not_found=True)
+        copies = self._call(f"rename {src}", lambda: self._fs.get_file_info(selector))
+        copied = {info.path[len(new_root) :]: info for info in copies if info.type == _FILE}
+        by_dir: dict[str, list[pafs.FileInfo]] = {}
+        for info in infos:
+            if info.type == _FILE and info.base_name != attrs.INDEX:
+                by_dir.setdefault(_parent(info.path[len(old_root) :]), []).append(info)
+        for rel_dir, files in by_dir.items():
+            directory = dst + rel_dir
+            records = self._attrs.records(directory)
+            changes: dict[str, dict | None] = {}
+            for info in files:
+                copy = copied.get(info.path[len(old_root) :])
+                if copy is None or (info.size == 0 and self._is_directory_object(copy)):
+                    continue
+                name = info.base_name
+                if name.endswith(LINK_SUFFIX):
+                    name = name[: -len(LINK_SUFFIX)]
+                rec = dict(records.get(name) or {})
+                if rec.get("stamp") != attrs.stamp(info):
+                    rec = {}  # no record, or one of another version: only the time is kept
+                rec.setdefault("mtime_ns", info.mtime_ns)
+                rec["stamp"] = attrs.stamp(copy)
+                changes[name] = rec
+            if changes:
+                self._attrs.update(directory, changes)
