@@ -13,8 +13,8 @@ Conventions every store shares:
   slash) is a directory in stat, listings, rmdir and rename alike (`_is_directory_object`).
 - `.pfs` at the top of the root is reserved for pfs's own data: hidden from listings, NotFound for stat,
   PermissionDenied for changes. `reserved_area()` gives pfs itself a backend rooted there.
-- Object stores keep POSIX attributes (mode, uid, gid, mtime) in a hidden index object per directory,
-  `.pfs.attrs`, reserved like `.pfs` in every directory (arrow/attrs.py).
+- Object stores and HDFS keep POSIX attributes (mode, uid, gid, mtime) in a hidden index object per
+  directory, `.pfs.attrs`, reserved like `.pfs` in every directory (arrow/attrs.py).
 
 Every call into pyarrow goes through `_call`: errors are translated (arrow/errors.py) and `Transient` ones
 retried under the deadline (pfs/backends/retry.py). This module must never let a pyarrow exception escape.
@@ -122,7 +122,9 @@ class ArrowBackend(Backend):
         # HEAD costs a round trip to a remote server, so opens trust attributes within the metadata TTL.
         self.cheap_open = not store.object_store
         self._attrs: attrs.AttrIndex | None = None
-        if store.object_store and hide_reserved:
+        # HDFS keeps permissions, owners and times natively, but pyarrow can neither read (beyond mtime) nor
+        # change them: the mount's attributes live in the index there too. file:// keeps them on its files.
+        if hide_reserved and (store.object_store or isinstance(store.fs, pafs.HadoopFileSystem)):
             self._attrs = attrs.AttrIndex(self._fs, self._index_key, self._call, self._publish)
             self.stored_meta = frozenset(attrs.FIELDS)
             self.reserved_names = frozenset({attrs.INDEX})
