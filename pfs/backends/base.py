@@ -34,8 +34,8 @@ class Meta:
     gid: int | None = None
     atime_ns: int | None = None
     ctime_ns: int | None = None
-    #: Only in `write_file`'s `meta`: the modification time the new file shows (entries carry theirs in
-    #: `Entry.mtime_ns`).
+    #: The modification time shown, where it differs from the store's own (`Entry.mtime_ns`, which keeps
+    #: telling versions of the content apart: a `cp -p` of other bytes of the same size keeps this one).
     mtime_ns: int | None = None
 
 

@@ -238,7 +238,7 @@ class Operations(pyfuse3.Operations):
         if bits is not None:
             mode = stat.S_IFMT(mode) | bits
         size = inode.staged.size if inode.staged is not None else inode.size
-        mtime = ov.mtime_ns if ov.mtime_ns is not None else inode.mtime_ns or self._mounted_at_ns
+        mtime = _first(ov.mtime_ns, meta.mtime_ns) or inode.mtime_ns or self._mounted_at_ns
         attrs.st_ino = inode.ino
         attrs.generation = 0
         attrs.st_mode = mode

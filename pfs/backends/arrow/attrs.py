@@ -59,9 +59,10 @@ def apply(entry: Entry, record: dict[str, Any] | None, info: pafs.FileInfo | Non
         return entry
     if entry.kind is not Kind.DIR and (info is None or record.get("stamp") != stamp(info)):
         return entry  # rewritten by another tool since: its attributes no longer apply
-    meta = Meta(mode=record.get("mode"), uid=record.get("uid"), gid=record.get("gid"))
-    mtime = record.get("mtime_ns")
-    return Entry(entry.name, entry.kind, entry.size, entry.mtime_ns if mtime is None else mtime, meta=meta)
+    meta = Meta(
+        mode=record.get("mode"), uid=record.get("uid"), gid=record.get("gid"), mtime_ns=record.get("mtime_ns")
+    )
+    return Entry(entry.name, entry.kind, entry.size, entry.mtime_ns, meta=meta)
 
 
 @dataclass

@@ -507,7 +507,7 @@ class ArrowBackend(Backend):
             gid=_first(change.gid, old.gid),
         )
         # The shown modification time is pinned too: a copy by the store (mv) must not change it.
-        rec = attrs.record(merged, _first(change.mtime_ns, entry.mtime_ns or None), info)
+        rec = attrs.record(merged, _first(change.mtime_ns, old.mtime_ns, entry.mtime_ns or None), info)
         self._attrs.update(_parent(path), {_name(path): rec})
         return attrs.apply(entry, rec, info)
 
@@ -631,7 +631,8 @@ class ArrowBackend(Backend):
         if source.kind is not Kind.DIR:
             suffix = LINK_SUFFIX if source.kind is Kind.SYMLINK else ""
             info = self._object_info(dst, self._full(dst) + suffix)
-        rec = attrs.record(source.meta, source.mtime_ns or None, info)
+        shown = _first(source.meta.mtime_ns if source.meta else None, source.mtime_ns or None)
+        rec = attrs.record(source.meta, shown, info)
         if len(rec) > (1 if info is not None else 0):
             self._attrs.update(_parent(dst), {_name(dst): rec})
         elif _name(dst) in self._attrs.records(_parent(dst)):
