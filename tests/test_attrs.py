@@ -162,6 +162,20 @@ def test_a_new_file_and_directory_keep_their_mode(mount):
     assert os.stat(f"{mount.path}/private/key").st_mode & 0o777 == 0o600
 
 
+def test_what_another_user_makes_is_theirs(s3_server, uri, tmp_path):
+    args = ("-o", f"metadata_ttl={TTL},allow_other")
+    with Mount(uri, str(tmp_path / "m"), env=s3_server.env(), args=args) as m:
+        os.chmod(m.path, 0o777)
+        script = "mkdir d && echo x > d/f && ln -s f d/l"
+        subprocess.run(
+            ["/bin/sh", "-c", script], cwd=m.path, check=True, user=4321, group=8765, extra_groups=[]
+        )
+        m.remount()
+        for name in ("d", "d/f", "d/l"):
+            st = os.lstat(f"{m.path}/{name}")
+            assert (st.st_uid, st.st_gid) == (4321, 8765), name
+
+
 def test_an_object_rewritten_by_another_tool_shows_its_new_state(mount, s3_server, uri):
     write(f"{mount.path}/f", b"ours")
     os.chmod(f"{mount.path}/f", 0o751)

@@ -461,14 +461,30 @@ class Operations(pyfuse3.Operations):
         await self._run(self.backend.make_dir, path)
         self.names.changed(path)
         inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
-        bits = stat.S_IMODE(mode) & ~self.options.umask
-        if bits != 0o777 & ~self.options.umask:  # the default needs no record
-            if "mode" in self.backend.stored_meta:
-                inode.update(await self._run(self.backend.set_meta, path, MetaChange(mode=bits)))
-            else:
-                inode.overrides.mode = bits
+        await self._give_new(inode, self._new_meta(ctx, mode, 0o777))
         inode.lookups += 1
         return self._attrs(inode)
+
+    def _new_meta(self, ctx: pyfuse3.RequestContext, mode: int = 0, default: int | None = None) -> MetaChange:
+        """What a new entry made by `ctx` with `mode` has beyond the mount's defaults (which need no
+        record where the backend keeps attributes): its mode, and its creator as owner."""
+        bits = stat.S_IMODE(mode) & ~self.options.umask
+        return MetaChange(
+            mode=bits if default is not None and bits != default & ~self.options.umask else None,
+            uid=ctx.uid if ctx.uid != self.options.uid else None,
+            gid=ctx.gid if ctx.gid != self.options.gid else None,
+        )
+
+    async def _give_new(self, inode: Inode, change: MetaChange) -> None:
+        """Attributes of an entry just made: to the backend where it keeps them and has the entry, else
+        to the overrides (a file not uploaded yet: its upload carries them)."""
+        stored = self.backend.stored_meta if inode.on_backend else frozenset()
+        kept = {k: v for k, v in _changed(change) if k in stored}
+        if kept:
+            inode.update(await self._run(self.backend.set_meta, inode.path, MetaChange(**kept)))
+        for key, value in _changed(change):
+            if key not in kept:
+                setattr(inode.overrides, key, value)
 
     @handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext):
@@ -493,6 +509,7 @@ class Operations(pyfuse3.Operations):
         self.names.changed(path)
         inode = self.inodes.add(path, entry)
         inode.symlink_target = os.fsdecode(target)
+        await self._give_new(inode, self._new_meta(ctx))
         inode.lookups += 1
         return self._attrs(inode)
 
@@ -631,9 +648,7 @@ class Operations(pyfuse3.Operations):
         if inode is None:
             inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.FILE, 0, time.time_ns()))
             inode.on_backend = False
-            bits = stat.S_IMODE(mode) & ~self.options.umask
-            if bits != 0o666 & ~self.options.umask:  # the default needs no record where attributes are kept
-                inode.overrides.mode = bits
+            await self._give_new(inode, self._new_meta(ctx, mode, 0o666))  # its upload carries them
         async with self.writes.pinned(inode):
             staged = await self.writes.stage(inode)
             await self._run(staged.truncate, 0)  # also marks it modified: an empty new file is published too
