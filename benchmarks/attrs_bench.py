@@ -90,6 +90,9 @@ def walk_once(uri: str, work: Path, tree: str) -> tuple[int, float]:
         seconds = time.perf_counter() - start
         if tree == "attrs":  # the attributes really applied during that walk
             st = os.lstat(mnt / "d000" / "f0000000")
+            if st.st_uid != UID:
+                log = (work / f"{tree}.log").read_text().splitlines()[-20:]
+                raise RuntimeError(f"attributes not applied: {st}\n" + "\n".join(log))
             assert (st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns) == (
                 MODE,
                 UID,

@@ -120,7 +120,8 @@ class AttrIndex:
     def _remember(self, directory: str, seen: tuple[int, int] | None, records: Records) -> Records:
         if len(self._cache) >= MAX_DIRS:
             self._cache.clear()
-        self._cache[directory] = _Cached(seen, time.monotonic(), records)
+        young = seen is not None and time.time_ns() - seen[1] < YOUNG_NS
+        self._cache[directory] = _Cached(seen, time.monotonic(), records, young)
         return records
 
     def listed(self, directory: str, index_info: pafs.FileInfo | None) -> Records:
@@ -131,9 +132,7 @@ class AttrIndex:
         if cached is not None and cached.seen == seen and not cached.young:
             cached.at = time.monotonic()
             return cached.records
-        records = self._remember(directory, seen, {} if seen is None else self._read(directory))
-        self._cache[directory].young = seen is not None and time.time_ns() - seen[1] < YOUNG_NS
-        return records
+        return self._remember(directory, seen, {} if seen is None else self._read(directory))
 
     def records(self, directory: str) -> Records:
         """The records of `directory` for a single name (stat): the index read within TRUST_S, else read."""
