@@ -53,16 +53,28 @@ def stamp(info: pafs.FileInfo) -> list[int]:
     return [info.size or 0, (info.mtime_ns or 0) // 1_000_000_000]
 
 
-def apply(entry: Entry, record: dict[str, Any] | None, info: pafs.FileInfo | None) -> Entry:
-    """`entry` with the attributes of `record`, unless the record describes another version of it."""
+def meta_of(record: dict[str, Any] | None, kind: Kind, info: pafs.FileInfo | None) -> Meta | None:
+    """The attributes of `record` for the entry listed as `info`, unless the record describes another
+    version of it. (Once per entry of every listing: kept lean.)"""
     if not record:
-        return entry
-    if entry.kind is not Kind.DIR and (info is None or record.get("stamp") != stamp(info)):
-        return entry  # rewritten by another tool since: its attributes no longer apply
-    meta = Meta(
-        mode=record.get("mode"), uid=record.get("uid"), gid=record.get("gid"), mtime_ns=record.get("mtime_ns")
-    )
-    return Entry(entry.name, entry.kind, entry.size, entry.mtime_ns, meta=meta)
+        return None
+    if kind is not Kind.DIR:
+        kept = record.get("stamp")
+        if (
+            info is None
+            or not kept
+            or kept[0] != (info.size or 0)
+            or kept[1] != (info.mtime_ns or 0) // 10**9
+        ):
+            return None  # rewritten by another tool since: its attributes no longer apply
+    get = record.get
+    return Meta(get("mode"), get("uid"), get("gid"), None, None, get("mtime_ns"))
+
+
+def apply(entry: Entry, record: dict[str, Any] | None, info: pafs.FileInfo | None) -> Entry:
+    """`entry` with the attributes of `record` (see meta_of)."""
+    meta = meta_of(record, entry.kind, info)
+    return entry if meta is None else Entry(entry.name, entry.kind, entry.size, entry.mtime_ns, meta)
 
 
 @dataclass

@@ -203,9 +203,9 @@ class ArrowBackend(Backend):
             self._long_names.add(path)
             log.warning("left %s out of a listing: a name is longer than %d bytes", path, MAX_NAME_BYTES)
 
-    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind) -> Entry:
+    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind, record: dict | None = None) -> Entry:
         size = (info.size or 0) if kind is not Kind.DIR else 0
-        return Entry(name, kind, size, info.mtime_ns or 0)
+        return Entry(name, kind, size, info.mtime_ns or 0, attrs.meta_of(record, kind, info))
 
     def _lookup(self, path: str) -> Entry | None:
         """The entry at `path`, or None. On a store that replaces a file in two steps (HDFS, replace.py),
@@ -273,34 +273,38 @@ class ArrowBackend(Backend):
         """Names of one directory -> entries: link objects become symlinks, reserved names disappear, the
         attributes of the directory's index apply. A real file or directory wins over a symlink of the same
         name (both can exist on object stores)."""
-        found: dict[str, tuple[Entry, pafs.FileInfo]] = {}
-        links: dict[str, tuple[Entry, pafs.FileInfo]] = {}
-        index: pafs.FileInfo | None = None
+        entries: dict[str, Entry] = {}
+        links: dict[str, Entry] = {}
+        records: attrs.Records = {}
+        if self._attrs is not None:
+            index = next((i for i in infos if i.base_name == attrs.INDEX and i.type == _FILE), None)
+            records = self._attrs.listed(directory, index)
         for info in infos:
             name = info.base_name
             if not directory and self._hide_reserved and name == RESERVED:
                 continue
             if self._attrs is not None and name == attrs.INDEX:
-                index = info if info.type == _FILE else None
                 continue
             if len(name.encode()) > MAX_NAME_BYTES:  # no Linux program could open it: leave it out
                 self._report_long_name(info.path)
                 continue
-            if info.type == _FILE and name.endswith(LINK_SUFFIX):
+            kind = info.type
+            if kind == _FILE and name.endswith(LINK_SUFFIX):
                 if len(name) > len(LINK_SUFFIX):
                     target_name = name[: -len(LINK_SUFFIX)]
-                    links[target_name] = (self._entry(target_name, info, Kind.SYMLINK), info)
-            elif info.type == _FILE and self._is_directory_object(info):
-                found[name] = (self._entry(name, info, Kind.DIR), info)
-            elif info.type == _FILE:
-                found[name] = (self._entry(name, info, Kind.FILE), info)
-            elif info.type == _DIR:
+                    links[target_name] = self._entry(
+                        target_name, info, Kind.SYMLINK, records.get(target_name)
+                    )
+            elif kind == _FILE and self._is_directory_object(info):
+                entries[name] = self._entry(name, info, Kind.DIR, records.get(name))
+            elif kind == _FILE:
+                entries[name] = self._entry(name, info, Kind.FILE, records.get(name))
+            elif kind == _DIR:
                 # S3 allows a key 'a' beside keys 'a/...': stat() finds the file, so the listing shows it too.
-                found.setdefault(name, (self._entry(name, info, Kind.DIR), info))
+                entries.setdefault(name, self._entry(name, info, Kind.DIR, records.get(name)))
         for name, link in links.items():
-            found.setdefault(name, link)
-        records = self._attrs.listed(directory, index) if self._attrs is not None else {}
-        return {name: attrs.apply(entry, records.get(name), info) for name, (entry, info) in found.items()}
+            entries.setdefault(name, link)
+        return entries
 
     def _is_directory_object(self, info: pafs.FileInfo) -> bool:
         """An empty object that older S3 tools wrote for a directory, without the trailing slash but with
