@@ -108,7 +108,8 @@ class AttrIndex:
 
     # ---- reading ------------------------------------------------------------------------------------
 
-    def _read(self, directory: str) -> Records:
+    def _read(self, directory: str) -> Records | None:
+        """The records of `directory`'s index; None when there is no index (any more)."""
         key = self._key(directory)
 
         def read() -> bytes:
@@ -118,7 +119,7 @@ class AttrIndex:
         try:
             data = self._call(f"read attributes of {directory or '/'}", read)
         except NotFound:
-            return {}
+            return None
         try:
             doc = json.loads(data)
             records = doc["entries"]
@@ -144,7 +145,13 @@ class AttrIndex:
         if cached is not None and cached.seen == seen and not cached.young:
             cached.at = time.monotonic()
             return cached.records
-        return self._remember(directory, seen, {} if seen is None else self._read(directory))
+        if seen is None:
+            return self._remember(directory, None, {})
+        records = self._read(directory)
+        if records is None:  # gone since it was listed (or not readable yet): not remembered, asked again
+            self._cache.pop(directory, None)
+            return {}
+        return self._remember(directory, seen, records)
 
     def records(self, directory: str) -> Records:
         """The records of `directory` for a single name (stat): the index read within TRUST_S, else read."""
@@ -165,7 +172,7 @@ class AttrIndex:
         mine = {name: (None if rec is None else {**rec, "t": now}) for name, rec in changes.items()}
         with self._lock:
             for _ in range(MERGE_ATTEMPTS):
-                records = dict(self._read(directory))
+                records = dict(self._read(directory) or {})
                 for name, rec in mine.items():
                     theirs = records.get(name)
                     if theirs is not None and theirs.get("t", 0) > now:
@@ -175,7 +182,7 @@ class AttrIndex:
                     else:
                         records[name] = rec
                 self._write(directory, records)
-                back = self._read(directory)
+                back = self._read(directory) or {}
                 if all(back.get(n, {}).get("t") == now for n, r in mine.items() if r is not None) and all(
                     n not in back or back[n].get("t", 0) > now for n, r in mine.items() if r is None
                 ):
