@@ -42,6 +42,9 @@ class Meta:
     nlink: int | None = None  # names of the entry (hard links)
     ino: int | None = None  # the store's own inode number: names with the same one are one file
     rdev: int | None = None  # the device of a device node
+    #: The modification time shown, where it differs from the store's own (`Entry.mtime_ns`, which keeps
+    #: telling versions of the content apart: a `cp -p` of other bytes of the same size keeps this one).
+    mtime_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,11 @@ class Backend(ABC):
     #: The MetaChange fields `set_meta` persists ('mode', 'uid', 'gid', 'atime_ns', 'mtime_ns'). Changes of
     #: the others last only as long as the mount.
     stored_meta: frozenset[str] = frozenset()
+    #: A POSIX file system (file://): every entry has its own owner, mode and times, given all at creation.
+    #: Elsewhere only what differs from the mount's defaults is stored.
+    posix: bool = False
+    #: Names the store keeps for itself in every directory (hidden from listings, refused for new entries).
+    reserved_names: frozenset[str] = frozenset()
 
     @abstractmethod
     def stat(self, path: str) -> Entry:

@@ -202,7 +202,6 @@ class Operations(pyfuse3.Operations):
         self._mount_id = uuid.uuid4().hex[:12]
         # The backend keeps owners (file://): new entries belong to their creator, with the caller's mode
         # (the kernel has applied the caller's umask), and the kernel checks permissions by them.
-        self._posix = "uid" in backend.stored_meta
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Background work (prefetch, disk writes, kernel invalidations) runs in `nursery`."""
@@ -241,8 +240,8 @@ class Operations(pyfuse3.Operations):
             raise NameTooLong(text[:40] + "...")
         if parent.kind is not Kind.DIR:
             raise NotADirectory(parent.path)
-        if not parent.path and text == RESERVED_ROOT_NAME:
-            raise PermissionDenied(f"{RESERVED_ROOT_NAME} is reserved")
+        if (not parent.path and text == RESERVED_ROOT_NAME) or text in self.backend.reserved_names:
+            raise PermissionDenied(f"{text} is reserved")
         return f"{parent.path}/{text}" if parent.path else text
 
     def _check_writable(self) -> None:
@@ -260,7 +259,7 @@ class Operations(pyfuse3.Operations):
             bits = _first(ov.mode, meta.mode, default & ~self.options.umask)
         mode = _FORMAT[inode.kind] | bits
         size = inode.staged.size if inode.staged is not None else inode.size
-        mtime = ov.mtime_ns if ov.mtime_ns is not None else inode.mtime_ns or self._mounted_at_ns
+        mtime = _first(ov.mtime_ns, meta.mtime_ns) or inode.mtime_ns or self._mounted_at_ns
         attrs.st_ino = inode.ino
         attrs.generation = 0
         attrs.st_mode = mode
@@ -283,7 +282,8 @@ class Operations(pyfuse3.Operations):
         """`inode` with attributes no older than the metadata TTL (the root and detached files are local).
 
         Stale when its name now holds something else (replaced by a rename, or by another kind of entry)."""
-        if inode.ino == pyfuse3.ROOT_INODE and self._posix and not inode.fresh(self.options.metadata_ttl):
+        stale = not inode.fresh(self.options.metadata_ttl)
+        if inode.ino == pyfuse3.ROOT_INODE and self.backend.posix and stale:
             inode.update(await self._run(self.backend.stat, ""))  # the root directory's own attributes
         if inode.ino == pyfuse3.ROOT_INODE or inode.detached:
             return inode
@@ -360,11 +360,19 @@ class Operations(pyfuse3.Operations):
                 self.names.forget_directory(parent_path.rpartition("/")[0])
 
     async def _owner(self, parent: Inode, mode: int, ctx: pyfuse3.RequestContext, kind: Kind) -> MetaChange:
-        """Owner and mode of an entry a caller creates: the caller's; in a setgid directory its group (and
-        a new directory is setgid too). Without stored owners: the mount's umask on the mode only."""
+        """Owner and mode of an entry a caller creates: the caller's. On a POSIX store all of them (in a
+        setgid directory its group, and a new directory is setgid too); elsewhere only what differs from
+        the mount's defaults (uid, gid, umask), so that entries made as the mount's user need no record."""
         bits = stat.S_IMODE(mode)
-        if not self._posix:
-            return MetaChange(mode=bits & ~self.options.umask)
+        if not self.backend.posix:
+            o = self.options
+            default = 0o777 if kind is Kind.DIR else 0o666
+            bits &= ~o.umask
+            return MetaChange(
+                mode=bits if kind is not Kind.SYMLINK and bits != default & ~o.umask else None,
+                uid=ctx.uid if ctx.uid != o.uid else None,
+                gid=ctx.gid if ctx.gid != o.gid else None,
+            )
         attrs = self._attrs(await self._refresh(parent))
         gid = ctx.gid
         if attrs.st_mode & stat.S_ISGID:
@@ -429,9 +437,11 @@ class Operations(pyfuse3.Operations):
         )
         if any(v is not None for k, v in _changed(change) if k != "atime_ns"):
             self._check_writable()
-        # What the backend keeps goes there (a file not uploaded yet keeps it here until it is); the rest
+        # What the backend keeps goes there, also for a file open but unchanged (touch's futimens: no upload
+        # will carry it); a file with bytes to upload keeps it here until the upload carries it. The rest
         # lives in the overrides for the mount's lifetime.
-        stored = self.backend.stored_meta if node.on_backend and node.staged is None else frozenset()
+        pending = node.staged is not None and node.staged.modified
+        stored = self.backend.stored_meta if node.on_backend and not pending else frozenset()
         kept = {k: v for k, v in _changed(change) if k in stored}
         if kept:
             entry = await self._run(self.backend.set_meta, node.path, MetaChange(**kept))
@@ -518,13 +528,24 @@ class Operations(pyfuse3.Operations):
         owner = await self._owner(parent, mode, ctx, Kind.DIR)
         await self._run(self.backend.make_dir, path)
         self._changed(path)
-        if self._posix:
+        if self.backend.posix:
             inode = await self._give(path, owner)
         else:
             inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
-            inode.overrides.mode = owner.mode
+            await self._give_new(inode, owner)
         inode.lookups += 1
         return self._attrs(inode)
+
+    async def _give_new(self, inode: Inode, change: MetaChange) -> None:
+        """Attributes of an entry just made: to the backend where it keeps them and has the entry, else
+        to the overrides (a file not uploaded yet: its upload carries them)."""
+        stored = self.backend.stored_meta if inode.on_backend else frozenset()
+        kept = {k: v for k, v in _changed(change) if k in stored}
+        if kept:
+            inode.update(await self._run(self.backend.set_meta, inode.path, MetaChange(**kept)))
+        for key, value in _changed(change):
+            if key not in kept:
+                setattr(inode.overrides, key, value)
 
     @handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext):
@@ -549,8 +570,10 @@ class Operations(pyfuse3.Operations):
         owner = await self._owner(parent, 0o777, ctx, Kind.SYMLINK)
         entry = await self._run(self.backend.write_symlink, path, os.fsdecode(target))
         self._changed(path)
-        inode = await self._give(path, owner) if self._posix else self.inodes.add(path, entry)
+        inode = await self._give(path, owner) if self.backend.posix else self.inodes.add(path, entry)
         inode.symlink_target = os.fsdecode(target)
+        if not self.backend.posix:
+            await self._give_new(inode, owner)
         inode.lookups += 1
         return self._attrs(inode)
 
@@ -696,9 +719,9 @@ class Operations(pyfuse3.Operations):
         else:
             entry = await self._run(self.backend.make_node, path, kind, rdev)
         self._changed(path)
-        inode = await self._give(path, owner) if self._posix else self.inodes.add(path, entry)
-        if not self._posix:
-            inode.overrides.mode = owner.mode
+        inode = await self._give(path, owner) if self.backend.posix else self.inodes.add(path, entry)
+        if not self.backend.posix:
+            await self._give_new(inode, owner)
         inode.lookups += 1
         return self._attrs(inode)
 
@@ -775,8 +798,7 @@ class Operations(pyfuse3.Operations):
             owner = await self._owner(parent, mode, ctx, Kind.FILE)
             inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.FILE, 0, time.time_ns()))
             inode.on_backend = False
-            ov = inode.overrides
-            ov.mode, ov.uid, ov.gid = owner.mode, owner.uid, owner.gid
+            await self._give_new(inode, owner)  # not uploaded yet: its upload carries them
         async with self.writes.pinned(inode):
             staged = await self.writes.stage(inode)
             if staged.size:

@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import trio
 
-from pfs.backends import Backend, Entry, Meta, Reader, UploadGuard
+from pfs.backends import Backend, Entry, Meta, MetaChange, Reader, UploadGuard
 from pfs.errors import (
     AlreadyExists,
     BackendError,
@@ -67,6 +67,13 @@ PERMANENT = (
     ReadOnly,
     Unsupported,
 )
+_PUBLISHED_META = ("mode", "uid", "gid", "mtime_ns")  # what Meta can carry to write_file
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
 LISTED_FAILURES = 100  # names of failed uploads in the counters (the control xattr's value is bounded)
 STREAM_AFTER = 8 << 20  # a new file is uploaded while written once it is this big (smaller: one PUT)
 STREAM_MEMORY = 48 << 20  # what one such upload may hold in memory (parts in flight, see transfer.py)
@@ -223,9 +230,12 @@ class WriteBack:
                 return
             staged.modified = False  # writes landing during the upload set it again
             generation = staged.generation
-            meta = _meta_of(inode)
+            meta = self._meta_to_store(inode)
             try:
                 entry = await self._finish_stream(inode, staged)
+                if entry is not None and meta is not None:  # the stream carried no attributes
+                    change = MetaChange(**{k: getattr(meta, k) for k in _PUBLISHED_META})
+                    entry = await self._run(self._backend.set_meta, inode.path, change)
                 entry = entry or await self._watched_write(inode.path, staged, meta)
             except BaseException as exc:
                 staged.modified = True
@@ -243,8 +253,7 @@ class WriteBack:
             self._created(inode, entry)
         inode.attrs_at = time.monotonic()
         inode.opened_version = inode.version
-        if entry.meta is not None:
-            self._stored(inode, entry.meta, meta)
+        self._stored(inode, entry.meta, meta)
         self._stats.add("bytes_uploaded", entry.size)
 
     async def settled(self, inode: Inode | None) -> None:
@@ -306,14 +315,31 @@ class WriteBack:
                 continue  # changed while uploading (its next close queues it again), or kept after a failure
             await self.unstage_if_idle(inode)
 
-    def _stored(self, inode: Inode, stored: Meta, given: Meta | None) -> None:
-        """The store keeps attributes (file://): the published version's are the inode's now, and what
-        was given here for it no longer needs to be held (unless changed again during the upload)."""
+    def _stored(self, inode: Inode, stored: Meta | None, given: Meta | None) -> None:
+        """The published version's attributes are the inode's now; what was given here for it and the
+        store now keeps no longer needs holding (unless changed again during the upload)."""
         inode.meta = stored
+        if stored is None or given is None:
+            return
         ov = inode.overrides
-        for key in self._backend.stored_meta & {"mode", "uid", "gid"}:
-            if given is not None and getattr(ov, key) == getattr(given, key):
+        for key in _PUBLISHED_META:
+            value = getattr(given, key)
+            if value is not None and getattr(ov, key) == value == getattr(stored, key):
                 setattr(ov, key, None)
+
+    def _meta_to_store(self, inode: Inode) -> Meta | None:
+        """The attributes the new version carries where the store keeps them: those set here while it was
+        staged (a new file's owner and mode, cp -p, tar x), else those it has (a rewrite keeps its mode and
+        owner, not its modification time)."""
+        ov, has = inode.overrides, inode.meta or Meta()
+        values = {
+            "mode": _first(ov.mode, has.mode),
+            "uid": _first(ov.uid, has.uid),
+            "gid": _first(ov.gid, has.gid),
+            "mtime_ns": ov.mtime_ns,
+        }
+        kept = {k: v for k, v in values.items() if k in self._backend.stored_meta and v is not None}
+        return Meta(**kept) if kept else None
 
     async def _watched_write(self, path: str, staged: StagedFile, meta: Meta | None) -> Entry:
         """`write_file` in a worker thread, abandoned once no data has moved for the backend's timeout."""
@@ -418,15 +444,6 @@ class _Stream:
     done: trio.Event = field(default_factory=trio.Event)
     entry: Entry | None = None
     error: PfsError | None = None
-
-
-def _meta_of(inode: Inode) -> Meta | None:
-    """The attributes given here that the new version must carry (a new file's owner and mode, a chmod
-    while it was being written); None: the store keeps the old version's."""
-    ov = inode.overrides
-    if ov.mode is None and ov.uid is None and ov.gid is None:
-        return None
-    return Meta(mode=ov.mode, uid=ov.uid, gid=ov.gid)
 
 
 async def _watch(guard: UploadGuard, stall: float, scope: trio.CancelScope) -> None:

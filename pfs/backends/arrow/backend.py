@@ -13,6 +13,8 @@ Conventions every store shares:
   slash) is a directory in stat, listings, rmdir and rename alike (`_is_directory_object`).
 - `.pfs` at the top of the root is reserved for pfs's own data: hidden from listings, NotFound for stat,
   PermissionDenied for changes. `reserved_area()` gives pfs itself a backend rooted there.
+- Object stores and HDFS keep POSIX attributes (mode, uid, gid, mtime) in a hidden index object per
+  directory, `.pfs.attrs`, reserved like `.pfs` in every directory (arrow/attrs.py).
 
 Every call into pyarrow goes through `_call`: errors are translated (arrow/errors.py) and `Transient` ones
 retried under the deadline (pfs/backends/retry.py). This module must never let a pyarrow exception escape.
@@ -30,10 +32,10 @@ from typing import BinaryIO, TypeVar
 
 import pyarrow.fs as pafs
 
-from pfs.backends.arrow import replace, transfer
+from pfs.backends.arrow import attrs, replace, transfer
 from pfs.backends.arrow.connect import Store
 from pfs.backends.arrow.errors import translate
-from pfs.backends.base import Backend, Entry, Kind, Meta, Reader, SpaceInfo, UploadGuard
+from pfs.backends.base import Backend, Entry, Kind, Meta, MetaChange, Reader, SpaceInfo, UploadGuard
 from pfs.backends.retry import retry_call
 from pfs.backends.watchdog import run_bounded
 from pfs.errors import (
@@ -83,6 +85,10 @@ def _parent(path: str) -> str:
     return path.rpartition("/")[0]
 
 
+def _first(*values: int | None) -> int | None:
+    return next((v for v in values if v is not None), None)
+
+
 class _Counting:
     """A source that counts the bytes read from it: an upload's progress, for the watchdog."""
 
@@ -117,6 +123,13 @@ class ArrowBackend(Backend):
         # RPC): an open then sees the latest version, as close-to-open consistency wants. An object store's
         # HEAD costs a round trip to a remote server, so opens trust attributes within the metadata TTL.
         self.cheap_open = not store.object_store
+        self._attrs: attrs.AttrIndex | None = None
+        # HDFS keeps permissions, owners and times natively, but pyarrow can neither read (beyond mtime) nor
+        # change them: the mount's attributes live in the index there too. file:// keeps them on its files.
+        if hide_reserved and (store.object_store or isinstance(store.fs, pafs.HadoopFileSystem)):
+            self._attrs = attrs.AttrIndex(self._fs, self._index_key, self._call, self._publish)
+            self.stored_meta = frozenset(attrs.FIELDS)
+            self.reserved_names = frozenset({attrs.INDEX})
 
     def reserved_area(self) -> ArrowBackend:
         """A backend rooted at `<root>/.pfs`, where pfs keeps its own data (snapshots)."""
@@ -158,6 +171,9 @@ class ArrowBackend(Backend):
     def _full(self, path: str) -> str:
         return self._prefix + path if path else self._root
 
+    def _index_key(self, directory: str) -> str:
+        return f"{self._full(directory).rstrip('/')}/{attrs.INDEX}"
+
     def _check(self, path: str, *, creating: bool = False, stored_as: str = "") -> None:
         """Refuse paths the store cannot hold or pfs reserves. `creating`: a new name is being made;
         `stored_as`: what the representation appends to the name (the link suffix, a marker's '/')."""
@@ -175,7 +191,9 @@ class ArrowBackend(Backend):
             key = self._full(path).partition("/")[2] + stored_as
             if len(key.encode()) > MAX_KEY_BYTES:
                 raise NameTooLong(f"{path}: the object key would be longer than {MAX_KEY_BYTES} bytes")
-        if self._hide_reserved and parts[0] == RESERVED:
+        if (self._hide_reserved and parts[0] == RESERVED) or (
+            self._attrs is not None and parts[-1] == attrs.INDEX
+        ):
             raise PermissionDenied(f"{path}: reserved for pfs") if creating else NotFound(path)
 
     def _check_new_leaf(self, path: str) -> None:
@@ -187,9 +205,9 @@ class ArrowBackend(Backend):
             self._long_names.add(path)
             log.warning("left %s out of a listing: a name is longer than %d bytes", path, MAX_NAME_BYTES)
 
-    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind) -> Entry:
+    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind, record: dict | None = None) -> Entry:
         size = (info.size or 0) if kind is not Kind.DIR else 0
-        return Entry(name, kind, size, info.mtime_ns or 0)
+        return Entry(name, kind, size, info.mtime_ns or 0, attrs.meta_of(record, kind, info))
 
     def _lookup(self, path: str) -> Entry | None:
         """The entry at `path`, or None. On a store that replaces a file in two steps (HDFS, replace.py),
@@ -217,18 +235,29 @@ class ArrowBackend(Backend):
         name = _name(path)
         own = self._call(f"stat {path}", lambda: self._fs.get_file_info(full))
         if own.type == _DIR:
-            return self._entry(name, own, Kind.DIR)
+            return self._with_attrs(path, self._entry(name, own, Kind.DIR), own)
         if own.type == _FILE and not name.endswith(LINK_SUFFIX):
-            return self._entry(name, own, Kind.FILE)
+            return self._with_attrs(path, self._entry(name, own, Kind.FILE), own)
         # A name too long to carry the suffix cannot have a link object (asking for one fails on file://).
         if len(name.encode()) + len(LINK_SUFFIX) > MAX_NAME_BYTES:
             return None
         link = self._call(f"stat {path}", lambda: self._fs.get_file_info(full + LINK_SUFFIX))
-        return self._entry(name, link, Kind.SYMLINK) if link.type == _FILE else None
+        return (
+            self._with_attrs(path, self._entry(name, link, Kind.SYMLINK), link)
+            if link.type == _FILE
+            else None
+        )
+
+    def _with_attrs(self, path: str, entry: Entry, info: pafs.FileInfo | None) -> Entry:
+        """`entry` with the attributes its directory's index keeps for it (object stores)."""
+        if self._attrs is None:
+            return entry
+        return attrs.apply(entry, self._attrs.records(_parent(path)).get(_name(path)), info)
 
     def _root_entry(self) -> Entry:
         if self._store.object_store:
-            return Entry("", Kind.DIR)  # a prefix with nothing under it yet is an empty mount, not an error
+            # A prefix with nothing under it yet is an empty mount, not an error.
+            return self._with_attrs("", Entry("", Kind.DIR), None)
         info = self._call("stat /", lambda: self._fs.get_file_info(self._root))
         if info.type != _DIR:
             raise NotFound(f"the root {self._root} is gone")
@@ -242,29 +271,39 @@ class ArrowBackend(Backend):
             raise NotADirectory(f"{path}: not a directory")
         return entry
 
-    def _entries(self, infos: list[pafs.FileInfo], at_root: bool) -> dict[str, Entry]:
-        """Names of one directory -> entries: link objects become symlinks, reserved names disappear.
-        A real file or directory wins over a symlink of the same name (both can exist on object stores)."""
+    def _entries(self, infos: list[pafs.FileInfo], directory: str) -> dict[str, Entry]:
+        """Names of one directory -> entries: link objects become symlinks, reserved names disappear, the
+        attributes of the directory's index apply. A real file or directory wins over a symlink of the same
+        name (both can exist on object stores)."""
         entries: dict[str, Entry] = {}
         links: dict[str, Entry] = {}
+        records: attrs.Records = {}
+        if self._attrs is not None:
+            index = next((i for i in infos if i.base_name == attrs.INDEX and i.type == _FILE), None)
+            records = self._attrs.listed(directory, index)
         for info in infos:
             name = info.base_name
-            if at_root and self._hide_reserved and name == RESERVED:
+            if not directory and self._hide_reserved and name == RESERVED:
+                continue
+            if self._attrs is not None and name == attrs.INDEX:
                 continue
             if len(name.encode()) > MAX_NAME_BYTES:  # no Linux program could open it: leave it out
                 self._report_long_name(info.path)
                 continue
-            if info.type == _FILE and name.endswith(LINK_SUFFIX):
+            kind = info.type
+            if kind == _FILE and name.endswith(LINK_SUFFIX):
                 if len(name) > len(LINK_SUFFIX):
                     target_name = name[: -len(LINK_SUFFIX)]
-                    links[target_name] = self._entry(target_name, info, Kind.SYMLINK)
-            elif info.type == _FILE and self._is_directory_object(info):
-                entries[name] = self._entry(name, info, Kind.DIR)
-            elif info.type == _FILE:
-                entries[name] = self._entry(name, info, Kind.FILE)
-            elif info.type == _DIR:
+                    links[target_name] = self._entry(
+                        target_name, info, Kind.SYMLINK, records.get(target_name)
+                    )
+            elif kind == _FILE and self._is_directory_object(info):
+                entries[name] = self._entry(name, info, Kind.DIR, records.get(name))
+            elif kind == _FILE:
+                entries[name] = self._entry(name, info, Kind.FILE, records.get(name))
+            elif kind == _DIR:
                 # S3 allows a key 'a' beside keys 'a/...': stat() finds the file, so the listing shows it too.
-                entries.setdefault(name, self._entry(name, info, Kind.DIR))
+                entries.setdefault(name, self._entry(name, info, Kind.DIR, records.get(name)))
         for name, link in links.items():
             entries.setdefault(name, link)
         return entries
@@ -325,7 +364,7 @@ class ArrowBackend(Backend):
         except NotFound:
             self._require_dir(path)  # NotFound or NotADirectory, unless an implicit directory just emptied
             return []
-        return sorted(self._entries(infos, at_root=not path).values(), key=lambda e: e.name)
+        return sorted(self._entries(infos, path).values(), key=lambda e: e.name)
 
     def walk(self, path: str) -> Iterator[tuple[str, Entry]]:
         self._check(path)
@@ -341,7 +380,7 @@ class ArrowBackend(Backend):
             by_dir.setdefault(_parent(rel), []).append(info)
         found = []
         for parent, group in by_dir.items():
-            for name, entry in self._entries(group, at_root=not parent).items():
+            for name, entry in self._entries(group, parent).items():
                 found.append((f"{parent}/{name}" if parent else name, entry))
         yield from sorted(found, key=lambda item: item[0])
 
@@ -424,11 +463,14 @@ class ArrowBackend(Backend):
         give_up = (lambda exc: True) if start is None else None
         self._call(f"write {path}", once, give_up=give_up, progress=counted.total)
 
-    def _stat_key(self, path: str, key: str, kind: Kind) -> Entry:
+    def _object_info(self, path: str, key: str) -> pafs.FileInfo:
         info = self._call(f"stat {path}", lambda: self._fs.get_file_info(key))
         if info.type != _FILE:
             raise NotFound(f"{path}: vanished right after it was written")
-        return self._entry(_name(path), info, kind)
+        return info
+
+    def _stat_key(self, path: str, key: str, kind: Kind) -> Entry:
+        return self._entry(_name(path), self._object_info(path, key), kind)
 
     def write_file(
         self,
@@ -450,7 +492,10 @@ class ArrowBackend(Backend):
             if own.type == _DIR:
                 raise IsADirectory(f"{path}: is a directory")
             self._publish(path, full, source, size, guard)
-            return Entry(_name(path), Kind.FILE, size, time.time_ns())
+            if self._attrs is None or meta is None:
+                return Entry(_name(path), Kind.FILE, size, time.time_ns())
+            info = self._object_info(path, full)  # its stamp for the record
+            return self._keep_attrs(path, self._entry(_name(path), info, Kind.FILE), info, meta, None)
         existing = self._lookup(path)
         if existing is not None and existing.kind is Kind.DIR:
             raise IsADirectory(f"{path}: is a directory")
@@ -458,7 +503,52 @@ class ArrowBackend(Backend):
         self._publish_version(path, full, source, size, guard, existing, meta)
         if existing is not None and existing.kind is Kind.SYMLINK:
             self._call(f"write {path}", lambda: self._fs.delete_file(full + LINK_SUFFIX))
-        return self._stat_key(path, full, Kind.FILE)
+        info = self._object_info(path, full)
+        entry = self._entry(_name(path), info, Kind.FILE)
+        if self._attrs is None:
+            return entry
+        old = existing.meta if existing is not None and existing.kind is Kind.FILE else None
+        return self._keep_attrs(path, entry, info, meta, old)
+
+    def _keep_attrs(
+        self, path: str, entry: Entry, info: pafs.FileInfo, meta: Meta | None, old: Meta | None
+    ) -> Entry:
+        """Record the attributes of a file just written: those given, else those the file it replaced had
+        (a rewrite keeps its mode and owner, not its old modification time)."""
+        assert self._attrs is not None
+        new, keep = meta or Meta(), old or Meta()
+        merged = Meta(
+            mode=_first(new.mode, keep.mode), uid=_first(new.uid, keep.uid), gid=_first(new.gid, keep.gid)
+        )
+        rec = attrs.record(merged, new.mtime_ns, info)
+        if len(rec) > 1:  # more than the stamp
+            self._attrs.update(_parent(path), {_name(path): rec})
+            return attrs.apply(entry, rec, info)
+        if old is not None:  # the replaced file's record no longer applies
+            self._attrs.update(_parent(path), {_name(path): None})
+        return entry
+
+    def set_meta(self, path: str, change: MetaChange) -> Entry:
+        if self._attrs is None:
+            return super().set_meta(path, change)
+        self._check(path)
+        entry = self._lookup(path)
+        if entry is None:
+            raise NotFound(f"{path}: no such file or directory")
+        info = None
+        if entry.kind is not Kind.DIR:
+            suffix = LINK_SUFFIX if entry.kind is Kind.SYMLINK else ""
+            info = self._object_info(path, self._full(path) + suffix)
+        old = entry.meta or Meta()
+        merged = Meta(
+            mode=_first(change.mode, old.mode),
+            uid=_first(change.uid, old.uid),
+            gid=_first(change.gid, old.gid),
+        )
+        # The shown modification time is pinned too: a copy by the store (mv) must not change it.
+        rec = attrs.record(merged, _first(change.mtime_ns, old.mtime_ns, entry.mtime_ns or None), info)
+        self._attrs.update(_parent(path), {_name(path): rec})
+        return attrs.apply(entry, rec, info)
 
     def _publish_version(
         self,
@@ -537,6 +627,18 @@ class ArrowBackend(Backend):
         # On object stores pyarrow re-creates the parent's marker when its last object goes, so the
         # directory stays (checked with SeaweedFS).
         self._call(f"unlink {path}", lambda: self._fs.delete_file(key))
+        self._drop_attrs(path)
+
+    def _drop_attrs(self, *paths: str) -> None:
+        """Forget the records of names just removed or moved away (a request only where there are some)."""
+        if self._attrs is None:
+            return
+        by_dir: dict[str, dict[str, dict | None]] = {}
+        for path in paths:
+            if _name(path) in self._attrs.records(_parent(path)):
+                by_dir.setdefault(_parent(path), {})[_name(path)] = None
+        for directory, changes in by_dir.items():
+            self._attrs.update(directory, changes)
 
     def remove_dir(self, path: str) -> None:
         if not path:
@@ -551,8 +653,9 @@ class ArrowBackend(Backend):
         except NotFound:
             if not self._remove_directory_object(path):  # nothing but a directory object: removed now
                 raise
-            return
-        self._remove_directory_object(path)
+        else:
+            self._remove_directory_object(path)
+        self._drop_attrs(path)
 
     def rename(self, src: str, dst: str) -> None:
         self._check(src)
@@ -583,6 +686,24 @@ class ArrowBackend(Backend):
             self._rename_dir(src, dst, target)
         else:
             self._rename_leaf(src, dst, source, target)
+        if self._attrs is not None:
+            self._move_attrs(src, dst, source)
+
+    def _move_attrs(self, src: str, dst: str, source: Entry) -> None:
+        """The moved entry keeps its attributes and, though the store's copy made a new object, its
+        modification time."""
+        assert self._attrs is not None
+        info = None
+        if source.kind is not Kind.DIR:
+            suffix = LINK_SUFFIX if source.kind is Kind.SYMLINK else ""
+            info = self._object_info(dst, self._full(dst) + suffix)
+        shown = _first(source.meta.mtime_ns if source.meta else None, source.mtime_ns or None)
+        rec = attrs.record(source.meta, shown, info)
+        if len(rec) > (1 if info is not None else 0):
+            self._attrs.update(_parent(dst), {_name(dst): rec})
+        elif _name(dst) in self._attrs.records(_parent(dst)):
+            self._attrs.update(_parent(dst), {_name(dst): None})
+        self._drop_attrs(src)
 
     def move_to_reserved(self, path: str, reserved_path: str) -> None:
         self._check(path)
@@ -635,3 +756,37 @@ class ArrowBackend(Backend):
         with contextlib.suppress(NotFound):  # nothing left: the source was a prefix without a marker
             self._call(f"rename {src}", lambda: self._fs.delete_dir(old))
         self._remove_directory_object(src)
+        if self._attrs is not None:
+            self._restamp_tree(src, dst, infos)
+
+    def _restamp_tree(self, src: str, dst: str, infos: list[pafs.FileInfo]) -> None:
+        """After a directory's objects were copied: every file keeps its attributes and modification time,
+        recorded against its new copy (one index write per directory that has files)."""
+        assert self._attrs is not None
+        old_root, new_root = self._full(src), self._full(dst)
+        selector = pafs.FileSelector(new_root, recursive=True, allow_not_found=True)
+        copies = self._call(f"rename {src}", lambda: self._fs.get_file_info(selector))
+        copied = {info.path[len(new_root) :]: info for info in copies if info.type == _FILE}
+        by_dir: dict[str, list[pafs.FileInfo]] = {}
+        for info in infos:
+            if info.type == _FILE and info.base_name != attrs.INDEX:
+                by_dir.setdefault(_parent(info.path[len(old_root) :]), []).append(info)
+        for rel_dir, files in by_dir.items():
+            directory = dst + rel_dir
+            records = self._attrs.records(directory)
+            changes: dict[str, dict | None] = {}
+            for info in files:
+                copy = copied.get(info.path[len(old_root) :])
+                if copy is None or (info.size == 0 and self._is_directory_object(copy)):
+                    continue
+                name = info.base_name
+                if name.endswith(LINK_SUFFIX):
+                    name = name[: -len(LINK_SUFFIX)]
+                rec = dict(records.get(name) or {})
+                if rec.get("stamp") != attrs.stamp(info):
+                    rec = {}  # no record, or one of another version: only the time is kept
+                rec.setdefault("mtime_ns", info.mtime_ns)
+                rec["stamp"] = attrs.stamp(copy)
+                changes[name] = rec
+            if changes:
+                self._attrs.update(directory, changes)

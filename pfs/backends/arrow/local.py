@@ -112,6 +112,7 @@ def _entry_of(name: str, st: os.stat_result, kind: Kind) -> Entry:
 
 class LocalBackend(ArrowBackend):
     stored_meta = frozenset({"mode", "uid", "gid", "atime_ns", "mtime_ns"})
+    posix = True
 
     def reserved_area(self) -> LocalBackend:
         return LocalBackend(self._store, subdir=RESERVED, hide_reserved=False)
