@@ -68,7 +68,7 @@ def meta_of(record: dict[str, Any] | None, kind: Kind, info: pafs.FileInfo | Non
         ):
             return None  # rewritten by another tool since: its attributes no longer apply
     get = record.get
-    return Meta(get("mode"), get("uid"), get("gid"), None, None, get("mtime_ns"))
+    return Meta(mode=get("mode"), uid=get("uid"), gid=get("gid"), mtime_ns=get("mtime_ns"))
 
 
 def apply(entry: Entry, record: dict[str, Any] | None, info: pafs.FileInfo | None) -> Entry:
