@@ -129,7 +129,7 @@ class LocalBackend(ArrowBackend):
 
     # ---- attributes from lstat ----------------------------------------------------------------------
 
-    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind) -> Entry:
+    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind, record: dict | None = None) -> Entry:
         st = _stat(info.path)  # followed, as pyarrow follows a symlink made by another program
         return super()._entry(name, info, kind) if st is None else _entry_of(name, st, kind)
 
@@ -180,8 +180,8 @@ class LocalBackend(ArrowBackend):
             entries.setdefault(name, link)
         return sorted(entries.values(), key=lambda e: e.name)
 
-    def _entries(self, infos: list[pafs.FileInfo], at_root: bool) -> dict[str, Entry]:
-        entries = super()._entries(infos, at_root)
+    def _entries(self, infos: list[pafs.FileInfo], directory: str) -> dict[str, Entry]:
+        entries = super()._entries(infos, directory)
         for info in infos:  # pyarrow lists special files as of unknown type
             if info.type == pafs.FileType.Unknown and info.base_name not in entries:
                 st = _lstat(info.path)
