@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import sys
 
-from pfs.backends.base import Backend, Entry, Kind, Meta, MetaChange, Reader, SpaceInfo, UploadGuard
+from pfs.backends.base import (
+    Backend,
+    Entry,
+    Kind,
+    Meta,
+    MetaChange,
+    Reader,
+    SpaceInfo,
+    UploadGuard,
+    first_given,
+)
 from pfs.backends.location import parse_location
 from pfs.backends.options import BackendOptions, redact_uri
 
@@ -47,6 +57,7 @@ __all__ = [
     "SpaceInfo",
     "UploadGuard",
     "finish",
+    "first_given",
     "open_backend",
     "redact_uri",
 ]

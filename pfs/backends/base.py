@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pfs.errors import BackendError, Unsupported
 
@@ -28,6 +28,11 @@ class Kind(enum.Enum):
     SOCKET = "socket"
     CHAR_DEVICE = "char"
     BLOCK_DEVICE = "block"
+
+
+def first_given(*values: Any) -> Any:
+    """The first value that is not None (None if none is): how attributes given, kept and defaulted merge."""
+    return next((v for v in values if v is not None), None)
 
 
 @dataclass(frozen=True, slots=True)

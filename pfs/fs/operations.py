@@ -29,7 +29,7 @@ import pyfuse3
 import trio
 
 from pfs import control
-from pfs.backends import Backend, Entry, Kind, Meta, MetaChange, Reader
+from pfs.backends import Backend, Entry, Kind, Meta, MetaChange, Reader, first_given
 from pfs.backends.leftovers import owner_tag
 from pfs.cache import BlockCache, CacheConfig, CachedObject, CacheUnavailable, DiskTier, Stream
 from pfs.errors import (
@@ -125,11 +125,6 @@ _FORMAT = {
     Kind.BLOCK_DEVICE: stat.S_IFBLK,
 }
 _KIND_OF_FORMAT = {fmt: kind for kind, fmt in _FORMAT.items()}
-
-
-def _first(*values: Any) -> Any:
-    """The first value that is not None (None if all are)."""
-    return next((v for v in values if v is not None), None)
 
 
 def _changed(change: MetaChange) -> list[tuple[str, Any]]:
@@ -256,24 +251,24 @@ class Operations(pyfuse3.Operations):
             bits = 0o777
         else:
             default = 0o777 if inode.kind is Kind.DIR else 0o666
-            bits = _first(ov.mode, meta.mode, default & ~self.options.umask)
+            bits = first_given(ov.mode, meta.mode, default & ~self.options.umask)
         mode = _FORMAT[inode.kind] | bits
         size = inode.staged.size if inode.staged is not None else inode.size
-        mtime = _first(ov.mtime_ns, meta.mtime_ns) or inode.mtime_ns or self._mounted_at_ns
+        mtime = first_given(ov.mtime_ns, meta.mtime_ns) or inode.mtime_ns or self._mounted_at_ns
         attrs.st_ino = inode.ino
         attrs.generation = 0
         attrs.st_mode = mode
         # An unlinked file still open here has no name left: POSIX says its link count is 0.
-        attrs.st_nlink = 0 if inode.detached else _first(meta.nlink, 2 if inode.kind is Kind.DIR else 1)
+        attrs.st_nlink = 0 if inode.detached else first_given(meta.nlink, 2 if inode.kind is Kind.DIR else 1)
         attrs.st_rdev = meta.rdev or 0
-        attrs.st_uid = _first(ov.uid, meta.uid, self.options.uid)
-        attrs.st_gid = _first(ov.gid, meta.gid, self.options.gid)
+        attrs.st_uid = first_given(ov.uid, meta.uid, self.options.uid)
+        attrs.st_gid = first_given(ov.gid, meta.gid, self.options.gid)
         attrs.st_size = size
         attrs.st_blksize = 1 << 20
         attrs.st_blocks = (size + 511) // 512
         attrs.st_mtime_ns = mtime
         attrs.st_ctime_ns = max(mtime, ov.ctime_ns or 0, meta.ctime_ns or 0)
-        attrs.st_atime_ns = _first(ov.atime_ns, meta.atime_ns, mtime)
+        attrs.st_atime_ns = first_given(ov.atime_ns, meta.atime_ns, mtime)
         attrs.entry_timeout = self.options.metadata_ttl
         attrs.attr_timeout = self.options.metadata_ttl
         return attrs
@@ -437,19 +432,8 @@ class Operations(pyfuse3.Operations):
         )
         if any(v is not None for k, v in _changed(change) if k != "atime_ns"):
             self._check_writable()
-        # What the backend keeps goes there, also for a file open but unchanged (touch's futimens: no upload
-        # will carry it); a file with bytes to upload keeps it here until the upload carries it. The rest
-        # lives in the overrides for the mount's lifetime.
-        pending = node.staged is not None and node.staged.modified
-        stored = self.backend.stored_meta if node.on_backend and not pending else frozenset()
-        kept = {k: v for k, v in _changed(change) if k in stored}
-        if kept:
-            entry = await self._run(self.backend.set_meta, node.path, MetaChange(**kept))
-            node.update(entry)
-            self.names.changed(node.path)
+        await self._set_meta(node, change)
         ov = node.overrides
-        for key, value in _changed(change):
-            setattr(ov, key, None if key in kept else value)  # what the backend now keeps wins
         ov.ctime_ns = time.time_ns()  # any change of attributes is a status change, whatever times were given
         return self._attrs(node)
 
@@ -532,20 +516,22 @@ class Operations(pyfuse3.Operations):
             inode = await self._give(path, owner)
         else:
             inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.DIR, mtime_ns=time.time_ns()))
-            await self._give_new(inode, owner)
+            await self._set_meta(inode, owner)
         inode.lookups += 1
         return self._attrs(inode)
 
-    async def _give_new(self, inode: Inode, change: MetaChange) -> None:
-        """Attributes of an entry just made: to the backend where it keeps them and has the entry, else
-        to the overrides (a file not uploaded yet: its upload carries them)."""
-        stored = self.backend.stored_meta if inode.on_backend else frozenset()
+    async def _set_meta(self, inode: Inode, change: MetaChange) -> None:
+        """What the backend keeps goes there, also for a file open but unchanged (touch's futimens: no
+        upload will carry it); a file with bytes to upload (or not uploaded yet) keeps it here until its
+        upload carries it. The rest lives in the overrides for the mount's lifetime."""
+        pending = inode.staged is not None and inode.staged.modified
+        stored = self.backend.stored_meta if inode.on_backend and not pending else frozenset()
         kept = {k: v for k, v in _changed(change) if k in stored}
         if kept:
             inode.update(await self._run(self.backend.set_meta, inode.path, MetaChange(**kept)))
+            self.names.changed(inode.path)
         for key, value in _changed(change):
-            if key not in kept:
-                setattr(inode.overrides, key, value)
+            setattr(inode.overrides, key, None if key in kept else value)  # what the backend now keeps wins
 
     @handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext):
@@ -573,7 +559,7 @@ class Operations(pyfuse3.Operations):
         inode = await self._give(path, owner) if self.backend.posix else self.inodes.add(path, entry)
         inode.symlink_target = os.fsdecode(target)
         if not self.backend.posix:
-            await self._give_new(inode, owner)
+            await self._set_meta(inode, owner)
         inode.lookups += 1
         return self._attrs(inode)
 
@@ -721,7 +707,7 @@ class Operations(pyfuse3.Operations):
         self._changed(path)
         inode = await self._give(path, owner) if self.backend.posix else self.inodes.add(path, entry)
         if not self.backend.posix:
-            await self._give_new(inode, owner)
+            await self._set_meta(inode, owner)
         inode.lookups += 1
         return self._attrs(inode)
 
@@ -798,7 +784,7 @@ class Operations(pyfuse3.Operations):
             owner = await self._owner(parent, mode, ctx, Kind.FILE)
             inode = self.inodes.add(path, Entry(os.fsdecode(name), Kind.FILE, 0, time.time_ns()))
             inode.on_backend = False
-            await self._give_new(inode, owner)  # not uploaded yet: its upload carries them
+            await self._set_meta(inode, owner)  # not uploaded yet: its upload carries them
         async with self.writes.pinned(inode):
             staged = await self.writes.stage(inode)
             if staged.size:

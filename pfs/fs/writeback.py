@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import trio
 
-from pfs.backends import Backend, Entry, Meta, MetaChange, Reader, UploadGuard
+from pfs.backends import Backend, Entry, Meta, MetaChange, Reader, UploadGuard, first_given
 from pfs.errors import (
     AlreadyExists,
     BackendError,
@@ -68,10 +68,6 @@ PERMANENT = (
     Unsupported,
 )
 _PUBLISHED_META = ("mode", "uid", "gid", "mtime_ns")  # what Meta can carry to write_file
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
 
 
 LISTED_FAILURES = 100  # names of failed uploads in the counters (the control xattr's value is bounded)
@@ -333,9 +329,9 @@ class WriteBack:
         owner, not its modification time)."""
         ov, has = inode.overrides, inode.meta or Meta()
         values = {
-            "mode": _first(ov.mode, has.mode),
-            "uid": _first(ov.uid, has.uid),
-            "gid": _first(ov.gid, has.gid),
+            "mode": first_given(ov.mode, has.mode),
+            "uid": first_given(ov.uid, has.uid),
+            "gid": first_given(ov.gid, has.gid),
             "mtime_ns": ov.mtime_ns,
         }
         kept = {k: v for k, v in values.items() if k in self._backend.stored_meta and v is not None}

@@ -35,7 +35,17 @@ import pyarrow.fs as pafs
 from pfs.backends.arrow import attrs, replace, transfer
 from pfs.backends.arrow.connect import Store
 from pfs.backends.arrow.errors import translate
-from pfs.backends.base import Backend, Entry, Kind, Meta, MetaChange, Reader, SpaceInfo, UploadGuard
+from pfs.backends.base import (
+    Backend,
+    Entry,
+    Kind,
+    Meta,
+    MetaChange,
+    Reader,
+    SpaceInfo,
+    UploadGuard,
+    first_given,
+)
 from pfs.backends.retry import retry_call
 from pfs.backends.watchdog import run_bounded
 from pfs.errors import (
@@ -83,10 +93,6 @@ def _name(path: str) -> str:
 
 def _parent(path: str) -> str:
     return path.rpartition("/")[0]
-
-
-def _first(*values: int | None) -> int | None:
-    return next((v for v in values if v is not None), None)
 
 
 class _Counting:
@@ -518,7 +524,9 @@ class ArrowBackend(Backend):
         assert self._attrs is not None
         new, keep = meta or Meta(), old or Meta()
         merged = Meta(
-            mode=_first(new.mode, keep.mode), uid=_first(new.uid, keep.uid), gid=_first(new.gid, keep.gid)
+            mode=first_given(new.mode, keep.mode),
+            uid=first_given(new.uid, keep.uid),
+            gid=first_given(new.gid, keep.gid),
         )
         rec = attrs.record(merged, new.mtime_ns, info)
         if len(rec) > 1:  # more than the stamp
@@ -541,12 +549,12 @@ class ArrowBackend(Backend):
             info = self._object_info(path, self._full(path) + suffix)
         old = entry.meta or Meta()
         merged = Meta(
-            mode=_first(change.mode, old.mode),
-            uid=_first(change.uid, old.uid),
-            gid=_first(change.gid, old.gid),
+            mode=first_given(change.mode, old.mode),
+            uid=first_given(change.uid, old.uid),
+            gid=first_given(change.gid, old.gid),
         )
         # The shown modification time is pinned too: a copy by the store (mv) must not change it.
-        rec = attrs.record(merged, _first(change.mtime_ns, old.mtime_ns, entry.mtime_ns or None), info)
+        rec = attrs.record(merged, first_given(change.mtime_ns, old.mtime_ns, entry.mtime_ns or None), info)
         self._attrs.update(_parent(path), {_name(path): rec})
         return attrs.apply(entry, rec, info)
 
@@ -697,7 +705,7 @@ class ArrowBackend(Backend):
         if source.kind is not Kind.DIR:
             suffix = LINK_SUFFIX if source.kind is Kind.SYMLINK else ""
             info = self._object_info(dst, self._full(dst) + suffix)
-        shown = _first(source.meta.mtime_ns if source.meta else None, source.mtime_ns or None)
+        shown = first_given(source.meta.mtime_ns if source.meta else None, source.mtime_ns or None)
         rec = attrs.record(source.meta, shown, info)
         if len(rec) > (1 if info is not None else 0):
             self._attrs.update(_parent(dst), {_name(dst): rec})

@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 
 from pfs.backends.arrow.backend import LINK_SUFFIX, RESERVED, ArrowBackend, _name
 from pfs.backends.arrow.transfer import CHUNK, read_source
-from pfs.backends.base import Entry, Kind, Meta, MetaChange, UploadGuard
+from pfs.backends.base import Entry, Kind, Meta, MetaChange, UploadGuard, first_given
 from pfs.backends.leftovers import owner_tag
 from pfs.errors import (
     AlreadyExists,
@@ -273,10 +273,11 @@ class LocalBackend(ArrowBackend):
     ) -> None:
         old = existing.meta if existing is not None and existing.kind is Kind.FILE else None
         given = meta or Meta()
+        kept = old or Meta()
         owner = Meta(
-            mode=next((m for m in (given.mode, old and old.mode) if m is not None), NEW_FILE_MODE),
-            uid=given.uid if given.uid is not None else old and old.uid,
-            gid=given.gid if given.gid is not None else old and old.gid,
+            mode=first_given(given.mode, kept.mode, NEW_FILE_MODE),
+            uid=first_given(given.uid, kept.uid),
+            gid=first_given(given.gid, kept.gid),
         )
         in_place = old is not None and (old.nlink or 1) > 1
 
