@@ -16,7 +16,6 @@ of every entry). Prints a Markdown table and the ratio of the medians.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -74,8 +73,7 @@ def make_trees(data: Path, files: int, per_dir: int) -> None:
 def write_index(directory: Path, records: dict) -> None:
     now = time.time_ns()
     entries = {name: {**rec, "t": now} for name, rec in records.items()}
-    doc = {"version": attrs.VERSION, "entries": entries}
-    (directory / attrs.INDEX).write_text(json.dumps(doc, separators=(",", ":")))
+    (directory / attrs.INDEX).write_bytes(attrs.encode(entries))
 
 
 def walk_once(uri: str, work: Path, tree: str, files: int, per_dir: int) -> tuple[int, float]:

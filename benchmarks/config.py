@@ -19,8 +19,8 @@ SCENARIOS = (
     "meta", "write-big", "write-small", "write-ckpt",
 )  # fmt: skip
 READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader")
-CLIENTS = ("pfs", "pfs-ro", "pfs-wb", "rclone", "s3fs", "raw", "local", "floor", "floor-noopen")
-READ_ONLY = ("pfs-ro", "floor", "floor-noopen")  # no write scenarios
+CLIENTS = ("pfs", "pfs-ro", "pfs-snap", "pfs-wb", "rclone", "s3fs", "raw", "local", "floor", "floor-noopen")
+READ_ONLY = ("pfs-ro", "pfs-snap", "floor", "floor-noopen")  # no write scenarios
 PEERS = ("rclone", "s3fs")
 PHASES = ("cold", "warm", "hot")
 

@@ -14,8 +14,19 @@ from pathlib import Path
 from benchmarks.config import PEERS, PHASES, SCENARIOS, MiB
 from benchmarks.results import Result
 
-COLUMNS = ("pfs", "floor", "pfs-ro", "floor-noopen", "rclone", "s3fs", "raw", "raw-parallel", "local")
-DAEMONS = ("pfs", "pfs-ro", "floor", "floor-noopen", "rclone", "s3fs")
+COLUMNS = (
+    "pfs",
+    "floor",
+    "pfs-ro",
+    "pfs-snap",
+    "floor-noopen",
+    "rclone",
+    "s3fs",
+    "raw",
+    "raw-parallel",
+    "local",
+)
+DAEMONS = ("pfs", "pfs-ro", "pfs-snap", "floor", "floor-noopen", "rclone", "s3fs")
 LABELS = {
     "seq-1": "big file, sequential, 1 reader",
     "seq-4": "big files, sequential, 4 readers",
@@ -78,6 +89,7 @@ def table(results: list[Result]) -> str:
     rows = _rows(results)
     present = [c for c in COLUMNS if any(c in row for row in rows.values())]
     head = ["scenario", "figure", "phase", *present, "pfs / floor", "pfs-ro / floor-noopen"]
+    head += ["pfs-snap / floor-noopen"]
     head += ["pfs / best peer", "pfs / raw", "pfs / local"]
     lines = [
         "| " + " | ".join(head) + " |",
@@ -87,7 +99,9 @@ def table(results: list[Result]) -> str:
         cells = [LABELS.get(scenario, scenario), metric, phase or "-"]
         cells += [_fmt(row[c].value) if c in row else "" for c in present]
         pfs = row.get("pfs")
-        cells += [_ratio(pfs, row.get("floor")), _ratio(row.get("pfs-ro"), row.get("floor-noopen"))]
+        noopen = row.get("floor-noopen")
+        cells += [_ratio(pfs, row.get("floor")), _ratio(row.get("pfs-ro"), noopen)]
+        cells += [_ratio(row.get("pfs-snap"), noopen)]
         cells += [_ratio(pfs, _best_peer(row)), _ratio(pfs, row.get("raw")), _ratio(pfs, row.get("local"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -193,13 +207,14 @@ def targets(results: list[Result]) -> str:
         goal = 0.6
         floor = _find(results, scenario, phase, "floor")
         ratio(scenario, phase, floor, goal, f"small files {phase} ({scenario}) >= {goal}x floor", "files/s")
-    for phase, goal in (("hot", 0.5), ("warm", 0.6)):
-        noopen = _find(results, "small-1", phase, "floor-noopen")
-        text = f"small files {phase}, -o ro >= {goal}x floor (no-open)"
-        ratio("small-1", phase, noopen, goal, text, "files/s", who="pfs-ro")
-    ro_hot = _find(results, "small-1", "hot", "pfs-ro")
-    text = "small files hot, -o ro >= 20,000 files/s"
-    check(text, ro_hot.value if ro_hot else None, 20000, f"{_fmt(ro_hot.value)} files/s" if ro_hot else "")
+    for who, mount in (("pfs-ro", "-o ro"), ("pfs-snap", "snapshot")):
+        for phase, goal in (("hot", 0.5), ("warm", 0.6)):
+            noopen = _find(results, "small-1", phase, "floor-noopen")
+            text = f"small files {phase}, {mount} >= {goal}x floor (no-open)"
+            ratio("small-1", phase, noopen, goal, text, "files/s", who=who)
+        hot = _find(results, "small-1", "hot", who)
+        text = f"small files hot, {mount} >= 20,000 files/s"
+        check(text, hot.value if hot else None, 20000, f"{_fmt(hot.value)} files/s" if hot else "")
     peer = _peer(results, "loader", "warm")
     ratio("loader", "warm", peer, 1.5, "DataLoader epoch warm >= 1.5x faster peer", "samples/s")
     absolute("meta", "", 30000, "metadata >= 30,000 stat/s after one listing", "stat/s", "stat")

@@ -12,7 +12,7 @@ import os
 PID = b"user.pfs.pid"  # the daemon's process id
 BACKEND = b"user.pfs.backend"  # the backend id (no secrets)
 STATS = b"user.pfs.stats"  # JSON counters
-FLUSH = b"user.pfs.flush"  # write anything: upload every pending write now
+FLUSH = b"user.pfs.flush"  # write anything: upload pending writes, store blocks queued for the disk tier
 DISCARD = b"user.pfs.discard"  # write anything: drop every pending write whose upload failed
 READABLE = (PID, BACKEND, STATS)
 

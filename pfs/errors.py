@@ -69,6 +69,10 @@ class NoSpace(PfsError):
     """No space left: in the staging directory, or on the backend."""
 
 
+class TooLarge(PfsError):
+    """A file size the backend cannot take (EFBIG)."""
+
+
 class InvalidName(PfsError):
     """A name that is not valid UTF-8: no backend can store it (object keys and HDFS paths are UTF-8)."""
 
@@ -105,6 +109,7 @@ _ERRNO: dict[type[PfsError], int] = {
     BackendError: errno.EIO,
     StagingFailed: errno.EIO,
     NoSpace: errno.ENOSPC,
+    TooLarge: errno.EFBIG,
     InvalidName: errno.EILSEQ,
     UsageError: errno.EINVAL,
 }

@@ -254,13 +254,16 @@ class S3Server:
         raise RuntimeError(f"creating bucket {name!r} kept failing with HTTP {status}:\n{self.log_tail()}")
 
     def pause(self) -> None:
-        """Freeze the server (SIGSTOP): connections are accepted by the kernel but never answered."""
+        """Freeze the server (SIGSTOP): connections are accepted by the kernel but never answered. Returns
+        once every thread of it has stopped (a busy machine may take a while to deliver the signal)."""
         if self.process is not None:
             os.kill(self.process.pid, signal.SIGSTOP)
+            _wait_for_state(self.process.pid, stopped=True)
 
     def resume(self) -> None:
         if self.process is not None:
             os.kill(self.process.pid, signal.SIGCONT)
+            _wait_for_state(self.process.pid, stopped=False)
 
     def stop(self) -> None:
         """Terminate (then kill) the server by its pid and wait for it; its data stays in `data_dir`."""
@@ -303,3 +306,20 @@ def start_s3_server(kind: Kind, data_dir: str, port: int | None = None) -> S3Ser
     os.makedirs(data_dir, exist_ok=True)
     chosen = port or free_port(WEED_GRPC_OFFSET if kind == "seaweedfs" else 0)
     return S3Server(kind, os.path.abspath(data_dir), chosen).start()
+
+
+def _wait_for_state(pid: int, stopped: bool, timeout: float = 10.0) -> None:
+    """Wait until every thread of process `pid` is stopped (state T), or none is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = {
+                Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()[0]
+                for tid in os.listdir(f"/proc/{pid}/task")
+            }
+        except FileNotFoundError:  # a thread ended while we looked
+            continue
+        if (states <= {"T", "t"}) if stopped else not (states & {"T", "t"}):
+            return
+        time.sleep(0.005)
+    raise RuntimeError(f"process {pid} did not {'stop' if stopped else 'continue'} within {timeout} s")

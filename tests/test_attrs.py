@@ -5,16 +5,19 @@ object rewritten by another tool shows its new state; a dataset without attribut
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import time
+from concurrent.futures import Future
 
 import pyarrow.fs as pafs
 import pytest
 
-from pfs.backends import Meta, MetaChange, open_backend
-from pfs.backends.arrow.attrs import INDEX
-from tests.conftest import unique
+from pfs.backends import BackendOptions, Meta, MetaChange, open_backend
+from pfs.backends.arrow.attrs import AHEAD_ROOM, INDEX, Index, ReadAhead, compile_records
+from pfs.testserver import start_s3_server
+from tests.conftest import s3_case, unique
 from tests.mounting import Mount
 
 TTL = "0.2"  # seconds: a second mount sees changes after this long
@@ -280,3 +283,185 @@ def test_changes_of_two_backends_merge(b, case):
     finally:
         other.close()
     assert {e.name: e.meta.mode for e in b.list_dir("")} == {"a": 0o700, "b": 0o711}
+
+
+def _put_index(b, directory: str, doc: dict) -> None:
+    """An index object written as another program (or an earlier pfs) would."""
+    data = json.dumps(doc).encode()
+    with b._fs.open_output_stream(b._index_key(directory)) as f:
+        f.write(data)
+    b._attrs.forget(directory)
+
+
+def test_a_version_1_index_is_read_and_rewritten_as_version_2_keeping_its_records(b):
+    put(b, "f")
+    put(b, "g")
+    stamp = [3, b._fs.get_file_info(b._full("f")).mtime_ns // 10**9]
+    _put_index(b, "", {"version": 1, "entries": {"f": {"mode": 0o700, "uid": 5, "stamp": stamp, "t": 1}}})
+    assert b.stat("f").meta.mode == 0o700 and b.list_dir("")[0].meta.uid == 5
+    b.set_meta("g", MetaChange(mode=0o711))
+    with b._fs.open_input_stream(b._index_key("")) as f:
+        doc = json.loads(f.read())
+    assert doc["version"] == 2 and doc["names"] == ["f", "g"] and doc["mode"] == [0o700, 0o711]
+    assert {e.name: e.meta.mode for e in b.list_dir("")} == {"f": 0o700, "g": 0o711}
+
+
+def test_an_index_with_values_that_are_not_attributes_shows_nothing_for_them(b):
+    put(b, "ok")
+    put(b, "bad")
+    second = b._fs.get_file_info(b._full("ok")).mtime_ns // 10**9
+    doc = {
+        "version": 2,
+        "names": ["ok", "bad"],
+        "mode": [0o640, "rwx"],
+        "size": [3, 3],
+        "second": [second, second],
+    }
+    _put_index(b, "", doc)
+    shown = {e.name: e.meta for e in b.list_dir("")}
+    assert shown["ok"].mode == 0o640 and shown["bad"] is None
+    _put_index(b, "", {"version": 2, "names": ["ok"], "mode": []})  # columns of the wrong length
+    assert [e.meta for e in b.list_dir("")] == [None, None]
+
+
+class _NoStreams:
+    """A filesystem whose streamed reads fail: shows that an index was read some other way."""
+
+    def __init__(self, fs: pafs.FileSystem) -> None:
+        self._fs = fs
+
+    def open_input_stream(self, *args, **kwargs):
+        raise AssertionError("the index was streamed (HEAD + GET) although its size was listed")
+
+    def __getattr__(self, name: str):
+        return getattr(self._fs, name)
+
+
+@pytest.fixture
+def s3(request):
+    """An S3 backend case of its own: reading an index in one signed GET is an object-store path."""
+    return s3_case(request).subcase(unique())
+
+
+def test_a_listed_index_is_read_in_one_get(s3):
+    b = open_backend(s3.uri, s3.options)
+    put(b, "f", meta=Meta(mode=0o700))
+    b.close()
+    other = open_backend(s3.uri, s3.options)
+    try:
+        other._attrs._fs = _NoStreams(other._attrs._fs)
+        [entry] = other.list_dir("")
+        assert entry.meta.mode == 0o700
+    finally:
+        other.close()
+
+
+def test_an_index_longer_than_listed_is_read_whole(s3):
+    b = open_backend(s3.uri, s3.options)
+    big = {f"n{i}": {"mode": 0o644, "t": i} for i in range(5000)}  # well over 64 KiB of JSON
+    b._attrs._write("", big)
+    key = b._index_key("")
+    assert b._read_whole(key, 10) is None  # longer than the room asked for: the caller streams it
+    assert b._attrs._read("", 10).records() == big
+    whole = b._read_whole(key, 300_000)
+    assert whole is not None and len(whole.data) > 64 * 1024 and whole.modified_s is not None
+    b.close()
+
+
+def _rooms_asked(b) -> list[int]:
+    """The room of every one-GET read of an index by `b` from now on."""
+    asked: list[int] = []
+    read_whole = b._attrs._read_whole
+
+    def counted(key: str, room: int):
+        asked.append(room)
+        return read_whole(key, room)
+
+    b._attrs._read_whole = counted
+    return asked
+
+
+def test_a_directory_its_parent_describes_has_its_index_read_beside_its_listing(s3):
+    b = open_backend(s3.uri, s3.options)
+    b.make_dir("d")
+    b.set_meta("d", MetaChange(mode=0o750))
+    put(b, "d/f", meta=Meta(mode=0o700))
+    b.make_dir("plain")
+    put(b, "plain/f")
+    b.close()
+    other = open_backend(s3.uri, s3.options)
+    try:
+        other.list_dir("")  # the root's index describes d, not plain
+        asked = _rooms_asked(other)
+        [entry] = other.list_dir("d")
+        assert entry.meta.mode == 0o700
+        assert asked == [AHEAD_ROOM]  # the read begun beside the listing was used: no second read
+        [entry] = other.list_dir("plain")
+        assert entry.meta is None and asked == [AHEAD_ROOM]  # never read ahead: no index is expected
+    finally:
+        other.close()
+
+
+def test_a_walker_finds_the_next_directory_s_index_read_while_it_listed_the_one_before(s3):
+    b = open_backend(s3.uri, s3.options)
+    for name in ("d1", "d2", "d3"):
+        b.make_dir(name)
+        b.set_meta(name, MetaChange(mode=0o750))
+        put(b, f"{name}/f", meta=Meta(mode=0o700))
+    b.close()
+    other = open_backend(s3.uri, s3.options)
+    try:
+        other.list_dir("")
+        asked = _rooms_asked(other)
+        for name, pending in (("d1", {"d2"}), ("d2", {"d3"}), ("d3", set())):
+            assert [e.meta.mode for e in other.list_dir(name)] == [0o700]
+            assert set(other._attrs._next) == pending  # the next one is being read
+        # Each index read once, ahead (d2's while d1 was listed, d3's while d2 was): no read after a listing.
+        assert asked == [AHEAD_ROOM] * 3
+    finally:
+        other.close()
+
+
+def test_an_index_read_ahead_is_used_only_if_it_is_the_object_listed(s3):
+    b = open_backend(s3.uri, s3.options)
+    put(b, "f", meta=Meta(mode=0o700))
+    info = b._fs.get_file_info(b._index_key(""))
+    old = b._read_whole(b._index_key(""), AHEAD_ROOM)
+    b.close()
+    other = open_backend(s3.uri, s3.options)
+    try:
+        listed = other._attrs.listed
+        stale = Future()  # what a GET answered just before another mount rewrote it, same size
+        changed = {"f": {**other._attrs._read("").records()["f"], "mode": 0o666}}
+        stale.set_result(ReadAhead(len(old.data), old.modified_s - 1, Index(compile_records(changed))))
+        assert listed("", info, stale)["f"][0].mode == 0o700  # not the object listed: read again
+        other._attrs.forget("")
+        same = Future()
+        same.set_result(ReadAhead(len(old.data), old.modified_s, Index(compile_records(changed))))
+        assert listed("", info, same)["f"][0].mode == 0o666  # the very object listed: used as it is
+    finally:
+        other.close()
+
+
+def test_a_listing_time_the_client_cannot_read_keeps_the_attributes(tmp_path):
+    """`rclone serve s3` lists a time of .730 s as ".73Z", which the AWS SDK reads as 0: the attributes of
+    such an object must still apply (by its size), in listings and stats, across backends."""
+    bucket = tmp_path / "s3" / "data" / "times"
+    bucket.mkdir(parents=True)
+    (bucket / "f").write_bytes(b"abc")
+    os.utime(bucket / "f", ns=(1_700_000_000_730_000_000,) * 2)
+    with start_s3_server("rclone", str(tmp_path / "s3")) as server:
+        options = BackendOptions(access_key=server.access_key, secret_key=server.secret_key)
+        b = open_backend(server.uri("times"), options)
+        try:
+            [listed] = b.list_dir("")
+            assert listed.mtime_ns == 0  # what this test is about: the listing's time was not read
+            b.set_meta("f", MetaChange(mode=0o751))
+        finally:
+            b.close()
+        other = open_backend(server.uri("times"), options)
+        try:
+            assert [e.meta.mode for e in other.list_dir("")] == [0o751]
+            assert other.stat("f").meta.mode == 0o751
+        finally:
+            other.close()

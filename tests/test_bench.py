@@ -84,7 +84,10 @@ def test_quick_run_report_and_charts(quick_run):
     data, out = quick_run
     assert data["meta"]["quick"] is True and data["meta"]["versions"]["pfs"]
     report = open(os.path.join(out, "results.md")).read()
-    assert "| pfs / floor | pfs-ro / floor-noopen | pfs / best peer | pfs / raw | pfs / local |" in report
+    assert (
+        "| pfs / floor | pfs-ro / floor-noopen | pfs-snap / floor-noopen | pfs / best peer | pfs / raw |"
+        in report
+    )
     assert "floor-noopen ms/op" in report
     for scenario in SCENARIOS:
         if scenario == "loader" and not loader.available():

@@ -11,6 +11,7 @@ import trio
 
 from pfs.backends import BackendOptions, open_backend
 from pfs.cache import BlockCache, CacheConfig, DiskTier, Stream
+from pfs.cache.blocks import AHEAD_SHARE
 from pfs.stats import Stats
 
 MiB = 1 << 20
@@ -60,3 +61,81 @@ def test_a_small_random_read_that_misses_takes_just_its_bytes_and_the_block_foll
     finally:
         disk.close()
         backend.close()
+
+
+class _CountingReader:
+    """A file:// reader that remembers which blocks each backend read covered."""
+
+    def __init__(self, reader: Any, block: int, fetched: list[int]) -> None:
+        self._reader, self._block, self._fetched = reader, block, fetched
+        self.version = reader.version
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._fetched.extend(range(offset // self._block, (offset + length - 1) // self._block + 1))
+        return self._reader.read(offset, length)
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def _read_streams(tmp_path, files: int, config: CacheConfig) -> tuple[BlockCache, dict[str, list[int]]]:
+    """Read `files` files of 24 blocks in order, 1 MiB at a time, all at once (round robin), through a
+    cache without a disk tier; checks every byte and returns the cache and the blocks fetched per file."""
+    root = tmp_path / "root"
+    root.mkdir()
+    bs, size = config.block_size, 24 * config.block_size
+    data = {f"f{i}": os.urandom(size) for i in range(files)}
+    for name, content in data.items():
+        (root / name).write_bytes(content)
+    backend = open_backend(f"file://{root}", BackendOptions())
+    cache = BlockCache(config, None, Stats(), _in_thread, _in_thread)
+    fetched: dict[str, list[int]] = {name: [] for name in data}
+
+    def opener(name: str) -> Callable:
+        async def open_reader() -> _CountingReader:
+            reader = await trio.to_thread.run_sync(backend.open_reader, name, size)
+            return _CountingReader(reader, bs, fetched[name])
+
+        return open_reader
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            cache.attach(nursery)
+            streams = {name: Stream() for name in data}
+            objects = {name: cache.object(backend.id, name, "v1", size) for name in data}
+            for offset in range(0, size, MiB):
+                for name in data:
+                    got = await cache.read(objects[name], offset, MiB, opener(name), streams[name])
+                    assert bytes(got) == data[name][offset : offset + MiB]
+                    ahead = sum(max(0, s.prefetched_to * bs - s.next_offset) for s in streams.values())
+                    assert ahead <= config.memory_limit * AHEAD_SHARE + files * bs
+                    await trio.sleep(0.001)  # the prefetches started run
+            cache.attach(None)
+
+    try:
+        trio.run(main)
+    finally:
+        backend.close()
+    return cache, fetched
+
+
+def test_sequential_streams_share_the_budget_for_reading_ahead_and_never_fetch_a_block_twice(tmp_path):
+    """Four streams whose windows would hold twice the budget: each gets a share of it, so no prefetch
+    evicts blocks another stream fetched and has not read yet."""
+    config = CacheConfig(block_size=MiB, fetch_blocks=4, prefetch_blocks=8, memory_limit=24 * MiB)
+    cache, fetched = _read_streams(tmp_path, 4, config)
+    for blocks in fetched.values():
+        assert sorted(blocks) == list(range(24))
+    assert cache.memory.peak <= config.memory_limit
+
+
+def test_one_stream_reads_ahead_in_several_requests_within_the_budget(tmp_path):
+    """Alone, a stream reads its whole window ahead, cut into requests of at most `fetch_blocks`, at least
+    two per window, and never so far ahead that blocks it has not read yet are evicted."""
+    config = CacheConfig(block_size=MiB, fetch_blocks=4, prefetch_blocks=4, memory_limit=8 * MiB)
+    cache, fetched = _read_streams(tmp_path, 1, config)
+    (blocks,) = fetched.values()
+    assert sorted(blocks) == list(range(24))
+    reads = cache.stats.snapshot()["backend_reads"]
+    assert 24 / 2 <= reads < 24  # requests of two blocks (a window of four cut in two), the first alone
+    assert cache.memory.peak <= config.memory_limit

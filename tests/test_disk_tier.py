@@ -7,10 +7,11 @@ import glob
 import logging
 import os
 import subprocess
+import threading
 
 import pytest
 
-from pfs.cache.disk import CacheUnavailable, DiskTier, Seen
+from pfs.cache.disk import CHECK_CHUNK, CacheUnavailable, DiskTier, Seen, _checksums, _Index, _Queue, _Where
 from tests.test_cache_faults import fill
 
 MiB = 1 << 20
@@ -25,6 +26,7 @@ def tier(tmp_path):
 
 
 def only_block_file(tier: DiskTier) -> str:
+    assert tier.flush(10)
     (path,) = glob.glob(f"{tier.directory}/**/*.val", recursive=True)
     return path
 
@@ -49,22 +51,55 @@ def test_a_block_file_that_is_not_one_reads_as_a_corrupt_block(tier, kind):
     assert tier.get("b|x|0") is None
     assert tier.corrupt_blocks == 1 and "b|x|0" not in tier
     tier.put("b|x|0", BLOCK)  # and it is stored again
-    assert tier.get("b|x|0") == BLOCK
+    assert tier.flush(10) and tier.get("b|x|0") == BLOCK
 
 
 def test_a_linked_directory_on_the_way_is_not_followed(tier, tmp_path):
     tier.put("b|x|0", BLOCK)
     path = only_block_file(tier)
-    top = os.path.dirname(os.path.dirname(path))
+    top = os.path.dirname(path)  # the directory holding the block file
     os.rename(top, tmp_path / "elsewhere")
     os.symlink(tmp_path / "elsewhere", top)
     assert tier.get_range("b|x|0", 0, 100) is None
     assert tier.corrupt_blocks == 1
 
 
-def test_random_reads_check_only_their_chunks(tier):
+def test_blocks_stored_two_directories_deep_are_still_read(tier):
     tier.put("b|x|0", BLOCK)
+    path = only_block_file(tier)
+    deeper = os.path.join(os.path.dirname(path), "cd", os.path.basename(path))  # as diskcache lays them out
+    os.mkdir(os.path.dirname(deeper))
+    os.rename(path, deeper)
+    tier._cache._sql(
+        "UPDATE Cache SET filename = ? WHERE key = ?", (os.path.relpath(deeper, tier.directory), "b|x|0")
+    )
+    tier._index.clear()
+    assert tier.get("b|x|0") == BLOCK
+
+
+def test_random_reads_check_only_their_chunks(tier, monkeypatch):
+    tier.put("b|x|0", BLOCK)
+    assert tier.flush(10)
+    lengths: list[int] = []
+    pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: lengths.append(n) or pread(fd, n, at))
     assert tier.get_range("b|x|0", 70_000, 70_100) == BLOCK[70_000:70_100]
+    assert lengths == [CHECK_CHUNK]  # one chunk read from the file, not the block
+
+
+def test_blocks_checked_by_the_chunks_of_earlier_versions_are_still_read_and_checked(tier):
+    """A cache filled by an earlier version keeps its checksums of 64 KiB chunks."""
+    tier.put("b|x|0", BLOCK)
+    path = only_block_file(tier)
+    tier._cache._sql("UPDATE Cache SET tag = ? WHERE key = ?", (_checksums(BLOCK, 64 * 1024), "b|x|0"))
+    tier._index.clear()
+    assert tier.get_range("b|x|0", 70_000, 70_100) == BLOCK[70_000:70_100]
+    assert tier.get("b|x|0") == BLOCK and tier.corrupt_blocks == 0
+    with open(path, "r+b") as f:
+        f.seek(300_000)
+        f.write(b"\xff" * 8)
+    assert tier.get_range("b|x|0", 270_000, 270_100) is None  # same 64 KiB chunk as the damage
+    assert tier.corrupt_blocks == 1
 
 
 def test_a_database_that_is_not_one_is_set_aside(tmp_path, caplog):
@@ -96,11 +131,13 @@ def test_a_full_disk_misses_and_warns_once(tmp_path, caplog):
     try:
         tier = DiskTier(str(small / "cache"), 64 * MiB, max_block=MiB)
         tier.put("b|x|0", BLOCK)
+        assert tier.flush(10)
         fill(small)
         with caplog.at_level(logging.WARNING):
             for i in range(3):
                 tier.put(f"b|y|{i}", BLOCK)
                 tier.record(f"k{i}", Seen(1, 2, "etag" * 100, 3.0))
+                assert tier.flush(10)
                 assert tier.get(f"b|y|{i}") is None
         assert tier.get("b|x|0") == BLOCK  # what it holds is still read
         tier.close()
@@ -113,8 +150,123 @@ def test_a_full_disk_misses_and_warns_once(tmp_path, caplog):
 def test_the_version_book_is_text_and_never_unpickles(tier):
     seen = Seen(5, 1_700_000_000_123456789, '"etag with spaces"', 1_700_000_003.25)
     tier.record("k", seen)
-    assert tier.seen("k") == seen
+    assert tier.seen("k") == seen  # queued
+    assert tier.flush(10) and tier.seen("k") == seen  # written
     tier._cache.set("v|k", (5, 1, "etag", 2.0))  # a pickle, as an older version (or anyone) wrote it
     assert tier.seen("k") is None
     tier._cache.set("v|k", "not a version")
     assert tier.seen("k") is None
+
+
+# ---- the index of block files and the writer -----------------------------------------------------------
+
+
+def test_a_known_block_is_read_without_the_database(tier):
+    tier.put("b|x|0", BLOCK)
+    assert tier.flush(10)
+    assert tier.get_range("b|x|0", 0, 10) == BLOCK[:10]  # the first lookup may ask the database
+    statements: list[str] = []
+    tier._cache._con.set_trace_callback(statements.append)  # this thread's connection
+    assert tier.get_range("b|x|0", 200_000, 200_004) == BLOCK[200_000:200_004]
+    assert tier.get("b|x|0") == BLOCK
+    assert statements == []
+
+
+def test_a_block_evicted_by_another_process_is_a_miss_then_found_again(tier):
+    tier.put("b|x|0", BLOCK)
+    assert tier.flush(10) and tier.get("b|x|0") == BLOCK  # now in this tier's index
+    other = DiskTier(tier.directory, 64 * MiB, max_block=MiB)
+    try:
+        other.delete("b|x|0")
+        assert tier.get_range("b|x|0", 0, 100) is None and tier.corrupt_blocks == 0
+        other.put("b|x|0", BLOCK)  # stored again, in another file
+        assert other.flush(10)
+        assert tier.get_range("b|x|0", 0, 100) == BLOCK[:100]
+    finally:
+        other.close()
+
+
+def test_a_known_block_changed_on_disk_is_dropped(tier):
+    tier.put("b|x|0", BLOCK)
+    path = only_block_file(tier)
+    assert tier.get("b|x|0") == BLOCK
+    with open(path, "r+b") as f:
+        f.seek(300_000)
+        f.write(b"\xff" * 8)
+    assert tier.get_range("b|x|0", 0, 100) == BLOCK[:100]  # only the chunks read are checked
+    assert tier.get_range("b|x|0", 299_000, 301_000) is None
+    assert tier.corrupt_blocks == 1 and "b|x|0" not in tier
+
+
+def test_a_known_block_replaced_by_a_link_is_not_followed(tier, tmp_path):
+    tier.put("b|x|0", BLOCK)
+    path = only_block_file(tier)
+    assert tier.get("b|x|0") == BLOCK
+    (tmp_path / "same").write_bytes(BLOCK)
+    os.remove(path)
+    os.symlink(tmp_path / "same", path)
+    assert tier.get("b|x|0") is None
+    assert tier.corrupt_blocks == 1
+
+
+def test_queued_writes_are_read_from_the_queue_and_written_by_close(tmp_path):
+    directory = str(tmp_path / "cache")
+    tier = DiskTier(directory, 64 * MiB, max_block=MiB)
+    done: list[int] = []
+    for i in range(8):
+        tier.put(f"b|x|{i}", BLOCK, done=lambda i=i: done.append(i))
+        assert tier.get_range(f"b|x|{i}", 5, 9) == BLOCK[5:9]
+    tier.record("k", Seen(1, 2, "e", 3.0))
+    tier.close()
+    assert sorted(done) == list(range(8))
+    again = DiskTier(directory, 64 * MiB, max_block=MiB)
+    try:
+        assert all(again.get(f"b|x|{i}") == BLOCK for i in range(8))
+        assert again.seen("k") == Seen(1, 2, "e", 3.0)
+    finally:
+        again.close()
+
+
+def test_a_block_deleted_while_the_writer_stores_it_is_gone_after_the_delete(tier):
+    """An eviction racing the write of the same block: the write may not land after the delete returns."""
+    writing, release = threading.Event(), threading.Event()
+    write_batch = tier._write_batch
+
+    def slow_batch(batch):
+        writing.set()
+        release.wait(10)
+        write_batch(batch)
+
+    tier._write_batch = slow_batch
+    tier.put("b|x|0", BLOCK)
+    assert writing.wait(10)  # taken by the writer, not yet stored
+    deleting = threading.Thread(target=tier.delete, args=("b|x|0",))
+    deleting.start()
+    deleting.join(0.3)
+    assert deleting.is_alive()  # waits for the write it cannot stop
+    release.set()
+    deleting.join(10)
+    assert tier.flush(10)
+    assert "b|x|0" not in tier and tier.get("b|x|0") is None
+
+
+def test_a_full_queue_drops_the_write_and_says_it_is_done(tier):
+    queue = _Queue(limit=MiB)
+    assert queue.add("b|x|0", BLOCK, None, wait=False)
+    assert not queue.add("b|x|1", BLOCK, None, wait=False)  # full: the caller drops it
+    assert not queue.add("b|x|0", BLOCK, None, wait=False)  # already queued
+    assert queue.get("b|x|0") is BLOCK and queue.get("b|x|1") is None
+    tier._queue._limit = 0  # the tier with no room: only the first of a burst is queued
+    done: list[str] = []
+    for key in ("b|x|0", "b|x|1", "b|x|2"):
+        tier.put(key, BLOCK, done=lambda key=key: done.append(key))
+    assert tier.flush(10)
+    assert sorted(done) == ["b|x|0", "b|x|1", "b|x|2"]  # written or dropped, each one is over
+
+
+def test_the_index_keeps_the_most_recently_used():
+    index = _Index(limit=2)
+    for key in "abc":
+        index.put(key, _Where(key, 1, b""))
+        index.get("a")
+    assert index.get("a") is not None and index.get("b") is None and index.get("c") is not None

@@ -91,6 +91,23 @@ def test_truncate_shrinks_and_extends_with_zeros(d):
     assert read(f"{d}/f") == b"01"
 
 
+def test_a_size_the_backend_cannot_take_is_efbig_and_changes_nothing(d):
+    """pfs uploads a file whole, holes as zeros: a petabyte-sized truncate or a write far past the end would
+    fill the store (or the node's disk) before failing."""
+    write(f"{d}/f", b"0123456789")
+    with pytest.raises(OSError) as refused:
+        os.truncate(f"{d}/f", 999_999_999_999_999)
+    assert refused.value.errno == errno.EFBIG
+    fd = os.open(f"{d}/f", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as refused:
+            os.pwrite(fd, b"x", 999_999_999_999_999)
+        assert refused.value.errno == errno.EFBIG
+    finally:
+        os.close(fd)
+    assert read(f"{d}/f") == b"0123456789"
+
+
 def test_read_your_writes_before_close(d):
     with open(f"{d}/f", "w+b") as f:
         f.write(b"abc")

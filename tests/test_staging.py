@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
 
 from pfs.backends import BackendOptions, open_backend
+from pfs.fs import staging
 from pfs.fs.staging import StagedFile
 
 MiB = 1 << 20
@@ -62,3 +65,87 @@ def test_upload_source_can_rewind_for_a_retry(backend, base, tmp_path):
     assert source.read(4) == b"head"
     source.seek(0)
     assert source.read(8) == b"head" + base[4:8]
+
+
+def in_memory(tmp_path) -> StagedFile:
+    (tmp_path / "staging").mkdir(exist_ok=True)
+    return StagedFile(str(tmp_path / "staging"), 0, None, in_memory=True)
+
+
+def test_a_small_new_file_stays_in_memory_without_a_staging_file(tmp_path):
+    staged = in_memory(tmp_path)
+    data = os.urandom(128 * 1024)
+    assert staged.write_in_memory(0, data)
+    assert staged.in_memory and staged._fd == -1 and staged.memory_end == len(data)
+    assert staged.write_in_memory(len(data) + 10, b"tail")  # past the end: a hole of zeros
+    assert staged.read(0, 1 << 20) == data + bytes(10) + b"tail"
+    staged.truncate(100)
+    staged.truncate(200)  # extended again: zeros, not the old bytes
+    assert staged.read(0, 1000) == data[:100] + bytes(100)
+    source = staged.source()
+    assert source.read() == data[:100] + bytes(100)
+    assert os.listdir(tmp_path / "staging") == []
+    staged.close()
+
+
+def test_a_write_that_cannot_stay_in_memory_moves_the_bytes_to_a_staging_file(tmp_path):
+    staged = in_memory(tmp_path)
+    head = os.urandom(300_000)
+    assert staged.write_in_memory(0, head)
+    staged.write(len(head), b"more")  # the worker-thread path: spills first
+    assert not staged.in_memory and staged._fd >= 0 and staged.memory_end == 0
+    assert not staged.write_in_memory(0, b"x")  # in a staging file now: never back to memory
+    staged.write(0, b"H")
+    assert staged.read(0, 1 << 20) == b"H" + head[1:] + b"more"
+    staged.close()
+
+
+def test_an_in_memory_file_is_persisted_whole_with_its_label(tmp_path):
+    staged = in_memory(tmp_path)
+    assert staged.write_in_memory(0, b"journal me")
+    target = tmp_path / "entry"
+    assert staged.persist(str(target), ("user.pfs.test", b"label"))
+    assert target.read_bytes() == b"journal me"
+    assert os.getxattr(target, "user.pfs.test") == b"label"
+    assert staged.write_in_memory(8, b"us!")
+    assert staged.persist(str(target), ("user.pfs.test", b"label"))  # made again: nothing links to memory
+    assert target.read_bytes() == b"journal us!"
+    staged.close()
+
+
+def test_a_file_over_a_base_object_never_stages_in_memory(backend, base, tmp_path):
+    (tmp_path / "staging").mkdir(exist_ok=True)
+    staged = StagedFile(
+        str(tmp_path / "staging"), len(base), lambda: backend.open_reader("big", len(base)), in_memory=True
+    )
+    assert not staged.in_memory and not staged.write_in_memory(0, b"x")
+    staged.close()
+
+
+def test_a_writer_waits_for_the_stream_while_it_reads_on(tmp_path, monkeypatch):
+    """An append more than STREAM_LEAD ahead of the upload waits for it; once the upload has read nothing
+    for STREAM_PATIENCE (a stalled store), the writer goes on."""
+    monkeypatch.setattr(staging, "STREAM_LEAD", 2 * MiB)
+    monkeypatch.setattr(staging, "STREAM_PATIENCE", 30.0)
+    staged = StagedFile(str(tmp_path), 0, None)
+    reader = staged.stream()
+    assert reader is not None
+    block = os.urandom(MiB)
+    for i in range(3):
+        staged.write(i * MiB, block)
+    ahead = threading.Thread(target=staged.write, args=(3 * MiB, block))
+    ahead.start()
+    ahead.join(0.3)
+    assert ahead.is_alive() and staged.size == 3 * MiB  # 3 MiB ahead of a reader that read nothing
+    assert reader.read(2 * MiB) == block * 2
+    ahead.join(10)
+    assert not ahead.is_alive() and staged.size == 4 * MiB
+    monkeypatch.setattr(staging, "STREAM_PATIENCE", 0.3)
+    started = time.monotonic()
+    staged.write(4 * MiB, block)  # 2 MiB ahead: no wait
+    staged.write(5 * MiB, block)  # 3 MiB ahead of a reader silent since: waits out its patience
+    assert 0.1 < time.monotonic() - started < 5
+    assert staged.finish()
+    rest = reader.read(8 * MiB)
+    assert rest == block * 4 and reader.read(8 * MiB) == b""
+    staged.close()

@@ -279,3 +279,32 @@ def test_a_file_changed_after_it_was_made_ready_is_read_as_it_is_now(s3):
             assert await mount.read_all(mount.inode("c")) == b"newer"
 
     trio.run(main)
+
+
+def test_a_file_whose_pages_and_block_left_memory_is_made_ready_from_the_disk_tier(s3):
+    """A second pass whose kernel pages were taken (memory pressure): the version is known from memory,
+    the block comes back from the disk tier ahead of the open, with no request to the store."""
+    case, new_mount = s3
+    names = [f"kept/f{i}" for i in range(3)]
+    for name in names:
+        case.raw.put(name, name.encode() * 100)
+    time.sleep(TRUST_MARGIN_S + 0.2)  # versions seen well after their modification are trusted
+    mount = new_mount()
+    inodes = [mount.inode(name) for name in names]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            mount.versions.attach(nursery)
+            for inode in inodes:  # the first pass: one GET each, block and version to the disk tier
+                await mount.read_all(inode)
+            mount.disk.flush()
+            for inode in inodes:
+                mount.cache.memory.discard(mount.versions.object(inode).key(0))
+            before = mount.opens()
+            assert await _ready(mount, _wants(mount, names)) == [True] * 3
+            assert all(mount.versions.object(i).key(0) in mount.cache.memory for i in inodes)
+            for name, inode in zip(names, inodes, strict=True):
+                assert await mount.read_all(inode) == name.encode() * 100
+            assert mount.opens() == before
+
+    trio.run(main)

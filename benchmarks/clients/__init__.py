@@ -10,13 +10,14 @@ from __future__ import annotations
 from benchmarks.clients.base import Client, Env
 from benchmarks.clients.direct import LocalClient, RawClient
 from benchmarks.clients.floor import FloorClient, FloorNoOpenClient
-from benchmarks.clients.pfs import PfsClient, PfsReadOnlyClient, PfsWriteBackClient
+from benchmarks.clients.pfs import PfsClient, PfsReadOnlyClient, PfsSnapshotClient, PfsWriteBackClient
 from benchmarks.clients.rclone import RcloneClient
 from benchmarks.clients.s3fs import S3fsClient
 
 ADAPTERS: dict[str, type[Client]] = {
     "pfs": PfsClient,
     "pfs-ro": PfsReadOnlyClient,
+    "pfs-snap": PfsSnapshotClient,
     "pfs-wb": PfsWriteBackClient,
     "rclone": RcloneClient,
     "s3fs": S3fsClient,

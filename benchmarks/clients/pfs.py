@@ -1,7 +1,9 @@
 """pfs, mounted with its default options through its own command line (`python -m pfs mount`).
 
-`pfs-ro` adds `-o ro` (read-only: the kernel's no-open mode, as on snapshot mounts), `pfs-wb` adds
-`-o writeback` (write scenarios only). The only other
+`pfs-ro` adds `-o ro` (read-only: the kernel's no-open mode, as on snapshot mounts), `pfs-snap` mounts a
+snapshot of the bucket taken at its first mount in the run (`--snapshot`: no-open mode, and entries the
+kernel keeps, as nothing in a snapshot changes), `pfs-wb` adds `-o writeback` (write scenarios only).
+The only other
 option passed is a per-run cache directory (`-o cache_dir=DIR`), so that "cold" starts from an
 empty cache and "warm" remounts onto the cache the cold pass filled, exactly as for the peers.
 """
@@ -16,6 +18,8 @@ from importlib import metadata
 
 from benchmarks.clients.base import EXIT_TIMEOUT, Env, MountedClient, force_unmount, unmount_retrying
 from pfs import control, mounter
+
+SNAPSHOT = "bench"
 
 
 class PfsClient(MountedClient):
@@ -88,3 +92,28 @@ class PfsReadOnlyClient(PfsClient):
     name = "pfs-ro"
     options = ("ro",)
     writes = False
+
+
+class PfsSnapshotClient(PfsClient):
+    """pfs mounted on a snapshot of the bucket (`pfs snapshot create`, then `--snapshot`), taken afresh
+    at the client's first mount in a run (the data sets do not change during a run)."""
+
+    name = "pfs-snap"
+    options = (f"snapshot={SNAPSHOT}",)
+    writes = False
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        self._taken = False
+
+    def mount(self) -> None:
+        if not self._taken:
+            uri = self.env.server.uri(self.env.bucket)
+            env = {**os.environ, **self.env.server.env()}
+            pfs = [sys.executable, "-m", "pfs", "snapshot"]
+            subprocess.run([*pfs, "delete", uri, SNAPSHOT], env=env, capture_output=True, text=True)
+            result = subprocess.run([*pfs, "create", uri, SNAPSHOT], env=env, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"pfs snapshot create failed: {result.stderr.strip()}")
+            self._taken = True
+        super().mount()

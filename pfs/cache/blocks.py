@@ -13,6 +13,7 @@ from being fetched twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -24,14 +25,13 @@ from typing import Any
 import trio
 
 from pfs.backends import Reader
-from pfs.cache.disk import DiskTier
+from pfs.cache.disk import Block, DiskTier
 from pfs.cache.memory import MemoryTier
 from pfs.stats import Stats
 
 log = logging.getLogger(__name__)
 
 Run = Callable[..., Awaitable[Any]]
-Block = bytes | memoryview  # a view shares the buffer of the ranged read it came from
 OpenReader = Callable[[], Awaitable[Reader]]
 
 SMALL_READ_PART = 8  # a random read of at most 1/8 of a block that misses the cache reads just its bytes
@@ -41,6 +41,16 @@ MAX_FILLS = 2  # blocks fetched at once behind such reads: the rest of the backe
 # twice is in the working set, while fetching every block a random reader touches once would pull in the
 # whole file at 4 MiB per 4 KiB read.
 TOUCHED_BLOCKS = 65536
+# What all sequential streams together may have ahead of their readers (asked for, fetched and not yet
+# read), as a share of the memory budget: one stream alone reads up to its `prefetch_blocks` ahead, several
+# share this, so that one stream's prefetch never evicts blocks another fetched and has not read yet.
+AHEAD_SHARE = 0.5
+# A read this close to where the last one ended continues a sequential stream: the kernel's readahead (1 MiB
+# by default, `readahead_kb`) keeps up to two windows of requests in flight, which may arrive out of order.
+# Any wider and a random reader passes for a sequential one now and then (two blocks either side, before:
+# one read in 16 over a 256 MiB file), each time reading whole blocks and fetching a window ahead.
+NEAR_BYTES = 2 << 20
+ACTIVE_S = 1.0  # a sequential stream that read within this long shares the budget for reading ahead
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,7 @@ class CachedObject:
         return f"b|{self.digest}|{index}"
 
 
-@dataclass
+@dataclass(eq=False)
 class Stream:
     """What one open file handle has read so far, to tell a sequential reader from a random one."""
 
@@ -106,6 +116,7 @@ class BlockCache:
         self._fills = 0  # whole blocks being fetched behind small random reads
         self._touched: OrderedDict[Any, None] = OrderedDict()  # blocks read in part once (TOUCHED_BLOCKS)
         self._objects: dict[tuple[str, str, str, int], CachedObject] = {}
+        self._streams: dict[Stream, float] = {}  # sequential streams reading now, by when they last read
 
     def attach(self, nursery: trio.Nursery | None) -> None:
         """Background work (prefetch, disk writes) runs in `nursery`; without one it is done inline."""
@@ -169,8 +180,12 @@ class BlockCache:
             if part is None and small and obj.key(index) not in self.memory:  # (a fill may be under way)
                 part = await self._part_from_backend(obj, index, lo, hi, open_reader)
             if part is None:
-                # A view, not a copy: pyfuse3 hands any buffer to the kernel as it is.
-                part = memoryview(await self._block(obj, index, open_reader))[lo:hi]
+                # A view, not a copy: pyfuse3 hands any buffer to the kernel as it is. A sequential reader
+                # leaves the block where it was: blocks then leave memory in the order they were fetched,
+                # those it has passed before those fetched ahead of it, and the blocks of one ranged read
+                # together (they are views of one buffer, freed only once none is kept).
+                sequential = stream is not None and stream.streak > 0
+                part = memoryview(await self._block(obj, index, open_reader, touch=not sequential))[lo:hi]
             parts.append(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -212,9 +227,11 @@ class BlockCache:
         if 0 < obj.size <= self.config.block_size:
             self._schedule(obj, 0, 1, open_reader)
 
-    async def _block(self, obj: CachedObject, index: int, open_reader: OpenReader) -> Block:
+    async def _block(
+        self, obj: CachedObject, index: int, open_reader: OpenReader, touch: bool = True
+    ) -> Block:
         key = obj.key(index)
-        data = self.memory.get(key)
+        data = self.memory.get(key, touch)
         if data is not None:
             self.stats.add("cache_hits_memory", 1)
             return data
@@ -246,8 +263,7 @@ class BlockCache:
         self, stream: Stream, obj: CachedObject, offset: int, end: int, last: int, open_reader: OpenReader
     ) -> None:
         bs = self.config.block_size
-        # The kernel's readahead may deliver a stream slightly out of order: near the last end counts.
-        if stream.next_offset >= 0 and abs(offset - stream.next_offset) <= 2 * bs:
+        if stream.next_offset >= 0 and abs(offset - stream.next_offset) <= NEAR_BYTES:
             stream.streak += 1
         else:
             stream.streak = 0
@@ -255,11 +271,10 @@ class BlockCache:
         stream.next_offset = end
         if stream.streak == 0:
             return
-        window = min(self.config.prefetch_blocks, 1 << min(stream.streak, 16))
+        window, step = self._window(stream)
         blocks = (obj.size + bs - 1) // bs
         start = max(stream.prefetched_to, last + 1)
         stop = min(last + 1 + window, blocks)
-        step = self.config.fetch_blocks
         # Whole requests of `step` blocks only (the window moves a block at a time), but the file's tail.
         while start < stop and (stop - start >= step or stop == blocks):
             count = min(step, stop - start)
@@ -267,6 +282,21 @@ class BlockCache:
                 break
             start += count
         stream.prefetched_to = max(stream.prefetched_to, start)
+
+    def _window(self, stream: Stream) -> tuple[int, int]:
+        """(blocks ahead, blocks per request) for a sequential stream. The window doubles with every read in
+        order up to `prefetch_blocks`, and the streams reading at once share AHEAD_SHARE of the budget; a
+        window is cut into at least two requests, so that the next one is on its way while the reader
+        takes the bytes of the one before."""
+        now = time.monotonic()
+        self._streams[stream] = now
+        if len(self._streams) > 1:
+            for other in [s for s, seen in self._streams.items() if now - seen > ACTIVE_S]:
+                del self._streams[other]
+        bs = self.config.block_size
+        share = max(1, int(self.config.memory_limit * AHEAD_SHARE) // (bs * len(self._streams)))
+        window = min(self.config.prefetch_blocks, 1 << min(stream.streak, 16), share)
+        return window, max(1, min(self.config.fetch_blocks, window // 2))
 
     def _known(self, key: str) -> bool:
         return key in self.memory or key in self._inflight
@@ -361,37 +391,24 @@ class BlockCache:
         blocks = {first + i: view[i * bs : (i + 1) * bs] for i in range(count)}
         if store and self.disk is not None:
             for index, block in blocks.items():
-                self._put_quietly(obj.key(index), block)
+                self.disk.put(obj.key(index), block, wait=True)  # warming waits for a lagging disk
         return blocks, took
-
-    def _put_quietly(self, key: str, data: Block) -> None:
-        """A block that cannot be written to disk is only not cached: reads go on."""
-        assert self.disk is not None
-        try:
-            self.disk.put(key, data)
-        except Exception as exc:
-            log.warning("could not write a block to the disk cache: %s", exc)
 
     def _span(self, obj: CachedObject, first: int, count: int) -> int:
         bs = self.config.block_size
         return max(0, min(obj.size, (first + count) * bs) - first * bs)
 
     def _store_on_disk(self, key: str, data: Block) -> bool:
-        """Write a fetched block to the disk tier in the background; True when the write now holds the
-        block's share of the budget (it stays in memory until written)."""
+        """Queue a fetched block for the disk tier's writer (never blocks); True when the write now holds
+        the block's share of the budget, released on the loop once it is written."""
         if self.disk is None:
             return False
         if self._nursery is None:
             self.disk.put(key, data)
             return False
-        self._nursery.start_soon(self._write_block, key, data)
+        token = trio.lowlevel.current_trio_token()
+        self.disk.put(key, data, done=functools.partial(token.run_sync_soon, self._release, len(data)))
         return True
-
-    async def _write_block(self, key: str, data: Block) -> None:
-        try:
-            await self._run_disk(self._put_quietly, key, data)
-        finally:
-            self._release(len(data))
 
     # ---- warmup and its relatives ------------------------------------------------------------------------
 
@@ -456,12 +473,7 @@ class BlockCache:
 
 
 def _read_blocks(disk: DiskTier, keys: list[str], first: int) -> dict[int, Block]:
-    found = {}
-    for offset, key in enumerate(keys):
-        data = disk.get(key)
-        if data is not None:
-            found[first + offset] = data
-    return found
+    return {first + i: data for i, data in enumerate(disk.get_many(keys)) if data is not None}
 
 
 def _delete_blocks(disk: DiskTier, keys: list[str]) -> None:

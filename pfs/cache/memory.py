@@ -26,9 +26,10 @@ class MemoryTier:
     def used(self) -> int:
         return self.cached + self.reserved
 
-    def get(self, key: str) -> bytes | memoryview | None:
+    def get(self, key: str, touch: bool = True) -> bytes | memoryview | None:
+        """A kept block; `touch` makes it the last to be evicted (else it keeps its place)."""
         data = self._blocks.get(key)
-        if data is not None:
+        if data is not None and touch:
             self._blocks.move_to_end(key)
         return data
 

@@ -67,7 +67,7 @@ class Inode:
     def update(self, entry: Entry, seen_at: float | None = None) -> None:
         """Take the backend's view of this inode's attributes (as of monotonic time `seen_at`, default now)
         unless local writes are authoritative."""
-        if self.staged is None:
+        if self.staged is None and not self._another_reading(entry):
             if (entry.size, entry.mtime_ns) != self.version[:2]:
                 self.symlink_target = None  # rewritten elsewhere: read the link again
                 self.etag = ""  # unknown until the next open
@@ -76,6 +76,21 @@ class Inode:
         self.meta = entry.meta
         self.attrs_at = time.monotonic() if seen_at is None else seen_at
         self.on_backend = True
+
+    def _another_reading(self, entry: Entry) -> bool:
+        """`entry` tells the version already known, at another precision: object stores list modification
+        times in ms but HEAD answers whole seconds. Where an ETag names the content (not the mtime), the
+        known mtime stays: the kernel, which drops a file's pages when its mtime moves, keeps them."""
+        new, old = entry.mtime_ns, self.mtime_ns
+        if new == 0 and old and entry.size == self.size:
+            return True  # a listing time the client could not read (see attrs.meta_of): nothing new
+        return (
+            bool(self.etag)
+            and entry.size == self.size
+            and new != old
+            and (new % _SECOND == 0 or old % _SECOND == 0)
+            and new // _SECOND == old // _SECOND
+        )
 
 
 class InodeTable:
@@ -155,7 +170,7 @@ class InodeTable:
         # Object stores list modification times in ms but HEAD answers in whole seconds: compare those.
         a, b = entry.mtime_ns, inode.mtime_ns
         coarse = a % _SECOND == 0 or b % _SECOND == 0
-        same_mtime = a == b or (coarse and a // _SECOND == b // _SECOND)
+        same_mtime = a == b or (coarse and a // _SECOND == b // _SECOND) or a == 0  # 0: not told
         return entry.size != inode.size or not same_mtime
 
     def remove_path(self, path: str) -> None:

@@ -34,6 +34,7 @@ class NameCache:
         # a request that comes after it (see Operations, where requests in flight are shared).
         self.generation = 0
         self._stats: dict[str, tuple[float, int]] = {}  # unlisted directory -> (since, names stat-ed)
+        self._looked_ahead: dict[str, float] = {}  # directory -> `at` of the listing `walk_ahead` saw
 
     def listing(self, directory: str, now: float) -> Listing | None:
         """The listing of `directory` if it is still fresh."""
@@ -48,6 +49,30 @@ class NameCache:
             since, count = self._stats.get(directory, (now, 0))
             return now - since < self.ttl and count >= STATS_BEFORE_LISTING
         return now - listed.at >= self.ttl and len(listed.entries) <= MAX_RELIST_ENTRIES
+
+    def walk_ahead(self, directory: str, listed: Listing, now: float) -> str | None:
+        """The directory to list again in the background now that `listed` (the fresh listing of
+        `directory`) is first used: the next directory of the same parent in name order that this mount
+        listed before (a tree walked again, as every epoch of a data set does), when that listing is small
+        and past half the TTL. A walker then finds the next directory's names fresh instead of waiting for
+        them. None when there is none, or when this listing was already asked about."""
+        if not directory or self._looked_ahead.get(directory) == listed.at:
+            return None
+        if len(self._looked_ahead) >= MAX_LISTINGS:
+            self._looked_ahead.clear()
+        self._looked_ahead[directory] = listed.at
+        parent = directory.rpartition("/")[0]
+        prefix = f"{parent}/" if parent else ""
+        # The kept listings say which siblings were walked before (the parent itself may never have been
+        # listed: its names are asked one by one, a directory's walk apart).
+        siblings = (p for p in self._listings if p > directory and p.startswith(prefix))
+        following = min((p for p in siblings if "/" not in p[len(prefix) :]), default=None)
+        if following is None:
+            return None
+        kept = self._listings[following]
+        if now - kept.at < self.ttl / 2 or len(kept.entries) > MAX_RELIST_ENTRIES:
+            return None
+        return following
 
     def stat_ed(self, directory: str, now: float) -> None:
         """A name of `directory` was asked of the backend on its own."""

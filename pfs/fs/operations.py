@@ -1,8 +1,8 @@
 """The pyfuse3 request handlers of a live mount.
 
 Thin by design: each handler resolves inodes, runs blocking backend or staging work in a worker thread
-(never on the trio loop) and turns pfs errors into errno in exactly one place (`_errors`). Consistency is
-close-to-open: attributes are trusted for `metadata_ttl` seconds, a file written here is uploaded on
+(never on the trio loop) and turns pfs errors into errno in exactly one place (`_fuse_error`). Consistency
+is close-to-open: attributes are trusted for `metadata_ttl` seconds, a file written here is uploaded on
 flush/fsync/close, and `keep_cache` is granted only when a file's version is unchanged since its last open.
 """
 
@@ -21,7 +21,6 @@ import stat
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,33 +62,36 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 RESERVED_ROOT_NAME = ".pfs"  # the backend's own area (snapshots, temporary and detached objects)
+DISK_FLUSH_S = 10.0  # a flush waits at most this long for the disk tier: a slow cache disk must not hang it
 
 
-@contextmanager
-def _errors(op: str, stats: Stats):
+def _fuse_error(op: str, stats: Stats, exc: Exception) -> pyfuse3.FUSEError:
     """The one place where exceptions become errno for the kernel."""
-    try:
-        yield
-    except pyfuse3.FUSEError:
-        raise
-    except PfsError as exc:
+    if isinstance(exc, PfsError):
         code = errno_of(exc)
         if code == errno.EIO:
             log.warning("%s failed: %s", op, exc)
         if code in (errno.EIO, errno.ESTALE):
             stats.backend_failed(f"{op}: {exc}")
-        raise pyfuse3.FUSEError(code) from None
-    except Exception:
-        log.exception("%s failed unexpectedly", op)
-        raise pyfuse3.FUSEError(errno.EIO) from None
+        return pyfuse3.FUSEError(code)
+    log.error("%s failed unexpectedly", op, exc_info=exc)
+    return pyfuse3.FUSEError(errno.EIO)
 
 
 def handler(fn: Callable) -> Callable:
+    op = fn.__name__.lstrip("_")  # `_getxattr` serves getxattr requests
+
+    # Every request goes through here: a plain try (no context manager object per request) and the
+    # counter bumped in place.
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
-        self.stats.count(fn.__name__)
-        with _errors(fn.__name__, self.stats):
+        self.stats.ops[op] += 1
+        try:
             return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            raise _fuse_error(op, self.stats, exc) from None
 
     return wrapper
 
@@ -106,6 +108,7 @@ class Handle:
     obj: CachedObject | None = None  # the version this handle reads through the cache
     reader: Reader | None = None  # only for a file unlinked while open: read past the cache
     stream: Stream = field(default_factory=Stream)
+    kept_pages: bool = False  # opened with keep_cache: a read means the kernel lost the pages meanwhile
 
 
 @dataclass(eq=False)
@@ -115,6 +118,7 @@ class DirHandle:
 
 
 _NO_META = Meta()
+_NO_XATTRS = errno_of(Unsupported("extended attributes and ACLs are not supported"))
 _FORMAT = {
     Kind.FILE: stat.S_IFREG,
     Kind.DIR: stat.S_IFDIR,
@@ -192,6 +196,7 @@ class Operations(pyfuse3.Operations):
             keep_failed=options.failed_uploads == "keep",
             journal=Journal(options.staging_dir, backend.id) if options.writeback else None,
             memory_limit=options.memory_limit,
+            memory=self.cache.memory,
         )
         self._next_fh = 1
         self._mount_id = uuid.uuid4().hex[:12]
@@ -300,6 +305,9 @@ class Operations(pyfuse3.Operations):
             await self._relist(parent)
         listed = self.names.listing(parent, now)
         if listed is not None:
+            ahead = self.names.walk_ahead(parent, listed, now)
+            if ahead is not None and self._nursery is not None:
+                self._nursery.start_soon(self._relist_quietly, ahead)
             entry = listed.entries.get(name)
             if entry is not None:
                 return self.inodes.add(path, entry, seen_at=listed.at)
@@ -320,6 +328,13 @@ class Operations(pyfuse3.Operations):
             await self._list_backend(path)
         except NotFound:
             self.names.forget_directory(path)
+
+    async def _relist_quietly(self, path: str) -> None:
+        """`_relist` in the background, ahead of a walker: a failure is the walker's to meet and report."""
+        try:
+            await self._relist(path)
+        except Exception as exc:
+            log.debug("listing %s ahead failed: %s", path, exc)
 
     async def _shared(self, what: tuple[str, str], fn: Callable, *args: Any) -> Any:
         """`fn(*args)` in a worker thread, shared with every request asking `what` at the same time, unless
@@ -347,6 +362,11 @@ class Operations(pyfuse3.Operations):
         """A name changed: forget listings and missing names around it, and (where stats are cheap) the
         parent directory's attributes, whose mtime, ctime and link count moved."""
         self.names.changed(path)
+        self._parent_changed(path)
+
+    def _parent_changed(self, path: str) -> None:
+        """An entry appeared in or left the directory of `path`: its attributes moved (where stats are
+        cheap, they are asked again)."""
         parent_path = path.rpartition("/")[0]
         parent = self.inodes.at(parent_path)
         if parent is not None and self.backend.cheap_open:
@@ -419,7 +439,8 @@ class Operations(pyfuse3.Operations):
             if node.kind is Kind.DIR:
                 raise IsADirectory(node.path)
             async with self.writes.pinned(node):
-                staged = await self.writes.stage(node)
+                staged = await self.writes.stage(node, empty=attr.st_size == 0)
+                await self.writes.check_growth(node, attr.st_size, staged.size)
                 await self._run(staged.truncate, attr.st_size)
                 if node.open_handles == 1:  # a truncate(2) of a file nobody has open: publish now
                     await self.writes.upload(node)
@@ -468,18 +489,24 @@ class Operations(pyfuse3.Operations):
         """The backend's listing of directory `path`, kept for lookups of its names for the metadata TTL."""
 
         async def list_now() -> dict[str, Entry]:
-            listed_at = time.monotonic()
+            listed_at, generation = time.monotonic(), self.names.generation
             entries = {e.name: e for e in await self._run(self.backend.list_dir, path)}
-            self.names.keep(path, entries, listed_at)
+            if self.names.generation == generation:  # else a name changed here meanwhile: it may miss it
+                self.names.keep(path, entries, listed_at)
             return entries
 
         return await self._flights.run(("list", path, self.names.generation), list_now)
 
     async def _list(self, node: Inode) -> list[Entry]:
+        # Files not uploaded before the listing too: one whose upload ended while the backend was listed
+        # may be missing from that listing, and is no longer pending after it.
+        pending = self.writes.unpublished_below(node.path, direct=True)
         entries = dict(await self._list_backend(node.path))
-        for child in self.writes.unpublished_below(node.path, direct=True):
-            name = child.path.rpartition("/")[2]
-            entries[name] = Entry(name, child.kind)
+        for child in {*pending, *self.writes.unpublished_below(node.path, direct=True)}:
+            if self.inodes.at(child.path) is not child:
+                continue  # renamed or removed meanwhile
+            name = child.path.rpartition("/")[2]  # uploaded meanwhile: what the upload made it
+            entries.setdefault(name, Entry(name, child.kind, child.size, child.mtime_ns, child.meta))
         return sorted(entries.values(), key=lambda e: e.name)
 
     @handler
@@ -733,7 +760,7 @@ class Operations(pyfuse3.Operations):
         if writable:
             self._check_writable()
             async with self.writes.pinned(node):
-                staged = await self.writes.stage(node)
+                staged = await self.writes.stage(node, empty=bool(flags & os.O_TRUNC))
                 if flags & os.O_TRUNC:
                     await self._run(staged.truncate, 0)
                 node.open_handles += 1  # before the pin ends: the staged file must stay
@@ -751,6 +778,7 @@ class Operations(pyfuse3.Operations):
         if handle.obj is not None and not info.keep_cache:  # kept pages need no block, nor files ahead
             self.cache.prefetch_whole(handle.obj, opener)
             self._read_ahead(node)
+        handle.kept_pages = info.keep_cache
         return info
 
     def _read_ahead(self, inode: Inode) -> None:
@@ -786,7 +814,7 @@ class Operations(pyfuse3.Operations):
             inode.on_backend = False
             await self._set_meta(inode, owner)  # not uploaded yet: its upload carries them
         async with self.writes.pinned(inode):
-            staged = await self.writes.stage(inode)
+            staged = await self.writes.stage(inode, empty=True)
             if staged.size:
                 await self._run(staged.truncate, 0)  # also marks it modified
             else:
@@ -801,11 +829,16 @@ class Operations(pyfuse3.Operations):
         # No-open mode: fh 0, the inode's own handle (taken before any await: see pfs/fs/readino.py).
         handle = self._file_handle(fh) if fh else await self._kernel_handle(readino.current)
         inode = handle.inode
-        if inode.staged is not None:
+        if inode.staged is not None and inode.staged.in_memory:
+            data = inode.staged.read(off, size)  # in memory, never a base object: nothing blocks
+        elif inode.staged is not None:
             data = await self._run(inode.staged.read, off, size)
         elif handle.obj is not None and not inode.detached:
             if handle.obj.path != inode.path:  # renamed while open: same version, new name
                 handle.obj = dataclasses.replace(handle.obj, path=inode.path)
+            if handle.kept_pages:  # memory pressure took the pages: the next files may have lost theirs
+                handle.kept_pages = False
+                self._read_ahead(inode)
             opener = self.versions.opener(inode, handle.obj)
             data = await self.cache.read(handle.obj, off, size, opener, handle.stream)
         else:
@@ -841,7 +874,9 @@ class Operations(pyfuse3.Operations):
         was_new = not inode.on_backend
         await (self.writes.close(inode, again) if closing else self.writes.upload(inode, again))
         if was_new and inode.on_backend:
-            self._changed(inode.path)
+            # Its directory's kept listing gained it already (`NameCache.created`): dropping that listing
+            # would cost every next new name there a request again.
+            self._parent_changed(inode.path)
 
     async def _kernel_handle(self, ino: int) -> Handle:
         """The one handle of inode `ino` in no-open mode, made on its first read: the version chosen then
@@ -886,8 +921,16 @@ class Operations(pyfuse3.Operations):
 
     # ---- control surface (xattrs on the root) -----------------------------------------------------------
 
-    @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext):
+        # The kernel asks for `security.capability` before every write (FUSE never marks an inode free of
+        # it, and answering ENOSYS would end the control names too): refused at once, no handler around.
+        if not name.startswith(control.PREFIX):
+            self.stats.count("getxattr")
+            raise pyfuse3.FUSEError(_NO_XATTRS)
+        return await self._getxattr(inode, name, ctx)
+
+    @handler
+    async def _getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext):
         if inode == pyfuse3.ROOT_INODE:
             if name == control.PID:
                 return str(os.getpid()).encode()
@@ -897,9 +940,7 @@ class Operations(pyfuse3.Operations):
                 return json.dumps(self.counters()).encode()
         elif name in control.FILE_COMMANDS:
             return await self._file_command(self.inodes[inode], name)
-        if name.startswith(control.PREFIX):  # a control name asked where it does not apply
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        raise Unsupported("extended attributes and ACLs are not supported")
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # a control name asked where it does not apply
 
     async def _file_command(self, node: Inode, name: bytes) -> bytes:
         """warmup / cached / evict on one file, answered as 'CACHED_BYTES SIZE'."""
@@ -931,6 +972,9 @@ class Operations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE and name == control.FLUSH:
             await self.writes.flush_all()
             self.names.clear_listings()
+            if self.cache.disk is not None:  # so that another mount of the same cache directory finds them
+                # A wait, not disk work: kept off the disk limiter, whose threads serve reads meanwhile.
+                await trio.to_thread.run_sync(self.cache.disk.flush, DISK_FLUSH_S)
             return
         if inode == pyfuse3.ROOT_INODE and name == control.DISCARD:
             await self.writes.discard_failed()

@@ -1,11 +1,14 @@
 """Local staging of a file being written, layered over the object it replaces.
 
 A `StagedFile` holds only the bytes written through the mount, in a sparse, already-unlinked temporary file at
-the same offsets as in the file. Every other byte comes from the base object (the version on the backend when
+the same offsets as in the file (a small new file: in memory, until it grows past what its owner lets it
+hold there; then it moves to the temporary file, `write` doing the move).
+Every other byte comes from the base object (the version on the backend when
 the file was opened for writing) or is a zero from truncate-then-extend. So opening a 10 GiB object to append
 a line costs no download: the base ranges are streamed through only when the file is uploaded.
 
-All methods block (disk and backend I/O): call them from worker threads. A `StagedFile` is shared by every
+All methods block (disk and backend I/O): call them from worker threads, except `write_in_memory` and the
+methods of a file `in_memory` with no base object, which only touch memory. A `StagedFile` is shared by every
 handle of one inode; `lock` serialises the interval bookkeeping against concurrent writers.
 
 A write the staging directory cannot hold (full, or failing) breaks the staged file for good: the bytes it
@@ -23,6 +26,7 @@ import io
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -30,6 +34,16 @@ from pfs.backends import Reader
 from pfs.errors import BackendError, NoSpace, PfsError, StagingFailed
 
 CHUNK_CAP = 8 << 20  # the most a read of the whole stream returns at once
+# A file uploaded while written: how far the writer may run ahead of what the upload has read. Past it a
+# write waits, so that the close waits only for this tail and the parts in flight, however much slower
+# the store is than the writer; but only while the upload reads on: once it has read nothing for
+# STREAM_PATIENCE seconds (the store stalls) the writer goes on, and the close finds the stall out.
+STREAM_LEAD = 16 << 20
+STREAM_PATIENCE = 1.0
+# Write-back mode: bytes appended before their write to the disk is started, so that the fsync at close
+# has only the tail left to write.
+SYNC_AHEAD = 16 << 20
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 def _staging_error(exc: OSError, what: str) -> PfsError:
@@ -51,6 +65,7 @@ def _unnamed_file(folder: str) -> int:
 
 _AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 
 
 def _link_unnamed(fd: int, path: str) -> bool:
@@ -67,13 +82,20 @@ def _link_unnamed(fd: int, path: str) -> bool:
 
 
 class StagedFile:
-    def __init__(self, staging_dir: str, base_size: int, open_base: Callable[[], Reader] | None) -> None:
-        # Unnamed from the start, so a crash leaves nothing behind; linkable (no O_EXCL), so write-back
-        # can give it a name in its journal without copying it.
-        try:
-            self._fd = _unnamed_file(staging_dir)
-        except OSError as exc:
-            raise _staging_error(exc, "create a staged file") from exc
+    def __init__(
+        self,
+        staging_dir: str,
+        base_size: int,
+        open_base: Callable[[], Reader] | None,
+        *,
+        in_memory: bool = False,
+        sync_ahead: bool = False,
+    ) -> None:
+        self._staging_dir = staging_dir
+        # `in_memory` (a file with no base object): the bytes start in memory, and move to a staging file
+        # when a write cannot stay there (`write`); a small file then never costs a file or a syscall.
+        self._mem: bytearray | bytes | None = b"" if in_memory and open_base is None else None
+        self._fd = -1 if self._mem is not None else self._new_fd()
         self._open_base = open_base
         self._base: Reader | None = None
         # Bytes of the base object still visible: a truncate below it hides the rest for good.
@@ -88,6 +110,7 @@ class StagedFile:
         self.generation = 0  # counts changes: what a write-back journal entry was made of
         self.journal: str | None = None  # the write-back journal entry holding these bytes, if any
         self.journaled = -1  # the generation the entry was last made durable at
+        self.memory_held = 0  # bytes of the mount's memory budget reserved for this file (by its owner)
         self._linked_to: str | None = None
         self.lock = threading.Lock()
         # A new file written strictly in order (each write at the end) can be uploaded while it grows.
@@ -95,11 +118,61 @@ class StagedFile:
         self._grown = threading.Condition(self.lock)
         self._end: int | None = None  # where `stream()` stops: set by `finish`
         self._streamed = False  # `stream()` handed out its reader
+        self._consumed = 0  # how far the stream has read
+        self._consumed_at = 0.0  # when it last read (time.monotonic())
+        self._sync_ahead = sync_ahead  # start writing appended bytes to the disk as they come
+        self._sync_from = 0  # where the next such write starts
+
+    def _new_fd(self) -> int:
+        # Unnamed from the start, so a crash leaves nothing behind; linkable (no O_EXCL), so write-back
+        # can give it a name in its journal without copying it.
+        try:
+            return _unnamed_file(self._staging_dir)
+        except OSError as exc:
+            raise _staging_error(exc, "create a staged file") from exc
+
+    @property
+    def in_memory(self) -> bool:
+        """The bytes are in memory (no staging file yet)."""
+        return self._mem is not None
+
+    @property
+    def memory_end(self) -> int:
+        """How far the memory holding the bytes reaches (0 once they are in a staging file)."""
+        mem = self._mem
+        return len(mem) if mem is not None else 0
+
+    def write_in_memory(self, offset: int, data: bytes) -> bool:
+        """Write `data` into memory; False (nothing done) once the bytes are in a staging file. Never
+        blocks on I/O: the caller bounds how far the memory may reach; False too while a worker thread
+        holds the file (persisting or moving it)."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            mem = self._mem
+            if mem is None or self.broken is not None:
+                return False
+            end = offset + len(data)
+            if not mem and not offset and isinstance(data, bytes):
+                self._mem = data  # the common small file, written at once: kept as given, no copy
+            else:
+                if not isinstance(mem, bytearray):
+                    mem = self._mem = bytearray(mem)
+                if offset > len(mem):
+                    mem.extend(bytes(offset - len(mem)))
+                mem[offset:end] = data
+            self._written(offset, end)
+            return True
+        finally:
+            self.lock.release()
 
     def write(self, offset: int, data: bytes) -> int:
         with self.lock:
+            self._wait_for_stream(offset)
             self._check_intact()
             try:
+                if self._mem is not None:
+                    self._spill()
                 written = 0
                 while written < len(data):  # a short write means the next one fails: find out now
                     written += os.pwrite(self._fd, data[written:], offset + written)
@@ -107,19 +180,62 @@ class StagedFile:
                 self.broken = _staging_error(exc, "write")
                 self._grown.notify_all()
                 raise self.broken from exc
-            self._appending = self._appending and offset == self.size and self._end is None
-            self._add_range(offset, offset + written)
-            self.size = max(self.size, offset + written)
-            self.modified = True
-            self.generation += 1
-            self._grown.notify_all()
+            self._written(offset, offset + written)
+            if self._sync_ahead and offset + written - self._sync_from >= SYNC_AHEAD:
+                # Only started (the fsync at close waits for it): a failure here is the fsync's to report.
+                _libc.sync_file_range(
+                    self._fd, self._sync_from, offset + written - self._sync_from, _SYNC_FILE_RANGE_WRITE
+                )
+                self._sync_from = offset + written
             return written
+
+    def _wait_for_stream(self, offset: int) -> None:
+        """An append more than STREAM_LEAD ahead of the stream's reader waits for it to catch up, while the
+        stream lasts (it ends at `finish`, `stop_stream`, or when its upload failed). Under `lock`."""
+        while (
+            self._streamed
+            and self._appending
+            and self._end is None
+            and self.broken is None
+            and offset == self.size
+            and offset - self._consumed > STREAM_LEAD
+        ):
+            patience = self._consumed_at + STREAM_PATIENCE - time.monotonic()
+            if patience <= 0:
+                return
+            self._grown.wait(patience)
+
+    def _spill(self) -> None:
+        """Move the bytes held in memory to a new staging file. Under `lock`."""
+        mem = self._mem
+        assert mem is not None
+        fd = self._new_fd()
+        try:
+            view, done = memoryview(mem), 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], done)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._mem = fd, None  # readers on other threads see the bytes in one place or the other
+
+    def _written(self, start: int, end: int) -> None:
+        """Bookkeeping of a write of [start, end). Under `lock`."""
+        self._appending = self._appending and start == self.size and self._end is None
+        self._add_range(start, end)
+        self.size = max(self.size, end)
+        self.modified = True
+        self.generation += 1
+        self._grown.notify_all()
 
     def truncate(self, length: int) -> None:
         with self.lock:
             self._check_intact()
             try:
-                os.ftruncate(self._fd, length)
+                if self._mem is not None:
+                    self._mem = self._mem[:length]  # bytes past the memory's end read as zeros
+                else:
+                    os.ftruncate(self._fd, length)
             except OSError as exc:
                 self.broken = _staging_error(exc, "truncate")
                 self._grown.notify_all()
@@ -145,7 +261,11 @@ class StagedFile:
         while pos < end:
             piece_end, source = self._source_at(pos, end)
             if source == "staged":
-                parts.append(os.pread(self._fd, piece_end - pos, pos))
+                mem = self._mem
+                if mem is not None:  # a gap left in memory by a write past the end holds zeros too
+                    parts.append(bytes(mem[pos:piece_end]))
+                else:
+                    parts.append(os.pread(self._fd, piece_end - pos, pos))
             elif source == "base":
                 parts.append(self._base_reader().read(pos, piece_end - pos))
             else:
@@ -166,6 +286,9 @@ class StagedFile:
         with self.lock:
             self._check_intact()
             try:
+                if self._mem is not None:  # in memory: written out whole, with its label
+                    self._link_or_copy(path, label)
+                    return True
                 os.setxattr(self._fd, *label)
                 if self._linked_to == path:
                     os.fsync(self._fd)
@@ -178,19 +301,14 @@ class StagedFile:
     def _link_or_copy(self, path: str, label: tuple[str, bytes]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        if _link_unnamed(self._fd, path):
+        if self._mem is None and _link_unnamed(self._fd, path):
             self._linked_to = path
             os.fsync(self._fd)  # the data, its label and (on journaling file systems) the new name at once
             return
         tmp = path + ".tmp"
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            offset = 0
-            while offset < self.size:
-                sent = os.copy_file_range(self._fd, out, self.size - offset, offset, offset)
-                if not sent:
-                    break
-                offset += sent
+            self._copy_to(out)
             os.ftruncate(out, self.size)
             os.setxattr(out, *label)
             os.fsync(out)
@@ -198,14 +316,29 @@ class StagedFile:
             os.close(out)
         os.replace(tmp, path)
 
+    def _copy_to(self, out: int) -> None:
+        mem = self._mem
+        if mem is not None:
+            view, done = memoryview(mem)[: self.size], 0
+            while done < len(view):
+                done += os.pwrite(out, view[done:], done)
+            return
+        offset = 0
+        while offset < self.size:
+            sent = os.copy_file_range(self._fd, out, self.size - offset, offset, offset)
+            if not sent:
+                break
+            offset += sent
+
     def stream(self) -> BinaryIO | None:
         """A reader of the content while it is still appended to, for `Backend.stream_file`: its reads
         wait for the writer and end at `finish`; they fail once a write lands anywhere but at the end (the
         file is then uploaded whole at close). None unless every write so far appended."""
         with self.lock:
-            if not self._appending or self._end is not None:
+            if not self._appending or self._end is not None or self._mem is not None:
                 return None
             self._streamed = True
+            self._consumed_at = time.monotonic()
             return _AppendedReader(self)
 
     def finish(self) -> bool:
@@ -228,7 +361,10 @@ class StagedFile:
                 raise BackendError("the file stopped being appended to: it is uploaded whole at close")
             limit = self.size if self._end is None else self._end
             if limit - pos >= want or self._end is not None:
-                return max(0, min(want, limit - pos))
+                count = max(0, min(want, limit - pos))
+                self._consumed, self._consumed_at = pos + count, time.monotonic()
+                self._grown.notify_all()  # a writer may be waiting for the stream to catch up
+                return count
             self._grown.wait()
 
     def source(self) -> BinaryIO:
@@ -250,7 +386,10 @@ class StagedFile:
         if self._base is not None:
             self._base.close()
             self._base = None
-        os.close(self._fd)
+        self._mem = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def _base_reader(self) -> Reader:
         if self._base is None:
@@ -337,6 +476,14 @@ class _AppendedReader(io.RawIOBase):
         data = os.pread(staged._fd, count, self._pos) if count else b""
         self._pos += len(data)
         return data
+
+    def readinto(self, buffer) -> int:
+        staged = self._staged
+        with staged.lock:
+            count = staged._appended(self._pos, len(buffer))
+        got = os.preadv(staged._fd, [memoryview(buffer)[:count]], self._pos) if count else 0
+        self._pos += got
+        return got
 
     def readable(self) -> bool:
         return True

@@ -45,7 +45,7 @@ import trio
 
 from pfs.backends import Backend, Reader
 from pfs.cache import BlockCache, CachedObject
-from pfs.cache.disk import Seen
+from pfs.cache.disk import Block, Seen
 from pfs.errors import NotFound, Stale
 from pfs.fs.inodes import Inode
 from pfs.stats import Stats
@@ -198,12 +198,26 @@ class Versions:
             # Disk and backend work go through their own limiters (the disk tier's writes and free-space
             # checks are never run by more than its few threads at once).
             etag = await self.trusted_etag(ahead.want)
+            if etag is not None:
+                await self._first_block_from_disk(ahead.want, etag)
             ahead.etag = etag if etag is not None else await self._read_first(ahead.want)
         except Exception as exc:  # the open asks for itself and reports
             log.debug("prefetch of %s failed: %s", ahead.want.path, exc)
         finally:
             self.cache.release_room(nbytes)
             ahead.done.set()
+
+    async def _first_block_from_disk(self, want: Want, etag: str) -> None:
+        """The first block of a version known from memory (its pages were in the kernel, and are no
+        more), from the disk tier into memory; one recalled with its version is there already."""
+        key = self._object_for(want, etag).key(0)
+        disk = self.cache.disk
+        if disk is None or key in self.cache.memory:
+            return
+        block = await self._run_disk(disk.get, key)
+        if block is not None:
+            self.stats.add("cache_hits_disk", 1)
+            self.cache.keep_in_memory(self._object_for(want, etag), 0, block)
 
     def _drop(self, path: str) -> None:
         """Forget a file made ready that was not opened; its block leaves memory (it stays on disk)."""
@@ -232,7 +246,7 @@ class Versions:
                     self.cache.keep_in_memory(self._object_for(inode, seen.etag), 0, block)
         return seen.etag if seen is not None and _trusted(seen, inode.size, inode.mtime_ns) else None
 
-    def _recall(self, key: str, inode: Inode | Want, small: bool) -> tuple[Seen | None, bytes | None]:
+    def _recall(self, key: str, inode: Inode | Want, small: bool) -> tuple[Seen | None, Block | None]:
         disk = self.cache.disk
         assert disk is not None
         seen = disk.seen(key)
@@ -244,23 +258,12 @@ class Versions:
         return self.cache.object(self.backend.id, inode.path, etag, inode.size)
 
     async def saw_etag(self, inode: Inode | Want, etag: str) -> None:
-        """Remember an ETag just seen: in memory now, on disk (for remounts) after the open is answered."""
+        """Remember an ETag just seen: in memory now, and queued for the disk tier (for remounts)."""
         key = _object_key(self.backend.id, inode.path)
         seen = Seen(inode.size, inode.mtime_ns, etag, time.time())
         self._remember(key, seen)
-        if self.cache.disk is None:
-            return
-        if self._nursery is not None:
-            self._nursery.start_soon(self._record, key, seen)
-        else:
-            await self._record(key, seen)
-
-    async def _record(self, key: str, seen: Seen) -> None:
-        assert self.cache.disk is not None
-        try:
-            await self._run_disk(self.cache.disk.record, key, seen)
-        except Exception as exc:  # only a remount's shortcut is lost: it will ask the backend again
-            log.warning("could not record a version in the disk cache: %s", exc)
+        if self.cache.disk is not None:
+            self.cache.disk.record(key, seen)  # queued for the disk tier's writer: never blocks
 
     def _remember(self, key: str, seen: Seen) -> None:
         if len(self._seen) >= MAX_SEEN_IN_MEMORY:

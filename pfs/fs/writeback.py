@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 import trio
 
 from pfs.backends import Backend, Entry, Meta, MetaChange, Reader, UploadGuard, first_given
+from pfs.cache.memory import MemoryTier
 from pfs.errors import (
     AlreadyExists,
     BackendError,
@@ -44,6 +45,7 @@ from pfs.errors import (
     NotFound,
     PfsError,
     ReadOnly,
+    TooLarge,
     Transient,
     Unsupported,
 )
@@ -75,6 +77,11 @@ STREAM_AFTER = 8 << 20  # a new file is uploaded while written once it is this b
 STREAM_MEMORY = 48 << 20  # what one such upload may hold in memory (parts in flight, see transfer.py)
 BACKGROUND_UPLOADS = 8  # write-back mode: uploads in flight at once
 MAX_QUEUED = 4096  # write-back mode: closed files waiting (each holds an open staging file)
+# A new file is staged in memory while it stays this small (no staging file, no worker thread per write),
+# and while the mount's memory budget has room: staged bytes take at most this share of it.
+MEMORY_STAGED_MAX = 1 << 20
+MAX_FILE_BYTES = 5 << 40  # the largest object S3 stores; no training file comes near it on any backend
+MEMORY_STAGED_SHARE = 0.5
 
 
 class WriteBack:
@@ -90,6 +97,7 @@ class WriteBack:
         keep_failed: bool = True,
         journal: Journal | None = None,
         memory_limit: int = 0,
+        memory: MemoryTier | None = None,
     ) -> None:
         self._backend = backend
         self._store_of = store_of
@@ -99,6 +107,7 @@ class WriteBack:
         self._discarded = discarded  # told when bytes written here were dropped without being uploaded
         self._created = created  # told when a new file's first upload made it exist on the backend
         self._keep_failed = keep_failed
+        self._memory = memory  # the mount's budget, which small new files staged in memory count in
         # The only inodes whose content or existence the backend may not know yet.
         self._staged: set[Inode] = set()
         # Write-back mode (`journal` set): closed files waiting for a background upload, in close order.
@@ -111,10 +120,14 @@ class WriteBack:
         self._stream_slots = max(1, memory_limit // STREAM_MEMORY) if streams else 0
         self._streams: dict[Inode, _Stream] = {}
         self._nursery: trio.Nursery | None = None
+        # Uploads being watched for stalls (`_watched`), by one task for all of them once attached.
+        self._watching: dict[UploadGuard, trio.CancelScope] = {}
 
     def attach(self, nursery: trio.Nursery) -> None:
-        """Background uploads (write-back mode, files uploaded while written) run in `nursery`."""
+        """Background uploads (write-back mode, files uploaded while written) and the watch for stalled
+        uploads run in `nursery`."""
         self._nursery = nursery
+        nursery.start_soon(self._watch_all)
         if self._journal is not None:
             for _ in range(BACKGROUND_UPLOADS):
                 nursery.start_soon(self._upload_in_background)
@@ -123,12 +136,18 @@ class WriteBack:
         store, path, size = self._store_of(inode), inode.path, inode.size
         return lambda: store.open_reader(path, size)
 
-    async def stage(self, inode: Inode) -> StagedFile:
-        # Created on the loop on purpose: one local open(O_TMPFILE), and no checkpoint between the check
-        # and the assignment means two concurrent writers can never stage the same inode twice.
+    async def stage(self, inode: Inode, empty: bool = False) -> StagedFile:
+        """The inode's staged file; `empty`: if it is staged now, with none of the old content (a create
+        or an open with O_TRUNC, which cut it anyway), so a small one can stay in memory."""
+        # Created on the loop on purpose: at most one local open(O_TMPFILE), and no checkpoint between the
+        # check and the assignment means two concurrent writers can never stage the same inode twice.
         if inode.staged is None:
-            opener = self.base_opener(inode) if inode.on_backend and inode.size else None
-            inode.staged = StagedFile(self._staging_dir, inode.size if opener else 0, opener)
+            based = inode.on_backend and inode.size and not empty
+            opener = self.base_opener(inode) if based else None
+            size, in_memory = (inode.size if opener else 0), self._memory is not None
+            inode.staged = StagedFile(
+                self._staging_dir, size, opener, in_memory=in_memory, sync_ahead=self._journal is not None
+            )
             self._staged.add(inode)
         return inode.staged
 
@@ -142,8 +161,23 @@ class WriteBack:
             inode.open_handles -= 1
             await self.unstage_if_idle(inode)
 
+    async def check_growth(self, inode: Inode, size: int, current: int) -> None:
+        """Refuse to make a file `size` bytes long (from `current`) where its upload could not be stored.
+        pfs keeps no holes: a sparse extension is uploaded as zeros, so growing a file beyond the backend's
+        free space (or any object store's largest object) would fill the store, or the node's disk on file://,
+        before failing."""
+        if size <= current:
+            return
+        space = await self._run(self._backend.space)
+        if size > MAX_FILE_BYTES or size - current > space.free_bytes:
+            raise TooLarge(f"{inode.path}: {size} bytes is more than the backend can take")
+
     async def write(self, inode: Inode, offset: int, data: bytes) -> int:
         staged = await self.stage(inode)
+        if offset > staged.size:  # a hole: appending writes never ask
+            await self.check_growth(inode, offset + len(data), staged.size)
+        if self._write_in_memory(staged, offset, data):
+            return len(data)
         intact = staged.broken is None
         try:
             written = await self._run(staged.write, offset, data)
@@ -152,9 +186,33 @@ class WriteBack:
                 log.warning("%s will not be uploaded (the backend keeps what it had): %s", inode.path, exc)
                 self._stats.add("staging_failures", 1)
             raise
+        finally:
+            if not staged.in_memory:
+                self._release_memory(staged)  # moved to a staging file (or broken): memory is free again
         if staged.size >= STREAM_AFTER and inode not in self._streams:
             self._start_stream(inode, staged)
         return written
+
+    def _write_in_memory(self, staged: StagedFile, offset: int, data: bytes) -> bool:
+        """Write into a staged file held in memory, on the loop; False where it must go to a staging
+        file instead (past MEMORY_STAGED_MAX, or the budget is taken)."""
+        memory = self._memory
+        end = offset + len(data)
+        if memory is None or not staged.in_memory or end > MEMORY_STAGED_MAX:
+            return False
+        grow = max(0, end - staged.memory_held)
+        if grow and not memory.try_reserve(grow, MEMORY_STAGED_SHARE):
+            return False
+        if not staged.write_in_memory(offset, data):
+            memory.release(grow)
+            return False
+        staged.memory_held += grow
+        return True
+
+    def _release_memory(self, staged: StagedFile) -> None:
+        if self._memory is not None and staged.memory_held:
+            self._memory.release(staged.memory_held)
+            staged.memory_held = 0
 
     def _start_stream(self, inode: Inode, staged: StagedFile) -> None:
         if self._nursery is None or inode.detached or len(self._streams) >= self._stream_slots:
@@ -164,15 +222,17 @@ class WriteBack:
             return
         stream = _Stream(UploadGuard(), inode.path)
         self._streams[inode] = stream
-        self._nursery.start_soon(self._stream, stream, source)
+        self._nursery.start_soon(self._stream, stream, staged, source)
 
-    async def _stream(self, stream: _Stream, source: BinaryIO) -> None:
+    async def _stream(self, stream: _Stream, staged: StagedFile, source: BinaryIO) -> None:
         upload = self._backend.stream_file
         try:
             stream.entry = await self._run(upload, stream.path, source, stream.guard, cancellable=True)
         except PfsError as exc:
             stream.error = exc
         finally:
+            if stream.entry is None:  # the writer no longer waits for it: the file is uploaded whole at close
+                staged.stop_stream()
             stream.done.set()
 
     async def _finish_stream(self, inode: Inode, staged: StagedFile) -> Entry | None:
@@ -181,14 +241,15 @@ class WriteBack:
         stream = self._streams.pop(inode, None)
         if stream is None:
             return None
-        if inode.path != stream.path or not await self._run(staged.finish):
+        if inode.path == stream.path and await self._run(staged.finish):
+            stream.guard.progressed()  # the close is news: waiting for the writer was no stall of the store
+            await self._watched(inode.path, stream.guard, stream.done.wait)
+        else:
             staged.stop_stream()
             await stream.done.wait()
-            return None
-        stream.guard.progressed()  # the close is news: waiting for the writer was no stall of the store
-        await self._watched(inode.path, stream.guard, stream.done.wait)
         if stream.error is not None:
             log.info("upload of %s while written failed, uploading it whole: %s", inode.path, stream.error)
+        if stream.entry is None:
             return None
         self._stats.add("uploads_streamed", 1)
         return stream.entry
@@ -203,7 +264,11 @@ class WriteBack:
         inode.staged = None
         self._staged.discard(inode)
         self._streams.pop(inode, None)  # closing the staged file fails its stream: nothing lands
-        await self._run(staged.close)
+        if staged.in_memory:
+            staged.close()  # nothing to close on disk
+        else:
+            await self._run(staged.close)
+        self._release_memory(staged)
         if staged.journal is not None:  # uploaded, or dropped on purpose: nothing left to replay
             await self._forget_journal(staged)
         if dropped:
@@ -216,6 +281,9 @@ class WriteBack:
 
     async def upload(self, inode: Inode, again: bool = True) -> None:
         """Publish the inode's staged bytes. `again=False` (a release): not if an upload of them failed."""
+        staged = inode.staged
+        if (staged is None or not staged.modified) and not inode.upload_lock.locked():
+            return  # nothing to upload, and no upload in flight to wait for (the close after a flush)
         async with inode.upload_lock:
             staged = inode.staged
             if staged is None or not staged.modified or inode.detached:
@@ -350,13 +418,36 @@ class WriteBack:
         timeout: then it is abandoned (it can never complete any more) and Transient raised."""
         stall = self._backend.timeout
         with trio.CancelScope() as abandoned:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch, guard, stall, abandoned)
-                result = await wait()
-                nursery.cancel_scope.cancel()
-            return result
+            if self._nursery is None:  # not attached (no loop of its own): a watch of its own
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_watch, guard, stall, abandoned)
+                    result = await wait()
+                    nursery.cancel_scope.cancel()
+                return result
+            self._watching[guard] = abandoned
+            try:
+                return await wait()
+            finally:
+                self._watching.pop(guard, None)
         self._stats.add("uploads_stalled", 1)
         raise Transient(f"upload of {path}: no data moved for {stall:g} s, abandoned")
+
+    async def _watch_all(self) -> None:
+        """Abandon each watched upload that moved no data for the backend's timeout. One task for all of
+        them: an upload watched from now on cannot stall before the next pass (it progressed just now)."""
+        stall = self._backend.timeout
+        while True:
+            now = time.monotonic()
+            wake = now + stall
+            for guard, scope in list(self._watching.items()):
+                if now - guard.last_progress < stall:
+                    wake = min(wake, guard.last_progress + stall)
+                    continue
+                del self._watching[guard]
+                if guard.abandon():
+                    scope.cancel()
+                # else it is completing: one request, which the transport's own timeouts bound
+            await trio.sleep(wake - now)  # guards keep time.monotonic(), not trio's clock
 
     def _failed(self, inode: Inode, staged: StagedFile, exc: PfsError) -> None:
         self._stats.add("upload_failures", 1)
@@ -428,6 +519,7 @@ class WriteBack:
             "failed_uploads": failed[:LISTED_FAILURES],
             "pending_writeback_files": len(queued),
             "pending_writeback_bytes": sum(queued),
+            "memory_staged_bytes": sum(i.staged.memory_held for i in self._staged if i.staged is not None),
         }
 
 

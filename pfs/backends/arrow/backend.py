@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import BinaryIO, TypeVar
 
 import pyarrow.fs as pafs
@@ -133,7 +134,9 @@ class ArrowBackend(Backend):
         # HDFS keeps permissions, owners and times natively, but pyarrow can neither read (beyond mtime) nor
         # change them: the mount's attributes live in the index there too. file:// keeps them on its files.
         if hide_reserved and (store.object_store or isinstance(store.fs, pafs.HadoopFileSystem)):
-            self._attrs = attrs.AttrIndex(self._fs, self._index_key, self._call, self._publish)
+            self._attrs = attrs.AttrIndex(
+                self._fs, self._index_key, self._call, self._publish, self._read_whole
+            )
             self.stored_meta = frozenset(attrs.FIELDS)
             self.reserved_names = frozenset({attrs.INDEX})
 
@@ -180,6 +183,19 @@ class ArrowBackend(Backend):
     def _index_key(self, directory: str) -> str:
         return f"{self._full(directory).rstrip('/')}/{attrs.INDEX}"
 
+    def _read_whole(self, key: str, room: int) -> attrs.Fetched | None:
+        """Object `key` (bucket/name) in one GET; None when it is longer than `room` bytes, empty, or the
+        store cannot be asked directly (the caller then streams it)."""
+        getter = self._store.getter
+        if getter is None:
+            return None
+        bucket, _, name = key.partition("/")
+        try:
+            first = getter.first(bucket, name, room)
+        except Stale:
+            return None
+        return attrs.Fetched(first.data, first.modified_s) if first.size <= len(first.data) else None
+
     def _check(self, path: str, *, creating: bool = False, stored_as: str = "") -> None:
         """Refuse paths the store cannot hold or pfs reserves. `creating`: a new name is being made;
         `stored_as`: what the representation appends to the name (the link suffix, a marker's '/')."""
@@ -211,9 +227,9 @@ class ArrowBackend(Backend):
             self._long_names.add(path)
             log.warning("left %s out of a listing: a name is longer than %d bytes", path, MAX_NAME_BYTES)
 
-    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind, record: dict | None = None) -> Entry:
+    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind, shown: attrs.Shown | None = None) -> Entry:
         size = (info.size or 0) if kind is not Kind.DIR else 0
-        return Entry(name, kind, size, info.mtime_ns or 0, attrs.meta_of(record, kind, info))
+        return Entry(name, kind, size, info.mtime_ns or 0, attrs.meta_of(shown, kind, info))
 
     def _lookup(self, path: str) -> Entry | None:
         """The entry at `path`, or None. On a store that replaces a file in two steps (HDFS, replace.py),
@@ -258,7 +274,7 @@ class ArrowBackend(Backend):
         """`entry` with the attributes its directory's index keeps for it (object stores)."""
         if self._attrs is None:
             return entry
-        return attrs.apply(entry, self._attrs.records(_parent(path)).get(_name(path)), info)
+        return attrs.apply(entry, self._attrs.shows(_parent(path)).get(_name(path)), info)
 
     def _root_entry(self) -> Entry:
         if self._store.object_store:
@@ -277,16 +293,18 @@ class ArrowBackend(Backend):
             raise NotADirectory(f"{path}: not a directory")
         return entry
 
-    def _entries(self, infos: list[pafs.FileInfo], directory: str) -> dict[str, Entry]:
+    def _entries(
+        self, infos: list[pafs.FileInfo], directory: str, ahead: Future[attrs.ReadAhead | None] | None = None
+    ) -> dict[str, Entry]:
         """Names of one directory -> entries: link objects become symlinks, reserved names disappear, the
-        attributes of the directory's index apply. A real file or directory wins over a symlink of the same
-        name (both can exist on object stores)."""
+        attributes of the directory's index apply (`ahead`: its index, being read beside the listing). A
+        real file or directory wins over a symlink of the same name (both can exist on object stores)."""
         entries: dict[str, Entry] = {}
         links: dict[str, Entry] = {}
-        records: attrs.Records = {}
+        shows: attrs.Shows = {}
         if self._attrs is not None:
             index = next((i for i in infos if i.base_name == attrs.INDEX and i.type == _FILE), None)
-            records = self._attrs.listed(directory, index)
+            shows = self._attrs.listed(directory, index, ahead)
         for info in infos:
             name = info.base_name
             if not directory and self._hide_reserved and name == RESERVED:
@@ -300,16 +318,14 @@ class ArrowBackend(Backend):
             if kind == _FILE and name.endswith(LINK_SUFFIX):
                 if len(name) > len(LINK_SUFFIX):
                     target_name = name[: -len(LINK_SUFFIX)]
-                    links[target_name] = self._entry(
-                        target_name, info, Kind.SYMLINK, records.get(target_name)
-                    )
+                    links[target_name] = self._entry(target_name, info, Kind.SYMLINK, shows.get(target_name))
             elif kind == _FILE and self._is_directory_object(info):
-                entries[name] = self._entry(name, info, Kind.DIR, records.get(name))
+                entries[name] = self._entry(name, info, Kind.DIR, shows.get(name))
             elif kind == _FILE:
-                entries[name] = self._entry(name, info, Kind.FILE, records.get(name))
+                entries[name] = self._entry(name, info, Kind.FILE, shows.get(name))
             elif kind == _DIR:
                 # S3 allows a key 'a' beside keys 'a/...': stat() finds the file, so the listing shows it too.
-                entries.setdefault(name, self._entry(name, info, Kind.DIR, records.get(name)))
+                entries.setdefault(name, self._entry(name, info, Kind.DIR, shows.get(name)))
         for name, link in links.items():
             entries.setdefault(name, link)
         return entries
@@ -365,12 +381,13 @@ class ArrowBackend(Backend):
         self._check(path)
         # An object-store root with nothing under it yet lists as empty instead of not found.
         selector = pafs.FileSelector(self._full(path), allow_not_found=not path and self._store.object_store)
+        ahead = self._attrs.read_ahead(path) if self._attrs is not None else None
         try:
             infos = self._call(f"list {path or '/'}", lambda: self._fs.get_file_info(selector))
         except NotFound:
             self._require_dir(path)  # NotFound or NotADirectory, unless an implicit directory just emptied
             return []
-        return sorted(self._entries(infos, path).values(), key=lambda e: e.name)
+        return sorted(self._entries(infos, path, ahead).values(), key=lambda e: e.name)
 
     def walk(self, path: str) -> Iterator[tuple[str, Entry]]:
         self._check(path)
@@ -416,6 +433,8 @@ class ArrowBackend(Backend):
 
     def open_reader(self, path: str, size: int) -> Reader:
         self._check(path)
+        if self._store.getter is not None:  # reads a body with a third of pyarrow's CPU (see s3get)
+            return transfer.RangedReader(self._store.getter, self._call, path, self._full(path), size)
         return transfer.ArrowReader(self._fs, self._call, path, self._full(path), size)
 
     def read_first(self, path: str, size: int, length: int) -> tuple[bytes, str] | None:
@@ -461,13 +480,39 @@ class ArrowBackend(Backend):
             if write is not None:
                 write(counted, guard)
             elif self._store.object_store:
-                transfer.upload_object(self._fs, key, counted, size, path, guard)
+                streamer = self._streamer(key)
+                transfer.upload_object(self._fs, key, counted, size, path, guard, self._putter(key), streamer)
             else:
                 aside = None if self._store.move_replaces else self._aside_dir
                 transfer.write_via_temp(self._fs, self._tmp_dir, key, counted, size, path, aside, guard)
 
         give_up = (lambda exc: True) if start is None else None
         self._call(f"write {path}", once, give_up=give_up, progress=counted.total)
+
+    def _look_before_put(self, path: str, full: str) -> None:
+        getter = self._store.getter
+        if getter is not None:  # one HEAD, where pyarrow's look at a new name costs three requests
+            bucket, _, key = full.partition("/")
+            self._call(f"stat {path}", lambda: getter.exists(bucket, key))
+            return
+        own = self._call(f"stat {path}", lambda: self._fs.get_file_info(full))
+        if own.type == _DIR:
+            raise IsADirectory(f"{path}: is a directory")
+
+    def _putter(self, key: str) -> Callable[[bytes], None] | None:
+        """A one-request PUT of object `key` (bucket/key), where the credentials are known here."""
+        getter = self._store.getter
+        if getter is None:
+            return None
+        bucket, _, name = key.partition("/")
+        return lambda data: getter.put(bucket, name, data)
+
+    def _streamer(self, key: str) -> transfer.Streamer | None:
+        """A multipart upload of object `key` (bucket/key) signed here, where the credentials are known."""
+        getter = self._store.getter
+        if getter is None:
+            return None
+        return lambda source, guard: transfer.stream_parts(getter, self._call, key, source, guard)
 
     def _object_info(self, path: str, key: str) -> pafs.FileInfo:
         info = self._call(f"stat {path}", lambda: self._fs.get_file_info(key))
@@ -494,9 +539,7 @@ class ArrowBackend(Backend):
             full = self._full(path)
             # One look at the name though the caller knows what is there: a store that stopped answering
             # is found out before a PUT is sent (a PUT its waiter gave up on may still land later).
-            own = self._call(f"stat {path}", lambda: self._fs.get_file_info(full))
-            if own.type == _DIR:
-                raise IsADirectory(f"{path}: is a directory")
+            self._look_before_put(path, full)
             self._publish(path, full, source, size, guard)
             if self._attrs is None or meta is None:
                 return Entry(_name(path), Kind.FILE, size, time.time_ns())
@@ -531,7 +574,7 @@ class ArrowBackend(Backend):
         rec = attrs.record(merged, new.mtime_ns, info)
         if len(rec) > 1:  # more than the stamp
             self._attrs.update(_parent(path), {_name(path): rec})
-            return attrs.apply(entry, rec, info)
+            return attrs.apply(entry, attrs.shown_of(rec), info)
         if old is not None:  # the replaced file's record no longer applies
             self._attrs.update(_parent(path), {_name(path): None})
         return entry
@@ -556,7 +599,7 @@ class ArrowBackend(Backend):
         # The shown modification time is pinned too: a copy by the store (mv) must not change it.
         rec = attrs.record(merged, first_given(change.mtime_ns, old.mtime_ns, entry.mtime_ns or None), info)
         self._attrs.update(_parent(path), {_name(path): rec})
-        return attrs.apply(entry, rec, info)
+        return attrs.apply(entry, attrs.shown_of(rec), info)
 
     def _publish_version(
         self,
@@ -577,12 +620,9 @@ class ArrowBackend(Backend):
         self._check(path, creating=True)
         self._check_new_leaf(path)
         full = self._full(path)
-        # Tried once: the source cannot go back to send the parts again.
-        size = self._call(
-            f"write {path}",
-            lambda: transfer.stream_object(self._fs, full, source, guard),
-            give_up=lambda exc: True,
-        )
+        streamer = self._streamer(full) or (lambda src, g: transfer.stream_object(self._fs, full, src, g))
+        # Tried once: the source cannot go back to send the parts again (each part is retried on its own).
+        size = self._call(f"write {path}", lambda: streamer(source, guard), give_up=lambda exc: True)
         return Entry(_name(path), Kind.FILE, size, time.time_ns())
 
     def copy_file(self, src: str, dst: str) -> None:

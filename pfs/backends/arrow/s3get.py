@@ -1,18 +1,30 @@
-"""`ObjectGetter`: the first bytes of an object together with its ETag and size, in one signed GET.
+"""`ObjectGetter`: signed GETs of object byte ranges (with the ETag and size each answer carries), and a
+small object written in one signed PUT, over the standard library's HTTP client.
 
 pyarrow's Python API opens an object with a HEAD (its size and metadata) before the first ranged GET, and
 cannot be given the size a listing already told. A cold small file then costs two round trips. A GET's
 response carries everything the HEAD would have said (ETag, and the object's size in Content-Range), so
-this module asks for the first block with one ranged GET, signed with AWS Signature Version 4 over the
-standard library's HTTP client (one kept connection per worker thread).
+the first block comes with one ranged GET. Big reads go through here too: pyarrow's client receives a body
+in small pieces, each copied through callbacks, and costs about three times the CPU per byte of reading the
+body straight into one buffer here (1 GiB in 8 MiB GETs, 8 at once: ~2.4 s against ~0.7 s of CPU on the
+benchmark machine), which is what bounds a cold sequential read on a busy node.
+Requests are signed with AWS Signature Version 4; each worker thread keeps its own connection per host.
 
-It answers only that one question; everything else goes through pyarrow. Used only when the credentials
-are known here (explicit keys or anonymous access); with pyarrow's default chain (instance roles, ...) the
-backend keeps the HEAD + GET path. Never logs or formats a credential: messages name the bucket and key.
+A small upload (one PutObject) goes the same way: pyarrow's output stream would allocate a whole part
+buffer (10 MiB, which the daemon's allocator settings make an mmap of its own) for every file, measured
+at 9.7 ms of CPU per 128 KiB file against 1.8 ms with this PUT. So do the requests of a multipart upload
+(`create_upload`, `upload_part`, `complete_upload`, `abort_upload`): a part goes out from the bytes it was
+read into, with no copy into a part buffer, and the caller decides how many parts are in flight.
+
+Used only when the credentials are known here (explicit keys or anonymous access); with pyarrow's default
+chain (instance roles, ...) the backend reads through pyarrow. Never logs or formats a credential:
+messages name the bucket and key.
 """
 
 from __future__ import annotations
 
+import calendar
+import email.utils
 import hashlib
 import hmac
 import http.client
@@ -21,6 +33,7 @@ import socket
 import ssl
 import threading
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -28,7 +41,9 @@ from pfs.errors import BackendError, NotFound, PermissionDenied, Stale, Transien
 
 _UNSIGNED = "UNSIGNED-PAYLOAD"
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-_Answer = tuple[int, str, dict[str, str], bytes]  # status, reason, headers (lower-case names), body
+_Reply = tuple[int, str, dict[str, str], bytes]  # status, reason, headers (lower-case names), body
+_Answer = tuple[int, dict[str, str], bytes]  # status, headers, body of a successful request
+Body = bytes | memoryview  # what a request sends
 
 
 @dataclass(frozen=True)
@@ -39,12 +54,13 @@ class Credentials:
 
 
 @dataclass(frozen=True)
-class First:
-    """What one GET of an object's first bytes told."""
+class Part:
+    """What one ranged GET of an object told."""
 
     data: bytes
     etag: str
     size: int  # of the whole object
+    modified_s: int | None = None  # its Last-Modified, in whole seconds (None: not said)
 
 
 class ObjectGetter:
@@ -65,37 +81,143 @@ class ObjectGetter:
         self._ssl = ssl.create_default_context(cafile=ca_file or os.environ.get("AWS_CA_BUNDLE") or None)
         self._local = threading.local()  # each worker thread keeps its own connection per host
         self._keys: tuple[str, bytes] | None = None  # (date, signing key) of the day
+        # Parts' bodies are hashed into their signature where nothing else protects them on the way (as
+        # the AWS SDK does: signed over HTTP, not over TLS, which checks every byte itself).
+        self._sign_parts = scheme != "https"
 
-    def first(self, bucket: str, key: str, length: int) -> First:
+    def first(self, bucket: str, key: str, length: int) -> Part:
         """Bytes [0, length) of `bucket/key` (fewer if the object is shorter), its ETag and size."""
-        host, path = (f"{bucket}.{self._endpoint}", "/") if self._virtual else (self._endpoint, f"/{bucket}/")
-        path += quote(key, safe="/-_.~")
-        headers = {"host": host, "range": f"bytes=0-{length - 1}"}
-        self._sign("GET", path, headers)
+        return self.get(bucket, key, 0, length)
+
+    def get(self, bucket: str, key: str, offset: int, length: int) -> Part:
+        """Bytes [offset, offset + length) of `bucket/key` (fewer at its end), its ETag and size. The body
+        is read straight into one buffer: the only copy is the one out of the socket."""
+        host, path = self._where(bucket, key)
+        headers = {"host": host, "range": f"bytes={offset}-{offset + length - 1}"}
+        status, answer, body = self._ask("GET", host, path, headers, f"get {bucket}/{key}")
+        return Part(
+            _body_at(offset, length, status, answer, body),
+            _etag(answer),
+            _object_size(status, answer, body),
+            _modified_s(answer),
+        )
+
+    def head(self, bucket: str, key: str) -> tuple[str, int]:
+        """The ETag and size of `bucket/key`."""
+        host, path = self._where(bucket, key)
+        _, answer, _ = self._ask("HEAD", host, path, {"host": host}, f"head {bucket}/{key}")
+        size = answer.get("content-length", "")
+        if not size.isdigit():
+            raise BackendError(f"head {bucket}/{key}: answered without the object's size")
+        return _etag(answer), int(size)
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        """Store `data` as object `bucket/key` in one PutObject (the payload's hash is signed with it)."""
+        host, path = self._where(bucket, key)
+        headers = {"host": host, "content-length": str(len(data))}
+        self._ask("PUT", host, path, headers, f"put {bucket}/{key}", data)
+
+    def create_upload(self, bucket: str, key: str) -> str:
+        """Start a multipart upload of `bucket/key`; its upload id."""
+        host, path = self._where(bucket, key)
+        what = f"start upload of {bucket}/{key}"
+        _, _, body = self._ask("POST", host, path, {"host": host}, what, query={"uploads": ""})
+        upload_id = _xml_text(body, "UploadId", what)
+        if not upload_id:
+            raise BackendError(f"{what}: answered without an upload id")
+        return upload_id
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, number: int, data: Body) -> str:
+        """Store part `number` (from 1) of an upload; its ETag, as the completion must name it."""
+        host, path = self._where(bucket, key)
+        headers = {"host": host, "content-length": str(len(data))}
+        query = {"partNumber": str(number), "uploadId": upload_id}
+        what = f"upload part {number} of {bucket}/{key}"
+        _, answer, _ = self._ask("PUT", host, path, headers, what, data, query, self._sign_parts)
+        etag = answer.get("etag", "")
+        if not etag:
+            raise BackendError(f"{what}: answered without the part's ETag")
+        return etag
+
+    def complete_upload(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None:
+        """Make the object of an upload appear, made of `etags` (parts 1, 2, ... in order)."""
+        host, path = self._where(bucket, key)
+        parts = "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{_escape(etag)}</ETag></Part>"
+            for n, etag in enumerate(etags, 1)
+        )
+        data = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+        headers = {"host": host, "content-length": str(len(data)), "content-type": "application/xml"}
+        what = f"complete upload of {bucket}/{key}"
+        _, _, body = self._ask("POST", host, path, headers, what, data, {"uploadId": upload_id})
+        # A completion can fail after its 200 status was sent: the error is then the body.
+        if _xml_root(body, what).tag.rpartition("}")[2] == "Error":
+            raise BackendError(f"{what}: {_xml_text(body, 'Code', what)} {_xml_text(body, 'Message', what)}")
+
+    def abort_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Drop an upload's parts; the object never appears."""
+        host, path = self._where(bucket, key)
+        what = f"abort upload of {bucket}/{key}"
+        self._ask("DELETE", host, path, {"host": host}, what, query={"uploadId": upload_id})
+
+    def exists(self, bucket: str, key: str) -> bool:
+        """Whether object `bucket/key` exists: one HEAD (pyarrow's look at a missing key costs three)."""
+        host, path = self._where(bucket, key)
         try:
-            status, reason, answer, body = self._request(host, path, headers)
+            self._ask("HEAD", host, path, {"host": host}, f"stat {bucket}/{key}")
+        except NotFound:
+            return False
+        return True
+
+    def _where(self, bucket: str, key: str) -> tuple[str, str]:
+        host, path = (f"{bucket}.{self._endpoint}", "/") if self._virtual else (self._endpoint, f"/{bucket}/")
+        return host, path + quote(key, safe="/-_.~")
+
+    def _ask(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        headers: dict[str, str],
+        what: str,
+        data: Body | None = None,
+        query: dict[str, str] | None = None,
+        sign_body: bool = True,
+    ) -> _Answer:
+        """One signed request (with `data` as its body, its hash signed unless `sign_body` is false); a
+        successful answer, or the error its status means (204 counts as success)."""
+        signed = data is not None and sign_body
+        canonical_query = _canonical_query(query or {})
+        self._sign(
+            method, path, headers, hashlib.sha256(data).hexdigest() if signed else _UNSIGNED, canonical_query
+        )
+        target = f"{path}?{canonical_query}" if canonical_query else path
+        try:
+            status, reason, answer, body = self._request(method, host, target, headers, data)
         except (OSError, http.client.HTTPException) as exc:
-            raise Transient(f"get {bucket}/{key}: {type(exc).__name__}: {exc}") from None
-        if status in (200, 206):
-            return First(body[:length], answer.get("etag", "").strip('"'), _object_size(status, answer, body))
-        what = f"get {bucket}/{key}: HTTP {status} {reason}"
+            raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
+        if status in (200, 204, 206):
+            return status, answer, body
+        what = f"{what}: HTTP {status} {reason}"
         if status == 404:
             raise NotFound(what)
         if status == 403:
             raise PermissionDenied(what)
-        if status == 416:  # the range starts past the end: the object is empty now
+        if status == 416:  # the range starts past the end: the object is shorter now
             raise Stale(what)
         if status in _RETRY_STATUS:
             raise Transient(what)
         raise BackendError(what)
 
-    def _request(self, host: str, path: str, headers: dict[str, str]) -> _Answer:
+    def _request(
+        self, method: str, host: str, path: str, headers: dict[str, str], data: Body | None = None
+    ) -> _Reply:
         """One request on this thread's kept connection; a connection the server closed while idle is
         replaced once at once (that is no outage)."""
         for fresh in (False, True):
             conn = self._connection(host, fresh)
             try:
-                conn.request("GET", path, headers=headers)
+                conn.request(method, path, body=data, headers=headers)
                 response = conn.getresponse()
                 body = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
@@ -129,21 +251,22 @@ class ObjectGetter:
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
-    def _sign(self, method: str, path: str, headers: dict[str, str]) -> None:
-        """Add AWS Signature Version 4 headers (unsigned payload, as for any GET) to `headers`."""
+    def _sign(self, method: str, path: str, headers: dict[str, str], payload: str, query: str = "") -> None:
+        """Add AWS Signature Version 4 headers to `headers`; `payload`: the body's SHA-256 (hex), or
+        unsigned (as for any GET); `query`: the canonical query string."""
         creds = self._credentials
         if creds is None:
             return
         now = time.gmtime()
         stamp, day = time.strftime("%Y%m%dT%H%M%SZ", now), time.strftime("%Y%m%d", now)
         headers["x-amz-date"] = stamp
-        headers["x-amz-content-sha256"] = _UNSIGNED
+        headers["x-amz-content-sha256"] = payload
         if creds.session_token:
             headers["x-amz-security-token"] = creds.session_token
         names = sorted(headers)
         signed = ";".join(names)
         canonical = "\n".join(
-            [method, path, "", "".join(f"{n}:{headers[n].strip()}\n" for n in names), signed, _UNSIGNED]
+            [method, path, query, "".join(f"{n}:{headers[n].strip()}\n" for n in names), signed, payload]
         )
         scope = f"{day}/{self._region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
@@ -164,6 +287,29 @@ class ObjectGetter:
         return keys[1]
 
 
+def _canonical_query(query: dict[str, str]) -> str:
+    return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items()))
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _xml_root(body: bytes, what: str) -> ET.Element:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise BackendError(f"{what}: unreadable answer: {exc}") from None
+
+
+def _xml_text(body: bytes, tag: str, what: str) -> str:
+    """The text of the first element named `tag` (in any namespace) of an XML answer."""
+    for element in _xml_root(body, what).iter():
+        if element.tag.rpartition("}")[2] == tag:
+            return element.text or ""
+    return ""
+
+
 def _object_size(status: int, answer: dict[str, str], body: bytes) -> int:
     """The whole object's size: after the '/' of Content-Range (some servers send it with a 200 too), else
     the length of a 200's body (a server that ignored the range sent the whole object)."""
@@ -173,3 +319,26 @@ def _object_size(status: int, answer: dict[str, str], body: bytes) -> int:
     if status == 206:
         raise BackendError(f"a ranged GET answered without the object's size: {answer.get('content-range')}")
     return len(body)
+
+
+def _etag(answer: dict[str, str]) -> str:
+    return answer.get("etag", "").strip('"')
+
+
+def _modified_s(answer: dict[str, str]) -> int | None:
+    when = email.utils.parsedate(answer.get("last-modified", ""))
+    return None if when is None else calendar.timegm(when)
+
+
+def _body_at(offset: int, length: int, status: int, answer: dict[str, str], body: bytes) -> bytes:
+    """The asked bytes of an answer: the body as it is when it starts at `offset` (Content-Range, sent by
+    some servers with a 200 too), else the slice of a whole object sent by a server that ignored the
+    range."""
+    start = answer.get("content-range", "").removeprefix("bytes ").partition("-")[0]
+    if start.isdigit():
+        if int(start) != offset:
+            raise BackendError(f"asked for bytes from {offset}, answered from {start}")
+        return body if len(body) <= length else body[:length]
+    if status == 206:
+        raise BackendError(f"a ranged GET answered without its range: {answer.get('content-range')}")
+    return body[offset : offset + length]

@@ -2,9 +2,10 @@
 
 Publishing differs by kind of store and is kept here, in two functions:
 
-- object stores (`upload_object`): the bytes stream from `source` through pyarrow's output stream in
-  8 MiB chunks (pyarrow turns more than one part into a multipart upload); the object appears only when the
-  upload is completed, so readers see the old object or the whole new one.
+- object stores (`upload_object`): the bytes stream from `source` in 8 MiB parts of a multipart upload,
+  several in flight (`stream_parts`, where pfs signs its own requests; else through pyarrow's output
+  stream); the object appears only when the upload is completed, so readers see the old object or the
+  whole new one.
 - file:// and HDFS (`write_via_temp`): the bytes go to `<root>/.pfs/tmp/<owner>-<random>.part`, then one
   move puts the file under its name (rename(2) on file://, so a crash never leaves a half-written file
   there; pfs/backends/leftovers.py clears what a killed process left in .pfs/tmp).
@@ -19,12 +20,15 @@ import ctypes
 import io
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import pyarrow.fs as pafs
 
 from pfs.backends.arrow import replace
+from pfs.backends.arrow.s3get import Body, ObjectGetter
 from pfs.backends.base import Reader, UploadGuard
 from pfs.backends.leftovers import owner_tag
 from pfs.errors import BackendError, PfsError, Stale
@@ -37,6 +41,12 @@ CHUNK = 8 << 20  # bytes read from `source` per write
 # bytes bounds memory to about this much plus one 10 MiB part buffer, and costs little throughput
 # (measured here: ~+45 MiB peak RSS instead of +270 MiB for a 320 MiB upload, same speed or better).
 FLUSH_EVERY = 4 * CHUNK
+# `stream_parts`: bytes of parts in flight per upload (the part being read comes on top), and the threads
+# that send parts, shared by every upload (each keeps its connection to the store between parts).
+PARTS_IN_FLIGHT = 4 * CHUNK
+PART_SENDERS = 16
+MAX_PARTS = 10_000  # S3's limit; parts grow past every thousand so that no file runs out of them
+_senders = ThreadPoolExecutor(PART_SENDERS, thread_name_prefix="pfs-part")
 
 
 def read_source(source: BinaryIO, size: int, path: str) -> bytes:
@@ -71,14 +81,30 @@ def _abandon(stream: pafs.NativeFile) -> None:
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(stream))
 
 
+Streamer = Callable[[BinaryIO, UploadGuard], int]  # `stream_parts` bound to a store and key
+
+
 def upload_object(
-    fs: pafs.FileSystem, key: str, source: BinaryIO, size: int, path: str, guard: UploadGuard
+    fs: pafs.FileSystem,
+    key: str,
+    source: BinaryIO,
+    size: int,
+    path: str,
+    guard: UploadGuard,
+    put: Callable[[bytes], None] | None = None,
+    streamer: Streamer | None = None,
 ) -> None:
-    """Publish `size` bytes of `source` as object `key`: all, or nothing (always nothing once abandoned)."""
+    """Publish `size` bytes of `source` as object `key`: all, or nothing (always nothing once abandoned).
+    `put(data)`: stores a small object in one request, and `streamer` a bigger one, where pyarrow's output
+    stream is not wanted."""
     if size <= CHUNK:
         # Read first: if the source fails, no request was made at all. One PutObject at close.
         data = read_source(source, size, path)
         guard.progressed()
+        if put is not None:
+            guard.commit()
+            put(data)
+            return
         stream = fs.open_output_stream(key)
         try:
             stream.write(data)
@@ -88,7 +114,85 @@ def upload_object(
             raise
         stream.close()
         return
+    if streamer is not None:
+        streamer(_Exactly(source, size, path), guard)
+        return
     stream_object(fs, key, _Exactly(source, size, path), guard)
+
+
+def stream_parts(getter: ObjectGetter, call: Call, key: str, source: BinaryIO, guard: UploadGuard) -> int:
+    """Publish what `source` gives until it ends as object `key` (bucket/key), in a multipart upload of
+    requests signed here: each part is sent from the buffer it was read into, up to PARTS_IN_FLIGHT bytes of
+    them at once while the next is read. A source that can `readinto` fills a few buffers reused from part
+    to part (fresh multi-MiB buffers cost a page fault per page). The object appears only once the source
+    has ended and every part is stored: a source that fails or an abandoned upload publish nothing (the
+    upload is aborted)."""
+    bucket, _, name = key.partition("/")
+    upload_id = call(f"write {key}", lambda: getter.create_upload(bucket, name))
+    sending: deque[tuple[Future[str], int, bytearray | None]] = deque()
+    spare: list[bytearray] = []
+    etags: list[str] = []
+    total = in_flight = 0
+
+    def sent() -> None:
+        nonlocal in_flight
+        future, size, buffer = sending.popleft()
+        etags.append(future.result())
+        in_flight -= size
+        if buffer is not None:
+            spare.append(buffer)
+        guard.progressed()
+
+    try:
+        while True:
+            number = len(etags) + len(sending) + 1
+            if number > MAX_PARTS:
+                raise BackendError(f"write {key}: more than {MAX_PARTS} parts")
+            size = CHUNK << ((number - 1) // 1000)
+            chunk, buffer = _read_part(source, size, spare)
+            if not chunk and number > 1:
+                break
+            guard.progressed()
+            while sending and in_flight + len(chunk) > PARTS_IN_FLIGHT:
+                sent()
+            send = lambda n=number, c=chunk: getter.upload_part(bucket, name, upload_id, n, c)  # noqa: E731
+            sending.append((_senders.submit(call, f"write {key}", send), len(chunk), buffer))
+            in_flight += len(chunk)
+            total += len(chunk)
+            if len(chunk) < size:
+                break
+        while sending:
+            sent()
+        guard.commit()
+    except BaseException:
+        for future, _, _ in sending:
+            future.cancel()
+        with contextlib.suppress(Exception):  # already failing; the store drops unfinished uploads itself
+            getter.abort_upload(bucket, name, upload_id)
+        raise
+    call(f"write {key}", lambda: getter.complete_upload(bucket, name, upload_id, etags))
+    return total
+
+
+def _read_part(source: BinaryIO, size: int, spare: list[bytearray]) -> tuple[Body, bytearray | None]:
+    """Up to `size` bytes of `source` (fewer only at its end), and the buffer from `spare` (or new) that
+    holds them, if the source could read into one."""
+    if getattr(type(source), "readinto", io.RawIOBase.readinto) is io.RawIOBase.readinto:
+        first = source.read(size)
+        if not first or len(first) == size:
+            return first, None
+        pieces, got = [first], len(first)
+        while got < size and (more := source.read(size - got)):
+            pieces.append(more)
+            got += len(more)
+        return b"".join(pieces), None
+    buffer = spare.pop() if spare else bytearray(size)
+    if len(buffer) != size:  # parts grew
+        buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size and (n := source.readinto(view[got:])):
+        got += n
+    return view[:got], buffer
 
 
 def stream_object(fs: pafs.FileSystem, key: str, source: BinaryIO, guard: UploadGuard) -> int:
@@ -252,3 +356,34 @@ class ArrowReader(Reader):
             f, self._file = self._file, None
         if f is not None:
             f.close()
+
+
+class RangedReader(Reader):
+    """Positional reads of one object with plain ranged GETs (`ObjectGetter`), for object stores whose
+    credentials are known here. Opening asks for the ETag and size once (a HEAD), checked against the size
+    the caller looked up; every read's answer must carry that ETag and size, or `Stale` is raised: reads
+    never mix two versions. Keeps nothing open, so reads from any number of threads at once are safe and
+    closing is free."""
+
+    def __init__(self, getter: ObjectGetter, call: Call, path: str, full: str, size: int) -> None:
+        self._getter, self._call, self._path, self._size = getter, call, path, size
+        self._bucket, _, self._key = full.partition("/")
+        self.version, actual = call(f"open {path}", lambda: getter.head(self._bucket, self._key))
+        if actual != size:
+            raise Stale(f"{path} changed: {actual} bytes now, {size} when looked up")
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset >= self._size or length <= 0:
+            return b""
+        want = min(length, self._size - offset)
+        part = self._call(
+            f"read {self._path}", lambda: self._getter.get(self._bucket, self._key, offset, want)
+        )
+        if part.size != self._size or part.etag != self.version:
+            raise Stale(f"{self._path} was replaced while it was being read")
+        if len(part.data) != want:
+            raise Stale(f"{self._path} changed: got {len(part.data)} of {want} bytes at offset {offset}")
+        return part.data
+
+    def close(self) -> None:
+        pass
