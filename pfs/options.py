@@ -48,7 +48,7 @@ class MountOptions:
     cache_dir: str = DEFAULT_CACHE_DIR  # the disk tier, shared by every mount on the node
     cache_size: int = 20 << 30  # bytes of the disk tier; 0 turns it off
     free_space_ratio: float = 0.1  # the disk tier shrinks to keep this share of its file system free
-    memory_limit: int = 160 << 20  # every cached or in-flight block of this mount, however many files
+    memory_limit: int = 160 << 20  # every block and upload part this mount holds in memory
     block_size: int = 4 << 20
     prefetch: int = 64 << 20  # how far ahead of a sequential reader blocks are fetched
     metrics_port: int = 0  # serve Prometheus metrics on 127.0.0.1:PORT (0: off)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 
@@ -77,3 +78,34 @@ def test_a_daemon_killed_while_a_file_is_streamed_publishes_nothing(case, tmp_pa
         m.cleanup()
     assert case.raw.get("old") == b"the good version"
     assert not case.raw.exists("new")
+
+
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmHWM:"))
+
+
+def test_many_big_files_closed_at_once_upload_within_the_memory_budget(case, tmp_path):
+    # A checkpoint: eight 24 MiB shards written at once. Each upload holds up to 40 MiB of parts in
+    # flight: all eight at once would hold 320 MiB; the budget lets a few go at a time.
+    limit = 96 * MiB
+    datas = [os.urandom(24 * MiB) for _ in range(8)]
+    args = ("-o", f"block_size=1M,memory_limit={limit}")
+    with Mount(case.uri, str(tmp_path / "m"), env=case.env, args=args) as m:
+        before = _peak_rss(m.pid)
+
+        def write(i: int) -> None:
+            with open(f"{m.path}/shard{i}", "wb") as f:
+                for at in range(0, len(datas[i]), MiB):
+                    f.write(datas[i][at : at + MiB])
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(len(datas))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, data in enumerate(datas):
+            assert case.raw.get(f"shard{i}") == data
+        stats = control.stats(m.path)
+        assert stats["memory_peak"] <= limit
+        assert _peak_rss(m.pid) - before < limit + 64 * MiB  # the budget, and the allocator's slack

@@ -225,6 +225,10 @@ class Backend(ABC):
         once. Unsupported where publishing needs the whole file first (only object stores stream)."""
         raise Unsupported(f"{path}: this store does not upload a file while it is written")
 
+    def upload_memory(self, size: int | None) -> int:
+        """The most memory `write_file` of `size` bytes (None: `stream_file`) holds at once."""
+        return 0
+
     def put_file(self, path: str, source: BinaryIO, size: int) -> None:
         """Publish like `write_file`, for a caller that knows from a fresh listing that `path` is free or a
         plain file (pfs sync): stores may skip looking at the name first and stat-ing the result, which

@@ -62,7 +62,7 @@ MOUNT_O_HELP = (
 @click.option(
     "--memory-limit",
     metavar="SIZE",
-    help="Memory for cached and prefetched blocks, however many files are open [160M].",
+    help="Memory for cached and prefetched blocks and uploads in flight, however many files are open [160M].",
 )
 @click.option("--metrics-port", type=int, metavar="PORT", help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Daemon log [/var/tmp/pfs/logs/...].")

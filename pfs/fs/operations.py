@@ -195,7 +195,6 @@ class Operations(pyfuse3.Operations):
             lambda inode, entry: self.names.created(inode.path, entry),
             keep_failed=options.failed_uploads == "keep",
             journal=Journal(options.staging_dir, backend.id) if options.writeback else None,
-            memory_limit=options.memory_limit,
             memory=self.cache.memory,
         )
         self._next_fh = 1

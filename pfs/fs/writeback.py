@@ -74,7 +74,9 @@ _PUBLISHED_META = ("mode", "uid", "gid", "mtime_ns")  # what Meta can carry to w
 
 LISTED_FAILURES = 100  # names of failed uploads in the counters (the control xattr's value is bounded)
 STREAM_AFTER = 8 << 20  # a new file is uploaded while written once it is this big (smaller: one PUT)
-STREAM_MEMORY = 48 << 20  # what one such upload may hold in memory (parts in flight, see transfer.py)
+# Uploads hold at most this share of the mount's memory budget (their parts in flight, see
+# Backend.upload_memory): reads keep the rest.
+UPLOAD_SHARE = 0.5
 BACKGROUND_UPLOADS = 8  # write-back mode: uploads in flight at once
 MAX_QUEUED = 4096  # write-back mode: closed files waiting (each holds an open staging file)
 # A new file is staged in memory while it stays this small (no staging file, no worker thread per write),
@@ -96,7 +98,6 @@ class WriteBack:
         created: Callable[[Inode, Entry], None],
         keep_failed: bool = True,
         journal: Journal | None = None,
-        memory_limit: int = 0,
         memory: MemoryTier | None = None,
     ) -> None:
         self._backend = backend
@@ -115,10 +116,12 @@ class WriteBack:
         self._queued: set[Inode] = set()
         self._queue_in, self._queue_out = trio.open_memory_channel[Inode](math.inf)
         # New files uploaded while they are written (object stores; not in write-back mode, whose close
-        # does not wait for the upload): as many at once as the memory budget holds parts for.
-        streams = backend.streams_uploads and journal is None
-        self._stream_slots = max(1, memory_limit // STREAM_MEMORY) if streams else 0
+        # does not wait for the upload): as many at once as the memory budget has room for.
+        self._may_stream = backend.streams_uploads and journal is None and memory is not None
         self._streams: dict[Inode, _Stream] = {}
+        # Memory the uploads of closed files hold, and news of it being let go (see `_upload_room`).
+        self._closed_uploads_hold = 0
+        self._upload_room_freed = trio.Event()
         self._nursery: trio.Nursery | None = None
         # Uploads being watched for stalls (`_watched`), by one task for all of them once attached.
         self._watching: dict[UploadGuard, trio.CancelScope] = {}
@@ -215,22 +218,31 @@ class WriteBack:
             staged.memory_held = 0
 
     def _start_stream(self, inode: Inode, staged: StagedFile) -> None:
-        if self._nursery is None or inode.detached or len(self._streams) >= self._stream_slots:
+        """Upload the file while it is written, if the memory budget has room for its parts now (else it
+        is uploaded whole at close)."""
+        if not self._may_stream or self._nursery is None or inode.detached:
+            return
+        assert self._memory is not None
+        held = self._backend.upload_memory(None)
+        if not self._memory.try_reserve(held, UPLOAD_SHARE):
             return
         source = staged.stream()
         if source is None:
+            self._memory.release(held)
             return
         stream = _Stream(UploadGuard(), inode.path)
         self._streams[inode] = stream
-        self._nursery.start_soon(self._stream, stream, staged, source)
+        self._nursery.start_soon(self._stream, stream, staged, source, held)
 
-    async def _stream(self, stream: _Stream, staged: StagedFile, source: BinaryIO) -> None:
+    async def _stream(self, stream: _Stream, staged: StagedFile, source: BinaryIO, held: int) -> None:
         upload = self._backend.stream_file
         try:
             stream.entry = await self._run(upload, stream.path, source, stream.guard, cancellable=True)
         except PfsError as exc:
             stream.error = exc
         finally:
+            if self._memory is not None:
+                self._memory.release(held)
             if stream.entry is None:  # the writer no longer waits for it: the file is uploaded whole at close
                 staged.stop_stream()
             stream.done.set()
@@ -411,7 +423,33 @@ class WriteBack:
         write = functools.partial(self._backend.write_file, plain=True, meta=meta)
         source, size = staged.source(), staged.size
         upload = lambda: self._run(write, path, source, size, guard, cancellable=True)  # noqa: E731
-        return await self._watched(path, guard, upload)
+        async with self._upload_room(self._backend.upload_memory(size)):
+            return await self._watched(path, guard, upload)
+
+    @contextlib.asynccontextmanager
+    async def _upload_room(self, nbytes: int) -> AsyncIterator[None]:
+        """Hold `nbytes` of the mount's memory budget for the upload of a closed file: while other such
+        uploads hold UPLOAD_SHARE of it, wait for one of them to end (each ends, or is abandoned once it
+        stalls). One always goes, so that a file needing more than the share still uploads. Uploads of
+        files still being written are not waited for (one may run for as long as its writer writes):
+        they start only where the budget has room."""
+        memory = self._memory
+        if memory is None or not nbytes:
+            yield
+            return
+        while not memory.try_reserve(nbytes, UPLOAD_SHARE):
+            if not self._closed_uploads_hold:
+                memory.reserve(nbytes)
+                break
+            await self._upload_room_freed.wait()
+        self._closed_uploads_hold += nbytes
+        try:
+            yield
+        finally:
+            memory.release(nbytes)
+            self._closed_uploads_hold -= nbytes
+            self._upload_room_freed.set()
+            self._upload_room_freed = trio.Event()
 
     async def _watched(self, path: str, guard: UploadGuard, wait: Callable[[], Awaitable[Any]]) -> Any:
         """What `wait` returns, unless the upload `guard` watches moves no data for the backend's

@@ -489,6 +489,9 @@ class ArrowBackend(Backend):
         give_up = (lambda exc: True) if start is None else None
         self._call(f"write {path}", once, give_up=give_up, progress=counted.total)
 
+    def upload_memory(self, size: int | None) -> int:
+        return transfer.upload_memory(size, self._store.object_store)
+
     def _look_before_put(self, path: str, full: str) -> None:
         getter = self._store.getter
         if getter is not None:  # one HEAD, where pyarrow's look at a new name costs three requests

@@ -49,6 +49,15 @@ MAX_PARTS = 10_000  # S3's limit; parts grow past every thousand so that no file
 _senders = ThreadPoolExecutor(PART_SENDERS, thread_name_prefix="pfs-part")
 
 
+def upload_memory(size: int | None, object_store: bool) -> int:
+    """The most memory an upload of `size` bytes holds at once (None: a file still being written, size
+    unknown): one read of the source (all of a small object), and on object stores the parts in flight."""
+    read = CHUNK if size is None else min(size, CHUNK)
+    if not object_store or read < CHUNK or size == CHUNK:
+        return read
+    return PARTS_IN_FLIGHT + CHUNK  # pyarrow's stream holds as much between drains, plus its part buffer
+
+
 def read_source(source: BinaryIO, size: int, path: str) -> bytes:
     """Exactly `size` bytes from `source`; BackendError if it fails or ends early (never retried)."""
     parts: list[bytes] = []
