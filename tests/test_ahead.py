@@ -33,10 +33,12 @@ def test_a_directory_read_in_order_is_made_ready_a_window_ahead():
     assert start.started == []  # one open is no order yet
     ahead.opened("d/f001", listing)
     assert start.started == ["d/f002", "d/f003", "d/f004", "d/f005"]
-    ahead.opened("d/f002", listing)  # the window moves one file: one more
-    assert start.started[-1] == "d/f006" and len(start.started) == 5
-    ahead.opened("d/f004", listing)  # a skipped file still follows the reader
-    assert start.started[-2:] == ["d/f007", "d/f008"]
+    ahead.opened("d/f002", listing)  # three still ready ahead: nothing yet
+    assert len(start.started) == 4
+    ahead.opened("d/f003", listing)  # half of them read: the next half window together
+    assert start.started[-2:] == ["d/f006", "d/f007"] and len(start.started) == 6
+    ahead.opened("d/f005", listing)  # a skipped file still follows the reader
+    assert start.started[-2:] == ["d/f008", "d/f009"]
 
 
 def test_jumps_start_nothing():

@@ -308,3 +308,42 @@ def test_a_file_whose_pages_and_block_left_memory_is_made_ready_from_the_disk_ti
             assert mount.opens() == before
 
     trio.run(main)
+
+
+def test_files_made_ready_together_after_a_remount_cost_one_disk_call_and_no_request(s3):
+    """A warm epoch: the versions and first blocks of files started together come from the disk tier in
+    one worker call (a thread hand-off per file cost the loop more than the lookups themselves)."""
+    case, new_mount = s3
+    names = [f"warm/f{i}" for i in range(4)]
+    for name in names:
+        case.raw.put(name, name.encode() * 100)
+    time.sleep(TRUST_MARGIN_S + 0.2)  # versions seen well after their modification are trusted
+    first = new_mount()
+
+    async def read_each(mount: Mount) -> None:
+        for name in names:
+            assert await mount.read_all(mount.inode(name)) == name.encode() * 100
+
+    trio.run(read_each, first)
+    first.disk.flush()
+    mount = new_mount()  # a remount: nothing in memory
+    mount.versions._fresh_s = 60.0
+    calls: list[str] = []
+
+    async def counted(fn: Callable, *args: Any) -> Any:
+        calls.append(fn.__name__)
+        return await _inline(fn, *args)
+
+    mount.versions._run_disk = counted
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            mount.versions.attach(nursery)
+            assert await _ready(mount, _wants(mount, names)) == [True] * 4
+            await read_each(mount)
+
+    trio.run(main)
+    assert calls == ["_recall_many"]
+    counters = mount.stats.snapshot()
+    assert mount.opens() == 0
+    assert counters.get("prefetch_files_used") == 4 and counters.get("cache_hits_disk") == 4

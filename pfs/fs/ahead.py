@@ -4,9 +4,10 @@ A training epoch or a copy opens a directory's files one after another in name o
 waits a whole round trip to the store. When an open follows one of a directory's recent opens in name
 order (the next file, or close to it), the next `window` files are handed to `start` (which makes their
 version and first block ready inside the memory budget, see `Versions.prefetch`), never more than `window`
-ahead of the reader. Readers that jump around (a shuffled sampler) start nothing. Several readers of one
-directory are followed apart (up to STREAMS each). `start` answers False when the budget has no room: the
-rest waits for the next open.
+ahead of the reader, and again half a window at a time once half of them are read (files started
+together are looked up together). Readers that jump around (a shuffled sampler) start nothing. Several
+readers of one directory are followed apart (up to STREAMS each). `start` answers False when the budget
+has no room: the rest waits for the next open.
 
 Pure bookkeeping over the directory's listing (names in the order a sorted walk reads them): no I/O and no
 awaits, so it runs on the trio loop between two checkpoints.
@@ -56,6 +57,8 @@ class ReadAhead:
         stream[0] = i
         order.streams.remove(stream)
         order.streams.append(stream)
+        if stream[1] - (i + 1) > self._window // 2:
+            return  # enough ready ahead: the next ones are started together, once half of these are read
         stop = min(i + 1 + self._window, len(order.names))
         j = max(stream[1], i + 1)
         while j < stop:

@@ -17,10 +17,11 @@ A reader opened later must carry the chosen ETag, or the read fails with Stale a
 next open look again (here and in the kernel): one read never mixes two versions.
 
 Files about to be opened (the next ones of a directory read in order, see pfs/fs/ahead.py) can be made
-ready ahead (`prefetch`): their version and first block, from the disk tier or with that one GET, inside
-the memory budget. The open of such a file waits for its prefetch instead of asking again, and uses its
-answer only while it is younger than the metadata TTL and matches the file's attributes; a prefetched
-file that is not opened is dropped (its block leaves memory) once newer ones take its place.
+ready ahead (`prefetch`): their version and first block, from the disk tier (the files started together
+in one worker call) or with that one GET, inside the memory budget. The open of such a file waits for its
+prefetch instead of asking again, and uses its answer only while it is younger than the metadata TTL and
+matches the file's attributes; a prefetched file that is not opened is dropped (its block leaves memory)
+once newer ones take its place.
 
 Kept readers (one per inode) are closed when the last handle of the inode is released, or, where no
 release ever comes (no-open mode), when more than MAX_IDLE_READERS have not been used for IDLE_S seconds.
@@ -76,6 +77,7 @@ class Want(NamedTuple):
 class _Ahead:
     want: Want
     at: float  # monotonic time it was started
+    nbytes: int  # room held in the memory budget until done
     done: trio.Event = field(default_factory=trio.Event)
     etag: str | None = None  # None until done, or when the look failed
 
@@ -101,6 +103,7 @@ class Versions:
         self._seen: dict[str, Seen] = {}  # the version book's in-memory part
         self._kept: OrderedDict[int, tuple[CachedObject, Reader, float]] = OrderedDict()  # by inode
         self._ahead: OrderedDict[str, _Ahead] = OrderedDict()  # by path: files made ready ahead of their open
+        self._batch: list[_Ahead] = []  # started ahead since the loop last ran the task that looks them up
         self._fresh_s = fresh_s  # how long a look made ahead stands for an open (the metadata TTL)
         self._nursery: trio.Nursery | None = None
 
@@ -186,38 +189,90 @@ class Versions:
         nbytes = min(want.size, self.cache.config.block_size)
         if not self.cache.try_room(nbytes):
             return False
-        ahead = self._ahead[want.path] = _Ahead(want, time.monotonic())
+        ahead = self._ahead[want.path] = _Ahead(want, time.monotonic(), nbytes)
         while len(self._ahead) > MAX_AHEAD:
             self._drop(next(iter(self._ahead)))
         self.stats.add("prefetch_files", 1)
-        self._nursery.start_soon(self._make_ready, ahead, nbytes)
+        if not self._batch:
+            self._nursery.start_soon(self._make_ready)
+        self._batch.append(ahead)
         return True
 
-    async def _make_ready(self, ahead: _Ahead, nbytes: int) -> None:
+    async def _make_ready(self) -> None:
+        """Make the files started ahead since the last pass ready: what the disk tier holds of them in one
+        worker call (a thread hand-off costs the loop more than a small file's lookups), the rest with
+        one GET each, all at once."""
+        batch, self._batch = self._batch, []
         try:
-            # Disk and backend work go through their own limiters (the disk tier's writes and free-space
-            # checks are never run by more than its few threads at once).
-            etag = await self.trusted_etag(ahead.want)
-            if etag is not None:
-                await self._first_block_from_disk(ahead.want, etag)
-            ahead.etag = etag if etag is not None else await self._read_first(ahead.want)
+            recalled = await self._recall_ahead(batch)
+        except BaseException:
+            for ahead in batch:
+                self._made(ahead, None)
+            raise
+        assert self._nursery is not None
+        for ahead, etag in zip(batch, recalled, strict=True):
+            if etag is None:
+                self._nursery.start_soon(self._fetch_ahead, ahead)
+            else:
+                self._made(ahead, etag)
+
+    async def _recall_ahead(self, batch: list[_Ahead]) -> list[str | None]:
+        """The trusted ETag of each file of `batch` that memory or the disk tier knows, its first block
+        put in memory from the disk tier (where it is not there yet)."""
+        wants = [ahead.want for ahead in batch]
+        keys = [_object_key(self.backend.id, want.path) for want in wants]
+        known = [self._seen.get(key) for key in keys]
+        disk = self.cache.disk
+        if disk is not None:
+            try:
+                found = await self._run_disk(self._recall_many, wants, keys, known)
+            except Exception as exc:  # each open asks for itself and reports
+                log.debug("prefetch of %d files from the disk tier failed: %s", len(wants), exc)
+                found = [(seen, None) for seen in known]
+        else:
+            found = [(seen, None) for seen in known]
+        etags: list[str | None] = []
+        for want, key, before, (seen, block) in zip(wants, keys, known, found, strict=True):
+            if seen is not None and before is None:
+                self._remember(key, seen)
+            trusted = seen is not None and _trusted(seen, want.size, want.mtime_ns)
+            if trusted and block is not None:
+                self.stats.add("cache_hits_disk", 1)
+                self.cache.keep_in_memory(self._object_for(want, seen.etag), 0, block)
+            etags.append(seen.etag if trusted else None)
+        return etags
+
+    def _recall_many(
+        self, wants: list[Want], keys: list[str], known: list[Seen | None]
+    ) -> list[tuple[Seen | None, Block | None]]:
+        """In a worker thread: for each file, its version (from `known`, else the disk tier's book) and,
+        where that version is trusted, its first block from the disk (not in memory, or `prefetch` would
+        not have started it)."""
+        disk = self.cache.disk
+        assert disk is not None
+        found: list[tuple[Seen | None, Block | None]] = []
+        for want, key, seen in zip(wants, keys, known, strict=True):
+            if seen is None:
+                seen = disk.seen(key)
+            block = None
+            if seen is not None and _trusted(seen, want.size, want.mtime_ns):
+                block = disk.get(self._object_for(want, seen.etag).key(0))
+            found.append((seen, block))
+        return found
+
+    async def _fetch_ahead(self, ahead: _Ahead) -> None:
+        etag = None
+        try:
+            etag = await self._read_first(ahead.want)
         except Exception as exc:  # the open asks for itself and reports
             log.debug("prefetch of %s failed: %s", ahead.want.path, exc)
         finally:
-            self.cache.release_room(nbytes)
-            ahead.done.set()
+            self._made(ahead, etag)
 
-    async def _first_block_from_disk(self, want: Want, etag: str) -> None:
-        """The first block of a version known from memory (its pages were in the kernel, and are no
-        more), from the disk tier into memory; one recalled with its version is there already."""
-        key = self._object_for(want, etag).key(0)
-        disk = self.cache.disk
-        if disk is None or key in self.cache.memory:
-            return
-        block = await self._run_disk(disk.get, key)
-        if block is not None:
-            self.stats.add("cache_hits_disk", 1)
-            self.cache.keep_in_memory(self._object_for(want, etag), 0, block)
+    def _made(self, ahead: _Ahead, etag: str | None) -> None:
+        ahead.etag = etag
+        self.cache.release_room(ahead.nbytes)
+        ahead.done.set()
 
     def _drop(self, path: str) -> None:
         """Forget a file made ready that was not opened; its block leaves memory (it stays on disk)."""
