@@ -19,6 +19,7 @@ COLUMNS = (
     "floor",
     "pfs-ro",
     "pfs-snap",
+    "pfs-wb",
     "floor-noopen",
     "rclone",
     "s3fs",
@@ -26,7 +27,7 @@ COLUMNS = (
     "raw-parallel",
     "local",
 )
-DAEMONS = ("pfs", "pfs-ro", "pfs-snap", "floor", "floor-noopen", "rclone", "s3fs")
+DAEMONS = ("pfs", "pfs-ro", "pfs-snap", "pfs-wb", "floor", "floor-noopen", "rclone", "s3fs")
 LABELS = {
     "seq-1": "big file, sequential, 1 reader",
     "seq-4": "big files, sequential, 4 readers",
