@@ -14,6 +14,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import uuid
 from importlib import metadata
 
 from benchmarks.clients.base import EXIT_TIMEOUT, Env, MountedClient, force_unmount, unmount_retrying
@@ -99,20 +100,22 @@ class PfsSnapshotClient(PfsClient):
     at the client's first mount in a run (the data sets do not change during a run)."""
 
     name = "pfs-snap"
-    options = (f"snapshot={SNAPSHOT}",)
-    writes = False
 
     def __init__(self, env: Env) -> None:
         super().__init__(env)
+        # A snapshot of its own per run, never deleted through S3: deleting a directory's last object
+        # makes pyarrow put the directory's marker back, which `rclone serve s3` stores as an empty file,
+        # and no snapshot could be stored under that name again (each run leaves its manifest there).
+        self._snapshot = f"{SNAPSHOT}-{uuid.uuid4().hex[:12]}"
+        self.options = (f"snapshot={self._snapshot}",)
         self._taken = False
 
     def mount(self) -> None:
         if not self._taken:
             uri = self.env.server.uri(self.env.bucket)
             env = {**os.environ, **self.env.server.env()}
-            pfs = [sys.executable, "-m", "pfs", "snapshot"]
-            subprocess.run([*pfs, "delete", uri, SNAPSHOT], env=env, capture_output=True, text=True)
-            result = subprocess.run([*pfs, "create", uri, SNAPSHOT], env=env, capture_output=True, text=True)
+            command = [sys.executable, "-m", "pfs", "snapshot", "create", uri, self._snapshot]
+            result = subprocess.run(command, env=env, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"pfs snapshot create failed: {result.stderr.strip()}")
             self._taken = True
