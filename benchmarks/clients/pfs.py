@@ -100,6 +100,7 @@ class PfsSnapshotClient(PfsClient):
     at the client's first mount in a run (the data sets do not change during a run)."""
 
     name = "pfs-snap"
+    writes = False
 
     def __init__(self, env: Env) -> None:
         super().__init__(env)
