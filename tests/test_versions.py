@@ -281,14 +281,20 @@ def test_a_file_changed_after_it_was_made_ready_is_read_as_it_is_now(s3):
     trio.run(main)
 
 
+def _settled(case, names: list[str]) -> list[str]:
+    """Store each name's bytes (its name, 100 times), and wait until versions seen now are trusted (seen
+    well after their modification)."""
+    for name in names:
+        case.raw.put(name, name.encode() * 100)
+    time.sleep(TRUST_MARGIN_S + 0.2)
+    return names
+
+
 def test_a_file_whose_pages_and_block_left_memory_is_made_ready_from_the_disk_tier(s3):
     """A second pass whose kernel pages were taken (memory pressure): the version is known from memory,
     the block comes back from the disk tier ahead of the open, with no request to the store."""
     case, new_mount = s3
-    names = [f"kept/f{i}" for i in range(3)]
-    for name in names:
-        case.raw.put(name, name.encode() * 100)
-    time.sleep(TRUST_MARGIN_S + 0.2)  # versions seen well after their modification are trusted
+    names = _settled(case, [f"kept/f{i}" for i in range(3)])
     mount = new_mount()
     inodes = [mount.inode(name) for name in names]
 
@@ -314,10 +320,7 @@ def test_files_made_ready_together_after_a_remount_cost_one_disk_call_and_no_req
     """A warm epoch: the versions and first blocks of files started together come from the disk tier in
     one worker call (a thread hand-off per file cost the loop more than the lookups themselves)."""
     case, new_mount = s3
-    names = [f"warm/f{i}" for i in range(4)]
-    for name in names:
-        case.raw.put(name, name.encode() * 100)
-    time.sleep(TRUST_MARGIN_S + 0.2)  # versions seen well after their modification are trusted
+    names = _settled(case, [f"warm/f{i}" for i in range(4)])
     first = new_mount()
 
     async def read_each(mount: Mount) -> None:
