@@ -50,7 +50,8 @@ def serve(
     operations = Operations(store, mount)
     pyfuse3.init(operations, mountpoint, _fuse_options(store.id, mount))
     if mount.read_only:  # nothing is written: the kernel may keep every file open for good (see readino)
-        operations.no_open = operations.inodes.per_version = readino.install()
+        if readino.install():
+            operations.serve_without_open()
         log.info("kernel no-open mode: %s", "on" if operations.no_open else "unavailable")
     unmounted = False
     try:

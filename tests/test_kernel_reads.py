@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from pfs import control
 from tests.mounting import Mount, wait_until
@@ -49,3 +50,34 @@ def test_a_changed_file_is_a_new_version_and_an_open_reader_keeps_the_old(tmp_pa
             with open(path, "rb") as after:
                 assert after.read() == b"B" * (2 << 20)
             assert before.read() == old[1 << 20 :]  # the old version, whole
+
+
+def test_names_stay_in_the_kernel_past_the_ttl_and_changes_still_show_within_it(tmp_path):
+    data = tmp_path / "data"
+    (data / "d").mkdir(parents=True)
+    for i in range(6):
+        (data / "d" / f"f{i}").write_bytes(bytes([i]) * 1000)
+    with Mount(f"file://{data}", str(tmp_path / "m"), args=("-o", "ro,metadata_ttl=1")) as mount:
+        paths = [os.path.join(mount.path, "d", f"f{i}") for i in range(6)]
+
+        def epoch() -> list[bytes]:
+            out = []
+            for path in paths:
+                with open(path, "rb") as f:
+                    out.append(f.read())
+            return out
+
+        assert epoch() == [bytes([i]) * 1000 for i in range(6)]
+        looked_up = _ops(mount.path).get("lookup", 0)
+        time.sleep(3)  # three TTLs: the kernel still holds every name, and is told nothing changed
+        assert epoch() == [bytes([i]) * 1000 for i in range(6)]
+        assert _ops(mount.path).get("lookup", 0) == looked_up
+
+        (data / "d" / "f0.new").write_bytes(b"N" * 2000)
+        os.rename(data / "d" / "f0.new", data / "d" / "f0")
+        (data / "d" / "f1").unlink()
+        assert wait_until(lambda: os.stat(paths[0]).st_size == 2000, timeout=15)
+        assert wait_until(lambda: not os.path.exists(paths[1]), timeout=15)
+        with open(paths[0], "rb") as f:
+            assert f.read() == b"N" * 2000
+        assert [open(p, "rb").read() for p in paths[2:]] == [bytes([i]) * 1000 for i in range(2, 6)]

@@ -120,7 +120,7 @@ class InodeTable:
     def add(self, path: str, entry: Entry, seen_at: float | None = None) -> Inode:
         """The inode for `path`, created or refreshed from `entry`; a changed kind gets a new inode."""
         inode = self._by_path.get(path)
-        if inode is not None and inode.kind is entry.kind and not self._new_version(inode, entry):
+        if inode is not None and inode.kind is entry.kind and not self.new_version(inode, entry):
             inode.update(entry, seen_at)
             self._index(inode)
             return inode
@@ -164,7 +164,7 @@ class InodeTable:
             return None
         return inode
 
-    def _new_version(self, inode: Inode, entry: Entry) -> bool:
+    def new_version(self, inode: Inode, entry: Entry) -> bool:
         if not self.per_version or inode.kind is not Kind.FILE:
             return False
         # Object stores list modification times in ms but HEAD answers in whole seconds: compare those.

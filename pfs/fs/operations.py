@@ -50,6 +50,7 @@ from pfs.errors import (
 from pfs.fs import readino
 from pfs.fs.ahead import ReadAhead
 from pfs.fs.flights import Flights
+from pfs.fs.held import HOLD_S, HeldNames
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.journal import Journal
 from pfs.fs.names import NameCache
@@ -182,9 +183,11 @@ class Operations(pyfuse3.Operations):
         self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same
         self._handles: dict[int, Handle | DirHandle] = {}
         # The kernel's no-open mode (read-only mounts, where pfs/fs/readino.py works): no OPEN, FLUSH or
-        # RELEASE; reads carry fh 0 and use one handle per inode. Set by the daemon before serving.
+        # RELEASE; reads carry fh 0 and use one handle per inode. See `serve_without_open`.
         self.no_open = False
         self._kernel_handles: dict[int, Handle] = {}
+        self._held: HeldNames | None = None  # names handed to the kernel for HOLD_S (pfs/fs/held.py)
+        self._kernel_ttl = options.metadata_ttl  # how long the kernel keeps a name and a file's attributes
         self.writes = WriteBack(
             backend,
             self._store_of,
@@ -202,12 +205,23 @@ class Operations(pyfuse3.Operations):
         # The backend keeps owners (file://): new entries belong to their creator, with the caller's mode
         # (the kernel has applied the caller's umask), and the kernel checks permissions by them.
 
+    def serve_without_open(self) -> None:
+        """Use the kernel's no-open mode (set before serving, on read-only mounts only): each version of a
+        file is its own inode, so names may stay in the kernel for HOLD_S while directories with names there
+        are listed again every metadata TTL (pfs/fs/held.py)."""
+        self.no_open = self.inodes.per_version = True
+        if 0 < self.options.metadata_ttl < HOLD_S:
+            self._held = HeldNames(self.inodes, self.options.metadata_ttl)
+            self._kernel_ttl = HOLD_S
+
     def attach(self, nursery: trio.Nursery) -> None:
         """Background work (prefetch, disk writes, kernel invalidations) runs in `nursery`."""
         self._nursery = nursery
         self.cache.attach(nursery)
         self.versions.attach(nursery)
         self.writes.attach(nursery)
+        if self._held is not None:
+            nursery.start_soon(self._follow_held_names)
 
     def counters(self) -> dict:
         gauges = self.cache.gauges()
@@ -273,9 +287,44 @@ class Operations(pyfuse3.Operations):
         attrs.st_mtime_ns = mtime
         attrs.st_ctime_ns = max(mtime, ov.ctime_ns or 0, meta.ctime_ns or 0)
         attrs.st_atime_ns = first_given(ov.atime_ns, meta.atime_ns, mtime)
-        attrs.entry_timeout = self.options.metadata_ttl
-        attrs.attr_timeout = self.options.metadata_ttl
+        attrs.entry_timeout = self._kernel_ttl
+        # A directory's own attributes change with its names; a file's in no-open mode never (per version).
+        attrs.attr_timeout = self.options.metadata_ttl if inode.kind is Kind.DIR else self._kernel_ttl
         return attrs
+
+    def _handed(self, inode: Inode) -> None:
+        """`inode`'s attributes go to the kernel with its name: one more kernel reference."""
+        inode.lookups += 1
+        if self._held is not None:
+            self._held.handed(inode, time.monotonic())
+
+    async def _follow_held_names(self) -> None:
+        """Keep the names the kernel holds for HOLD_S true to the metadata TTL."""
+        assert self._held is not None
+        while True:
+            await trio.sleep(min(1.0, self._held.ttl / 4))
+            due = self._held.due(time.monotonic())
+            if due:
+                async with trio.open_nursery() as nursery:  # the backend limiter bounds these
+                    for directory in due:
+                        nursery.start_soon(self._check_held, directory)
+
+    async def _check_held(self, directory: str) -> None:
+        """List `directory` again and make the kernel drop its names that changed or are gone."""
+        assert self._held is not None
+        listed_at = time.monotonic()
+        try:
+            entries: dict[str, Entry] | None = await self._list_backend(directory)
+        except NotFound:
+            entries = None
+        except PfsError as exc:  # compared again at the next round; until then the kernel keeps them
+            log.debug("listing %s again failed: %s", directory, exc)
+            return
+        parent = self.inodes.at(directory)
+        for inode in self._held.compare(directory, entries, listed_at):
+            if parent is not None:
+                name = os.fsencode(inode.path.rpartition("/")[2])
+                pyfuse3.invalidate_entry_async(parent.ino, name, ignore_enoent=True)
 
     async def _refresh(self, inode: Inode) -> Inode:
         """`inode` with attributes no older than the metadata TTL (the root and detached files are local).
@@ -416,7 +465,7 @@ class Operations(pyfuse3.Operations):
             missing.st_ino = 0  # a negative entry: the kernel trusts the absence for the TTL too
             missing.entry_timeout = self.options.metadata_ttl
             return missing
-        inode.lookups += 1
+        self._handed(inode)
         return self._attrs(inode)
 
     @handler
@@ -524,7 +573,7 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), self._attrs(inode), index + 1):
                 self.inodes.prune(inode)  # not handed to the kernel: the next readdir call starts here
                 break
-            inode.lookups += 1
+            self._handed(inode)
 
     @handler
     async def releasedir(self, fh: int):
