@@ -17,7 +17,7 @@ import stat
 import pyfuse3
 import trio
 
-from pfs.fs import readino
+from pfs.fs import fuse_table
 
 SMALL = 1 << 20
 TTL = 10.0  # pfs's default metadata TTL: the kernel asks the same questions of both
@@ -83,7 +83,7 @@ class FloorFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def read(self, fh, off, size):
-        ino = fh or readino.current  # no-open: fh 0, the inode comes from the request itself
+        ino = fh or fuse_table.current  # no-open: fh 0, the inode comes from the request itself
         data = self.data.get(ino)
         if data is None:
             fd = self.fds.get(ino)
@@ -107,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     fs = FloorFS(os.path.abspath(args.root), args.no_open)
     pyfuse3.init(fs, args.mountpoint, {"fsname=floor", "subtype=floor", "ro", "default_permissions"})
-    if args.no_open and not readino.install():
+    if args.no_open and not fuse_table.record_read_inodes():
         raise SystemExit("floorfs: this pyfuse3 cannot tell which inode a read is for")
     try:
         trio.run(pyfuse3.main)

@@ -23,7 +23,7 @@ import trio
 from pfs import metrics, mounter
 from pfs.backends import Backend, BackendOptions, leftovers, open_backend
 from pfs.errors import PfsError
-from pfs.fs import journal, readino
+from pfs.fs import fuse_table, journal
 from pfs.fs.operations import Operations
 from pfs.options import MountOptions
 
@@ -49,10 +49,12 @@ def serve(
         _replay_journal(mount.staging_dir, store)
     operations = Operations(store, mount)
     pyfuse3.init(operations, mountpoint, _fuse_options(store.id, mount))
-    if mount.read_only:  # nothing is written: the kernel may keep every file open for good (see readino)
-        if readino.install():
+    if mount.read_only:  # nothing is written: the kernel may keep every file open for good (see fuse_table)
+        if fuse_table.record_read_inodes():
             operations.serve_without_open()
         log.info("kernel no-open mode: %s", "on" if operations.no_open else "unavailable")
+    if not operations.no_open and not fuse_table.skip_flush_of_reads():
+        log.info("closing a file read here costs a FLUSH request (libfuse's table was not found)")
     unmounted = False
     try:
         trio.run(_run, operations, mountpoint, on_ready)

@@ -81,3 +81,22 @@ def test_names_stay_in_the_kernel_past_the_ttl_and_changes_still_show_within_it(
         with open(paths[0], "rb") as f:
             assert f.read() == b"N" * 2000
         assert [open(p, "rb").read() for p in paths[2:]] == [bytes([i]) * 1000 for i in range(2, 6)]
+
+
+def test_closing_a_file_read_on_a_read_write_mount_sends_no_flush_and_a_written_one_still_uploads(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(b"x" * 5000)
+    with Mount(f"file://{data}", str(tmp_path / "m")) as mount:
+        path = os.path.join(mount.path, "f")
+        before = _ops(mount.path)
+        for _ in range(5):
+            with open(path, "rb") as f:
+                assert f.read() == b"x" * 5000
+        after = _ops(mount.path)
+        assert after["open"] - before.get("open", 0) == 5
+        assert after.get("flush", 0) == before.get("flush", 0)  # FOPEN_NOFLUSH on reads
+        with open(path, "r+b") as f:
+            f.write(b"y")
+        assert _ops(mount.path)["flush"] >= after.get("flush", 0) + 1
+        assert (data / "f").read_bytes() == b"y" + b"x" * 4999  # uploaded by close, as before

@@ -47,7 +47,7 @@ from pfs.errors import (
     Unsupported,
     errno_of,
 )
-from pfs.fs import readino
+from pfs.fs import fuse_table
 from pfs.fs.ahead import ReadAhead
 from pfs.fs.flights import Flights
 from pfs.fs.held import HOLD_S, HeldNames
@@ -182,7 +182,7 @@ class Operations(pyfuse3.Operations):
         self._nursery: trio.Nursery | None = None
         self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same
         self._handles: dict[int, Handle | DirHandle] = {}
-        # The kernel's no-open mode (read-only mounts, where pfs/fs/readino.py works): no OPEN, FLUSH or
+        # The kernel's no-open mode (read-only mounts, where pfs/fs/fuse_table.py works): no OPEN, FLUSH or
         # RELEASE; reads carry fh 0 and use one handle per inode. See `serve_without_open`.
         self.no_open = False
         self._kernel_handles: dict[int, Handle] = {}
@@ -874,8 +874,8 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def read(self, fh: int, off: int, size: int):
-        # No-open mode: fh 0, the inode's own handle (taken before any await: see pfs/fs/readino.py).
-        handle = self._file_handle(fh) if fh else await self._kernel_handle(readino.current)
+        # No-open mode: fh 0, the inode's own handle (taken before any await: see pfs/fs/fuse_table.py).
+        handle = self._file_handle(fh) if fh else await self._kernel_handle(fuse_table.current)
         inode = handle.inode
         if inode.staged is not None and inode.staged.in_memory:
             data = inode.staged.read(off, size)  # in memory, never a base object: nothing blocks
