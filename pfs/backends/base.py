@@ -154,6 +154,8 @@ class Backend(ABC):
     cheap_open: bool = False
     #: `stream_file` works: a file can be uploaded while it is still written (object stores).
     streams_uploads: bool = False
+    #: `read_first` can answer (object stores): a file's first block and version come in one request.
+    reads_first: bool = False
     #: Identifies the data source without secrets, e.g. 's3://127.0.0.1:9000/bucket/prefix'. Used in logs
     #: and as the first part of cache keys, so it must not depend on credentials or mount options.
     id: str
@@ -189,10 +191,13 @@ class Backend(ABC):
     def open_reader(self, path: str, size: int) -> Reader:
         """Open a file of known `size` for positional reads (no extra metadata request where avoidable)."""
 
-    def read_first(self, path: str, size: int, length: int) -> tuple[bytes, str] | None:
+    def read_first(
+        self, path: str, size: int, length: int, mtime_ns: int | None = None
+    ) -> tuple[bytes, str] | None:
         """The first `length` bytes of a file of known `size` and its version token, in one request; None
-        where the store cannot tell both at once (the caller then opens a reader). Stale when the file no
-        longer has `size` bytes."""
+        where the store cannot tell both at once (the caller then opens a reader), or cannot tell the
+        modification second when `mtime_ns` is given. Stale when the file no longer has `size` bytes, or
+        (given) was modified in another second than `mtime_ns`'s."""
         return None
 
     @abstractmethod

@@ -119,7 +119,9 @@ class Versions:
         question about the cache itself, which must not change what it asks about)."""
         if self.backend.cheap_open:  # revalidate now: it costs nothing, and an open sees the latest version
             inode.update(await self._run(self.backend.stat, inode.path))
-        if self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is None:
+        if self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is not None:
+            await self._made_ready(inode)  # its first block may be on its way: not fetched twice
+        else:
             etag = await self._made_ready(inode) or await self.trusted_etag(inode)
             if etag is None and first_block and not inode.detached:
                 etag = await self._read_first_now(inode)
@@ -170,6 +172,16 @@ class Versions:
         await self.saw_etag(want, etag)
         return etag
 
+    async def _read_pinned(self, want: Want, version: str) -> str | None:
+        """`version` when one request brought the first block of that pinned version (a snapshot's, which
+        the backend checks): not an ETag seen, so the ETag book is left alone."""
+        got = await self._run(self.backend.read_first, want.path, want.size, self.cache.config.block_size)
+        if got is None:
+            return None
+        self.stats.add("backend_first_reads", 1)
+        self.cache.add_fetched(self._object_for(want, version), 0, got[0])
+        return version
+
     # ---- ahead of opens ---------------------------------------------------------------------------------
 
     def prefetch(self, want: Want) -> bool:
@@ -177,14 +189,13 @@ class Versions:
         the memory budget has no room for it (the caller stops asking for more)."""
         if self._nursery is None or want.size <= 0 or want.path in self._ahead:
             return True
-        if self.backend.known_version(*want) is not None:
-            return True  # its open decides from memory or a free stat: nothing to do ahead
-        seen = self._seen.get(_object_key(self.backend.id, want.path))
-        if (
-            seen is not None
-            and _trusted(seen, want.size, want.mtime_ns)
-            and self._object_for(want, seen.etag).key(0) in self.cache.memory
-        ):
+        etag = self.backend.known_version(*want)  # pinned (a snapshot): only its first block to fetch
+        if etag is None:
+            seen = self._seen.get(_object_key(self.backend.id, want.path))
+            etag = seen.etag if seen is not None and _trusted(seen, want.size, want.mtime_ns) else None
+        elif not self.backend.reads_first:
+            return True  # a reader checks the version at the first read: nothing to do ahead
+        if etag is not None and self._object_for(want, etag).key(0) in self.cache.memory:
             return True
         nbytes = min(want.size, self.cache.config.block_size)
         if not self.cache.try_room(nbytes):
@@ -222,17 +233,24 @@ class Versions:
         wants = [ahead.want for ahead in batch]
         keys = [_object_key(self.backend.id, want.path) for want in wants]
         known = [self._seen.get(key) for key in keys]
+        pinned = [self.backend.known_version(*want) for want in wants]
         disk = self.cache.disk
         if disk is not None:
             try:
-                found = await self._run_disk(self._recall_many, wants, keys, known)
+                found = await self._run_disk(self._recall_many, wants, keys, known, pinned)
             except Exception as exc:  # each open asks for itself and reports
                 log.debug("prefetch of %d files from the disk tier failed: %s", len(wants), exc)
                 found = [(seen, None) for seen in known]
         else:
             found = [(seen, None) for seen in known]
         etags: list[str | None] = []
-        for want, key, before, (seen, block) in zip(wants, keys, known, found, strict=True):
+        for want, key, before, pin, (seen, block) in zip(wants, keys, known, pinned, found, strict=True):
+            if pin is not None:
+                if block is not None:
+                    self.stats.add("cache_hits_disk", 1)
+                    self.cache.keep_in_memory(self._object_for(want, pin), 0, block)
+                etags.append(pin if block is not None else None)
+                continue
             if seen is not None and before is None:
                 self._remember(key, seen)
             trusted = seen is not None and _trusted(seen, want.size, want.mtime_ns)
@@ -243,15 +261,18 @@ class Versions:
         return etags
 
     def _recall_many(
-        self, wants: list[Want], keys: list[str], known: list[Seen | None]
+        self, wants: list[Want], keys: list[str], known: list[Seen | None], pinned: list[str | None]
     ) -> list[tuple[Seen | None, Block | None]]:
-        """In a worker thread: for each file, its version (from `known`, else the disk tier's book) and,
-        where that version is trusted, its first block from the disk (not in memory, or `prefetch` would
-        not have started it)."""
+        """In a worker thread: for each file, its version (`pinned`, else from `known`, else the disk tier's
+        book) and, where that version is trusted, its first block from the disk (not in memory, or
+        `prefetch` would not have started it)."""
         disk = self.cache.disk
         assert disk is not None
         found: list[tuple[Seen | None, Block | None]] = []
-        for want, key, seen in zip(wants, keys, known, strict=True):
+        for want, key, seen, pin in zip(wants, keys, known, pinned, strict=True):
+            if pin is not None:
+                found.append((None, disk.get(self._object_for(want, pin).key(0))))
+                continue
             if seen is None:
                 seen = disk.seen(key)
             block = None
@@ -263,7 +284,8 @@ class Versions:
     async def _fetch_ahead(self, ahead: _Ahead) -> None:
         etag = None
         try:
-            etag = await self._read_first(ahead.want)
+            pinned = self.backend.known_version(*ahead.want)
+            etag = await (self._read_pinned(ahead.want, pinned) if pinned else self._read_first(ahead.want))
         except Exception as exc:  # the open asks for itself and reports
             log.debug("prefetch of %s failed: %s", ahead.want.path, exc)
         finally:

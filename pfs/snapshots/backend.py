@@ -70,6 +70,7 @@ class SnapshotBackend(Backend):
         # The live backend's id: blocks cached under an ETag token are shared with live mounts of the same
         # source; "size:mtime" tokens never equal an ETag, so the two kinds of key cannot collide.
         self.id = live.id
+        self.reads_first = live.reads_first
         self._reported: set[str] = set()
         self._reported_lock = threading.Lock()
 
@@ -122,6 +123,29 @@ class SnapshotBackend(Backend):
         if first:
             log.error("snapshot %s: %s", self._name, error)
         raise error
+
+    def read_first(
+        self, path: str, size: int, length: int, mtime_ns: int | None = None
+    ) -> tuple[bytes, str] | None:
+        """The first bytes from the live backend in one request, checked against the snapshot as a reader
+        is: the pinned ETag, or the pinned size and modification second; with the pinned token."""
+        row = self._row(path)
+        entry = self.manifest.entry(row)
+        token = self.manifest.version(row)
+        if entry.kind is not Kind.FILE:
+            return None
+        by_time = token == mtime_token(entry.size, entry.mtime_ns)
+        try:
+            got = self._live.read_first(path, entry.size, length, entry.mtime_ns if by_time else None)
+        except NotFound:
+            self._fail(path, BackendError(f"{path} is gone from the backend since the snapshot"))
+        except Stale:
+            self._fail(path, Stale(f"{path} changed since the snapshot (size or modification time differs)"))
+        if got is None:
+            return None
+        if not by_time and got[1] != token:
+            self._fail(path, Stale(f"{path} changed since the snapshot (its ETag differs)"))
+        return got[0], token
 
     def open_reader(self, path: str, size: int) -> Reader:
         row = self._row(path)

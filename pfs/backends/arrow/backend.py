@@ -130,6 +130,7 @@ class ArrowBackend(Backend):
         # RPC): an open then sees the latest version, as close-to-open consistency wants. An object store's
         # HEAD costs a round trip to a remote server, so opens trust attributes within the metadata TTL.
         self.cheap_open = not store.object_store
+        self.reads_first = store.getter is not None
         self._attrs: attrs.AttrIndex | None = None
         # HDFS keeps permissions, owners and times natively, but pyarrow can neither read (beyond mtime) nor
         # change them: the mount's attributes live in the index there too. file:// keeps them on its files.
@@ -437,7 +438,9 @@ class ArrowBackend(Backend):
             return transfer.RangedReader(self._store.getter, self._call, path, self._full(path), size)
         return transfer.ArrowReader(self._fs, self._call, path, self._full(path), size)
 
-    def read_first(self, path: str, size: int, length: int) -> tuple[bytes, str] | None:
+    def read_first(
+        self, path: str, size: int, length: int, mtime_ns: int | None = None
+    ) -> tuple[bytes, str] | None:
         getter = self._store.getter
         if getter is None or size <= 0:
             return None
@@ -446,6 +449,11 @@ class ArrowBackend(Backend):
         first = self._call(f"read {path}", lambda: getter.first(bucket, key, min(length, size)))
         if first.size != size:
             raise Stale(f"{path} changed: {first.size} bytes now, {size} when looked up")
+        if mtime_ns is not None:
+            if first.modified_s is None:
+                return None  # the caller checks the time otherwise
+            if first.modified_s != mtime_ns // 1_000_000_000:
+                raise Stale(f"{path} changed: modified at {first.modified_s} s, not {mtime_ns // 10**9} s")
         return first.data, first.etag
 
     def space(self) -> SpaceInfo:
