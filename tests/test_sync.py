@@ -80,6 +80,9 @@ def test_round_trip_through_s3_is_byte_identical(tmp_path, s3):
     assert f"copied 0 (0 B), {len(files)} unchanged" in summary(again)
 
 
+SETTLE_S = 3.0
+
+
 def test_resumes_after_being_killed(tmp_path, s3):
     rng = random.Random(2)
     files = {f"part-{i:04d}": rng.randbytes(256 << 10) for i in range(400)}
@@ -95,11 +98,14 @@ def test_resumes_after_being_killed(tmp_path, s3):
         assert wait_until(lambda: len(live.list_dir("")) >= 20, timeout=60)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        # A PUT whose body reached the server before the kill may still land: wait until nothing changes.
+        # A PUT whose body reached the server before the kill may still land, and SeaweedFS shows a stored
+        # object up to a second later: wait until nothing has changed for SETTLE_S.
         present: dict[str, int] = {}
-        while (listed := {e.name: e.size for e in live.list_dir("")}) != present:
-            present = listed
-            time.sleep(0.5)
+        settled_at = time.monotonic()
+        while time.monotonic() - settled_at < SETTLE_S:
+            if (listed := {e.name: e.size for e in live.list_dir("")}) != present:
+                present, settled_at = listed, time.monotonic()
+            time.sleep(0.25)
         assert 20 <= len(present) < len(files), "killed midway"
         for name in present:  # what is there is whole: never a partial object
             reader = live.open_reader(name, present[name])
