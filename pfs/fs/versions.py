@@ -160,7 +160,9 @@ class Versions:
         except Stale:
             return None
 
-    async def _read_first(self, want: Want) -> str | None:
+    async def _read_first(self, want: Want, pinned: str | None = None) -> str | None:
+        """`pinned`: the version a snapshot pinned, which the backend checks the answer against; it is not
+        an ETag seen, so the ETag book is left alone."""
         if want.size <= 0:
             return None
         got = await self._run(self.backend.read_first, want.path, want.size, self.cache.config.block_size)
@@ -168,19 +170,10 @@ class Versions:
             return None
         data, etag = got
         self.stats.add("backend_first_reads", 1)
-        self.cache.add_fetched(self._object_for(want, etag), 0, data)
-        await self.saw_etag(want, etag)
-        return etag
-
-    async def _read_pinned(self, want: Want, version: str) -> str | None:
-        """`version` when one request brought the first block of that pinned version (a snapshot's, which
-        the backend checks): not an ETag seen, so the ETag book is left alone."""
-        got = await self._run(self.backend.read_first, want.path, want.size, self.cache.config.block_size)
-        if got is None:
-            return None
-        self.stats.add("backend_first_reads", 1)
-        self.cache.add_fetched(self._object_for(want, version), 0, got[0])
-        return version
+        self.cache.add_fetched(self._object_for(want, pinned or etag), 0, data)
+        if pinned is None:
+            await self.saw_etag(want, etag)
+        return pinned or etag
 
     # ---- ahead of opens ---------------------------------------------------------------------------------
 
@@ -191,8 +184,7 @@ class Versions:
             return True
         etag = self.backend.known_version(*want)  # pinned (a snapshot): only its first block to fetch
         if etag is None:
-            seen = self._seen.get(_object_key(self.backend.id, want.path))
-            etag = seen.etag if seen is not None and _trusted(seen, want.size, want.mtime_ns) else None
+            etag = _trusted_etag(self._seen.get(_object_key(self.backend.id, want.path)), want)
         elif not self.backend.reads_first:
             return True  # a reader checks the version at the first read: nothing to do ahead
         if etag is not None and self._object_for(want, etag).key(0) in self.cache.memory:
@@ -245,19 +237,14 @@ class Versions:
             found = [(seen, None) for seen in known]
         etags: list[str | None] = []
         for want, key, before, pin, (seen, block) in zip(wants, keys, known, pinned, found, strict=True):
-            if pin is not None:
-                if block is not None:
-                    self.stats.add("cache_hits_disk", 1)
-                    self.cache.keep_in_memory(self._object_for(want, pin), 0, block)
-                etags.append(pin if block is not None else None)
-                continue
             if seen is not None and before is None:
                 self._remember(key, seen)
-            trusted = seen is not None and _trusted(seen, want.size, want.mtime_ns)
-            if trusted and block is not None:
+            version = pin or _trusted_etag(seen, want)
+            if version is not None and block is not None:
                 self.stats.add("cache_hits_disk", 1)
-                self.cache.keep_in_memory(self._object_for(want, seen.etag), 0, block)
-            etags.append(seen.etag if trusted else None)
+                self.cache.keep_in_memory(self._object_for(want, version), 0, block)
+            # A pinned version not on disk is fetched ahead; a trusted ETag is ready as it is.
+            etags.append(None if pin is not None and block is None else version)
         return etags
 
     def _recall_many(
@@ -270,22 +257,16 @@ class Versions:
         assert disk is not None
         found: list[tuple[Seen | None, Block | None]] = []
         for want, key, seen, pin in zip(wants, keys, known, pinned, strict=True):
-            if pin is not None:
-                found.append((None, disk.get(self._object_for(want, pin).key(0))))
-                continue
-            if seen is None:
+            if seen is None and pin is None:
                 seen = disk.seen(key)
-            block = None
-            if seen is not None and _trusted(seen, want.size, want.mtime_ns):
-                block = disk.get(self._object_for(want, seen.etag).key(0))
-            found.append((seen, block))
+            version = pin or _trusted_etag(seen, want)
+            found.append((seen, disk.get(self._object_for(want, version).key(0)) if version else None))
         return found
 
     async def _fetch_ahead(self, ahead: _Ahead) -> None:
         etag = None
         try:
-            pinned = self.backend.known_version(*ahead.want)
-            etag = await (self._read_pinned(ahead.want, pinned) if pinned else self._read_first(ahead.want))
+            etag = await self._read_first(ahead.want, self.backend.known_version(*ahead.want))
         except Exception as exc:  # the open asks for itself and reports
             log.debug("prefetch of %s failed: %s", ahead.want.path, exc)
         finally:
@@ -321,7 +302,7 @@ class Versions:
                 if block is not None:
                     self.stats.add("cache_hits_disk", 1)
                     self.cache.keep_in_memory(self._object_for(inode, seen.etag), 0, block)
-        return seen.etag if seen is not None and _trusted(seen, inode.size, inode.mtime_ns) else None
+        return _trusted_etag(seen, inode)
 
     def _recall(self, key: str, inode: Inode | Want, small: bool) -> tuple[Seen | None, Block | None]:
         disk = self.cache.disk
@@ -434,6 +415,10 @@ def _trusted(seen: Seen, size: int, mtime_ns: int) -> bool:
     if seen.size != size or seen.mtime_ns // 10**9 != mtime_ns // 10**9:
         return False
     return seen.seen_at - seen.mtime_ns / 1e9 >= TRUST_MARGIN_S
+
+
+def _trusted_etag(seen: Seen | None, want: Inode | Want) -> str | None:
+    return seen.etag if seen is not None and _trusted(seen, want.size, want.mtime_ns) else None
 
 
 @functools.lru_cache(maxsize=65536)  # asked at every open: a hash per open is measurable
