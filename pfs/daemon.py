@@ -23,7 +23,7 @@ import trio
 from pfs import metrics, mounter
 from pfs.backends import Backend, BackendOptions, leftovers, open_backend
 from pfs.errors import PfsError
-from pfs.fs import fuse_table, journal
+from pfs.fs import fuse_loop, fuse_table, journal
 from pfs.fs.operations import Operations
 from pfs.options import MountOptions
 
@@ -55,6 +55,7 @@ def serve(
         log.info("kernel no-open mode: %s", "on" if operations.no_open else "unavailable")
     if not operations.no_open and not fuse_table.skip_flush_of_reads():
         log.info("closing a file read here costs a FLUSH request (libfuse's table was not found)")
+    fuse_loop.read_queued_requests_at_once()
     unmounted = False
     try:
         trio.run(_run, operations, mountpoint, on_ready)
