@@ -6,9 +6,11 @@ from pfs.backends import Entry, Kind
 from pfs.fs.ahead import ReadAhead
 from pfs.fs.names import Listing
 
+BLOCK = 1 << 20
 
-def _listing(count: int) -> Listing:
-    entries = {f"f{i:03d}": Entry(f"f{i:03d}", Kind.FILE, 100, 1) for i in range(count)}
+
+def _listing(count: int, size: int = 100) -> Listing:
+    entries = {f"f{i:03d}": Entry(f"f{i:03d}", Kind.FILE, size, 1) for i in range(count)}
     entries["sub"] = Entry("sub", Kind.DIR)
     return Listing(0.0, entries)
 
@@ -28,7 +30,7 @@ class Recorder:
 
 def test_a_directory_read_in_order_is_made_ready_a_window_ahead():
     listing, start = _listing(30), Recorder()
-    ahead = ReadAhead(start, window=4)
+    ahead = ReadAhead(start, BLOCK, window=4)
     ahead.opened("d/f000", listing)
     assert start.started == []  # one open is no order yet
     ahead.opened("d/f001", listing)
@@ -43,7 +45,7 @@ def test_a_directory_read_in_order_is_made_ready_a_window_ahead():
 
 def test_jumps_start_nothing():
     listing, start = _listing(100), Recorder()
-    ahead = ReadAhead(start, window=4)
+    ahead = ReadAhead(start, BLOCK, window=4)
     for i in (50, 7, 93, 20, 61, 3, 88):  # a shuffled sampler
         ahead.opened(f"f{i:03d}", listing)
     assert start.started == []
@@ -51,7 +53,7 @@ def test_jumps_start_nothing():
 
 def test_readers_of_one_directory_are_followed_apart():
     listing, start = _listing(100), Recorder()
-    ahead = ReadAhead(start, window=2)
+    ahead = ReadAhead(start, BLOCK, window=2)
     for i in range(3):
         ahead.opened(f"f{i:03d}", listing)
         ahead.opened(f"f{50 + i:03d}", listing)
@@ -60,7 +62,7 @@ def test_readers_of_one_directory_are_followed_apart():
 
 def test_no_room_stops_the_window_until_the_next_open():
     listing, start = _listing(30), Recorder(room=1)
-    ahead = ReadAhead(start, window=4)
+    ahead = ReadAhead(start, BLOCK, window=4)
     ahead.opened("f000", listing)
     ahead.opened("f001", listing)
     assert start.started == ["f002"]
@@ -71,7 +73,22 @@ def test_no_room_stops_the_window_until_the_next_open():
 
 def test_the_window_ends_with_the_directory_and_skips_directories():
     listing, start = _listing(4), Recorder()
-    ahead = ReadAhead(start, window=8)
+    ahead = ReadAhead(start, BLOCK, window=8)
     ahead.opened("f000", listing)
     ahead.opened("f001", listing)
     assert start.started == ["f002", "f003"]
+
+
+def test_big_files_are_made_ready_only_as_far_ahead_as_the_byte_window():
+    listing, start = _listing(30, size=10 * BLOCK), Recorder()
+    ahead = ReadAhead(start, BLOCK, window=8, window_bytes=3 * BLOCK)  # each costs its first block
+    ahead.opened("f000", listing)
+    ahead.opened("f001", listing)
+    assert start.started == ["f002", "f003", "f004"]
+    ahead.opened("f002", listing)  # one read: room for one more
+    assert start.started[-1] == "f005" and len(start.started) == 4
+    tight = Recorder()
+    ahead = ReadAhead(tight, BLOCK, window=8, window_bytes=1)
+    ahead.opened("f000", listing)
+    ahead.opened("f001", listing)
+    assert tight.started == ["f002"]  # the next file always
