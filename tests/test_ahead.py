@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pfs.backends import Entry, Kind
-from pfs.fs.ahead import ReadAhead
+from pfs.fs.ahead import RAMP, ReadAhead
 from pfs.fs.names import Listing
 
 BLOCK = 1 << 20
@@ -29,18 +29,31 @@ class Recorder:
 
 
 def test_a_directory_read_in_order_is_made_ready_a_window_ahead():
-    listing, start = _listing(30), Recorder()
+    listing, start = _listing(60), Recorder()
     ahead = ReadAhead(start, BLOCK, window=4)
     ahead.opened("d/f000", listing)
-    assert start.started == []  # one open is no order yet
     ahead.opened("d/f001", listing)
-    assert start.started == ["d/f002", "d/f003", "d/f004", "d/f005"]
-    ahead.opened("d/f002", listing)  # three still ready ahead: nothing yet
+    assert start.started == []  # two opens are no order yet
+    ahead.opened("d/f002", listing)
+    assert start.started == ["d/f003", "d/f004", "d/f005", "d/f006"]
+    ahead.opened("d/f003", listing)  # three still ready ahead: nothing yet
     assert len(start.started) == 4
-    ahead.opened("d/f003", listing)  # half of them read: the next half window together
-    assert start.started[-2:] == ["d/f006", "d/f007"] and len(start.started) == 6
-    ahead.opened("d/f005", listing)  # a skipped file still follows the reader
-    assert start.started[-2:] == ["d/f008", "d/f009"]
+    ahead.opened("d/f004", listing)  # half of them read: the next half window together
+    assert start.started[-2:] == ["d/f007", "d/f008"] and len(start.started) == 6
+    ahead.opened("d/f006", listing)  # a skipped file still follows the reader
+    assert start.started[-2:] == ["d/f009", "d/f010"]
+
+
+def test_the_window_grows_with_each_open_in_order():
+    listing, start = _listing(200), Recorder()
+    ahead = ReadAhead(start, BLOCK, window=4 * RAMP)
+    for i in range(3):
+        ahead.opened(f"f{i:03d}", listing)
+    assert len(start.started) == RAMP  # the first window
+    for i in range(3, 3 + 4 * RAMP):
+        ahead.opened(f"f{i:03d}", listing)
+    ready = int(start.started[-1][1:]) - (2 + 4 * RAMP)
+    assert 2 * RAMP <= ready <= 4 * RAMP  # grown to the whole window, started half of it at a time
 
 
 def test_jumps_start_nothing():
@@ -51,44 +64,52 @@ def test_jumps_start_nothing():
     assert start.started == []
 
 
+def test_an_open_that_lands_just_after_another_now_and_then_starts_nothing():
+    listing, start = _listing(100), Recorder()
+    ahead = ReadAhead(start, BLOCK, window=4)
+    for i in (50, 51, 7, 93, 8, 61, 30, 94, 62):  # shuffled readers: single coincidences of order
+        ahead.opened(f"f{i:03d}", listing)
+    assert start.started == []
+
+
 def test_readers_of_one_directory_are_followed_apart():
     listing, start = _listing(100), Recorder()
     ahead = ReadAhead(start, BLOCK, window=2)
-    for i in range(3):
+    for i in range(4):
         ahead.opened(f"f{i:03d}", listing)
         ahead.opened(f"f{50 + i:03d}", listing)
-    assert start.started == ["f002", "f003", "f052", "f053", "f004", "f054"]
+    assert start.started == ["f003", "f004", "f053", "f054", "f005", "f055"]
 
 
 def test_no_room_stops_the_window_until_the_next_open():
     listing, start = _listing(30), Recorder(room=1)
     ahead = ReadAhead(start, BLOCK, window=4)
-    ahead.opened("f000", listing)
-    ahead.opened("f001", listing)
-    assert start.started == ["f002"]
+    for i in range(3):
+        ahead.opened(f"f{i:03d}", listing)
+    assert start.started == ["f003"]
     start.room = 10
-    ahead.opened("f002", listing)
-    assert start.started == ["f002", "f003", "f004", "f005", "f006"]
+    ahead.opened("f003", listing)
+    assert start.started == ["f003", "f004", "f005", "f006", "f007"]
 
 
 def test_the_window_ends_with_the_directory_and_skips_directories():
-    listing, start = _listing(4), Recorder()
+    listing, start = _listing(5), Recorder()
     ahead = ReadAhead(start, BLOCK, window=8)
-    ahead.opened("f000", listing)
-    ahead.opened("f001", listing)
-    assert start.started == ["f002", "f003"]
+    for i in range(3):
+        ahead.opened(f"f{i:03d}", listing)
+    assert start.started == ["f003", "f004"]
 
 
 def test_big_files_are_made_ready_only_as_far_ahead_as_the_byte_window():
     listing, start = _listing(30, size=10 * BLOCK), Recorder()
     ahead = ReadAhead(start, BLOCK, window=8, window_bytes=3 * BLOCK)  # each costs its first block
-    ahead.opened("f000", listing)
-    ahead.opened("f001", listing)
-    assert start.started == ["f002", "f003", "f004"]
-    ahead.opened("f002", listing)  # one read: room for one more
-    assert start.started[-1] == "f005" and len(start.started) == 4
+    for i in range(3):
+        ahead.opened(f"f{i:03d}", listing)
+    assert start.started == ["f003", "f004", "f005"]
+    ahead.opened("f003", listing)  # one read: room for one more
+    assert start.started[-1] == "f006" and len(start.started) == 4
     tight = Recorder()
     ahead = ReadAhead(tight, BLOCK, window=8, window_bytes=1)
-    ahead.opened("f000", listing)
-    ahead.opened("f001", listing)
-    assert tight.started == ["f002"]  # the next file always
+    for i in range(3):
+        ahead.opened(f"f{i:03d}", listing)
+    assert tight.started == ["f003"]  # the next file always

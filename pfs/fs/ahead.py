@@ -8,9 +8,12 @@ files, nor more than `window_bytes` of their first blocks, ahead of the reader, 
 at a time once half of them are read (files started together are looked up together: in one worker call
 to the disk tier, so a wide window costs less per file than a narrow one: with 32 files of 128 KiB
 instead of 8, cold reads went 1.1x (one reader) to 1.15x (eight) as fast, with 7-16 % less daemon CPU
-per file). Readers that jump around (a shuffled sampler) start nothing. Several
-readers of one directory are followed apart (up to STREAMS each). `start` answers False when the budget
-has no room: the rest waits for the next open.
+per file). A reader is followed once it has opened FOLLOW_AFTER files in a row in order, its window
+growing by RAMP files with each further one: readers that jump around (a shuffled sampler) start
+nothing, although one of their opens now and then lands just after another's (with 8 shuffled readers
+and windows started at the first such coincidence, more than half of the files made ready were never
+opened). Several readers of one directory are followed apart (up to STREAMS each). `start` answers False
+when the budget has no room: the rest waits for the next open.
 
 Pure bookkeeping over the directory's listing (names in the order a sorted walk reads them): no I/O and no
 awaits, so it runs on the trio loop between two checkpoints.
@@ -28,6 +31,8 @@ WINDOW_BYTES = 8 << 20  # first blocks made ready ahead of one reader: big files
 STREAMS = 16  # readers followed per directory
 MAX_DIRECTORIES = 64  # directories whose file order is kept
 NEAR = 2  # an open this many names past a reader's last one still follows it (a file skipped)
+FOLLOW_AFTER = 2  # opens in a row in order before a reader's next files are made ready
+RAMP = 8  # files its window grows by with each open in order, up to `window`
 
 
 class _Order:
@@ -37,7 +42,8 @@ class _Order:
         self.listing = listing
         self.names = sorted(n for n, e in listing.entries.items() if e.kind is Kind.FILE)
         self.index = {name: i for i, name in enumerate(self.names)}
-        self.streams: list[list[int]] = []  # [last opened, made ready up to (exclusive)], newest last
+        # [last opened, made ready up to (exclusive), opens in a row in order], newest last
+        self.streams: list[list[int]] = []
 
 
 class ReadAhead:
@@ -63,15 +69,19 @@ class ReadAhead:
             return
         stream = next((s for s in order.streams if 0 < i - s[0] <= NEAR), None)
         if stream is None:  # a new reader, or a jump: follow it from here, start nothing yet
-            order.streams.append([i, i + 1])
+            order.streams.append([i, i + 1, 0])
             del order.streams[:-STREAMS]
             return
         stream[0] = i
+        stream[2] += 1
         order.streams.remove(stream)
         order.streams.append(stream)
-        if stream[1] - (i + 1) > self._window // 2:
+        if stream[2] < FOLLOW_AFTER:
+            return
+        window = min(self._window, RAMP * (stream[2] - FOLLOW_AFTER + 1))
+        if stream[1] - (i + 1) > window // 2:
             return  # enough ready ahead: the next ones are started together, once half of these are read
-        stop = min(i + 1 + self._window, len(order.names))
+        stop = min(i + 1 + window, len(order.names))
         j = max(stream[1], i + 1)
         held = sum(self._first_block(listing.entries[n]) for n in order.names[i + 1 : j])
         prefix = f"{directory}/" if directory else ""
