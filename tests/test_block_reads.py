@@ -11,7 +11,7 @@ import trio
 
 from pfs.backends import BackendOptions, open_backend
 from pfs.cache import BlockCache, CacheConfig, DiskTier, Stream
-from pfs.cache.blocks import AHEAD_SHARE
+from pfs.cache.blocks import AHEAD_SHARE, FILL_AFTER_PIECES, PIECE
 from pfs.stats import Stats
 
 MiB = 1 << 20
@@ -21,43 +21,93 @@ async def _in_thread(fn: Callable, *args: Any) -> Any:
     return await trio.to_thread.run_sync(fn, *args)
 
 
-def test_a_small_random_read_that_misses_takes_just_its_bytes_and_the_block_follows_at_its_second(tmp_path):
+def _one_big_file(tmp_path, size: int) -> tuple[bytes, Any, Stats, DiskTier, BlockCache, Any]:
+    """A file:// backend holding one file `big` of `size` random bytes, and a cache of 1 MiB blocks with a
+    disk tier in `tmp_path`: (data, backend, stats, disk, cache, the file's cached object)."""
     root = tmp_path / "root"
     root.mkdir()
-    data = os.urandom(4 * MiB)
+    data = os.urandom(size)
     (root / "big").write_bytes(data)
     backend = open_backend(f"file://{root}", BackendOptions())
     stats = Stats()
     disk = DiskTier(str(tmp_path / "cache"), 1 << 30)
     cache = BlockCache(CacheConfig(block_size=MiB), disk, stats, _in_thread, _in_thread)
-    obj = cache.object(backend.id, "big", "v1", len(data))
+    return data, backend, stats, disk, cache, cache.object(backend.id, "big", "v1", len(data))
+
+
+def test_small_random_reads_keep_their_pieces_and_a_block_read_in_two_places_is_fetched_whole(tmp_path):
+    data, backend, stats, disk, cache, obj = _one_big_file(tmp_path, 4 * MiB)
 
     async def opener():
         return await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
 
-    async def random_read(offset: int) -> None:
-        got = await cache.read(obj, offset, 4096, opener, Stream())
-        assert bytes(got) == data[offset : offset + 4096]
+    async def random_read(offset: int, size: int = 4096) -> None:
+        got = await cache.read(obj, offset, size, opener, Stream())
+        assert bytes(got) == data[offset : offset + size]
+
+    def count(name: str) -> int:
+        return stats.snapshot().get(name, 0)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             cache.attach(nursery)
             await random_read(MiB + MiB // 2)
-            assert stats.snapshot().get("cache_misses_partial") == 1
-            assert not stats.snapshot().get("fill_blocks")  # touched once: only its bytes
-            await random_read(MiB + 4096)
-            assert stats.snapshot().get("cache_misses_partial") == 2
-        assert stats.snapshot().get("fill_blocks") == 1  # touched twice: fetched whole behind the read
+            assert count("cache_misses_partial") == 1
+            assert count("backend_read_bytes") == PIECE  # its piece, not its block
+            await trio.to_thread.run_sync(disk.flush)
+            await random_read(MiB + MiB // 2 + 8192)  # the same piece: from the disk tier
+            assert count("cache_misses_partial") == 1 and count("cache_hits_disk") == 1
+            assert not count("fill_blocks")
+            await random_read(3 * MiB + 5 * PIECE)  # another block: its piece only
+            assert count("backend_read_bytes") == 2 * PIECE
+            assert FILL_AFTER_PIECES == 2
+            await random_read(MiB + MiB // 2 + PIECE - 2048, 4096)  # across two pieces: the second fetched
+            assert count("cache_misses_partial") == 3
+        assert count("fill_blocks") == 1  # a second piece of the block: the whole block follows
         cache.attach(None)  # no background work from here on
-        reads = stats.snapshot()["backend_reads"]
+        reads = count("backend_reads")
         await random_read(MiB + 100)
-        assert stats.snapshot()["backend_reads"] == reads
+        await random_read(3 * MiB + 5 * PIECE + 100)  # its piece, from the disk tier
+        assert count("backend_reads") == reads
         # a read at offset 0 starts a sequential reader: whole blocks
         await cache.read(obj, 0, 4096, opener, Stream())
-        assert stats.snapshot().get("cache_misses_partial") == 2
+        assert count("cache_misses_partial") == 3
+        # evicting the file drops its pieces with its blocks
+        await cache.evict(obj)
+        await trio.to_thread.run_sync(disk.flush)
+        assert not [k for k in disk._cache.iterkeys() if str(k).startswith(obj.pieces_prefix)]
+        await random_read(3 * MiB + 5 * PIECE)
+        assert count("cache_misses_partial") == 4
 
     try:
         trio.run(main)
+    finally:
+        disk.close()
+        backend.close()
+
+
+def test_a_damaged_piece_is_dropped_and_fetched_again(tmp_path):
+    data, backend, stats, disk, cache, obj = _one_big_file(tmp_path, 2 * MiB)
+    offset = MiB + 3 * PIECE + 512
+
+    async def opener():
+        return await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
+
+    async def main() -> bytes:
+        got = await cache.read(obj, offset, 4096, opener, Stream())
+        await trio.to_thread.run_sync(disk.flush)
+        return bytes(got)
+
+    try:
+        assert trio.run(main) == data[offset : offset + 4096]
+        (name,) = [f for f in (tmp_path / "cache").rglob("*.val")]
+        with open(name, "r+b") as f:  # flip a byte of the piece the next read needs
+            f.seek(offset % PIECE)
+            byte = f.read(1)
+            f.seek(offset % PIECE)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        assert trio.run(main) == data[offset : offset + 4096]
+        assert disk.corrupt_blocks == 1 and stats.snapshot()["cache_misses_partial"] == 2
     finally:
         disk.close()
         backend.close()

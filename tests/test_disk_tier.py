@@ -186,6 +186,26 @@ def test_a_block_evicted_by_another_process_is_a_miss_then_found_again(tier):
         other.close()
 
 
+def test_a_missing_piece_is_asked_for_once_a_while_and_a_block_always(tier, monkeypatch):
+    assert tier.get_range("p|x|0+65536", 0, 100, piece=True) is None
+    assert tier.get_range("b|x|0", 0, 100) is None
+    other = DiskTier(tier.directory, 64 * MiB, max_block=MiB)
+    try:
+        other.put("p|x|0+65536", BLOCK[:65536])
+        other.put("b|x|0", BLOCK)
+        assert other.flush(10)
+    finally:
+        other.close()
+    assert tier.get_range("b|x|0", 0, 100) == BLOCK[:100]  # blocks are shared by the node's mounts at once
+    assert tier.get_range("p|x|0+65536", 0, 100, piece=True) is None  # a piece: not asked again for a while
+    monkeypatch.setattr("pfs.cache.disk.ABSENT_S", 0.0)
+    assert tier.get_range("p|x|0+65536", 0, 100, piece=True) == BLOCK[:100]
+    monkeypatch.undo()
+    assert tier.get_range("p|x|1+65536", 0, 100, piece=True) is None
+    tier.put("p|x|1+65536", BLOCK[:65536])  # stored here: known at once
+    assert tier.flush(10) and tier.get_range("p|x|1+65536", 0, 100, piece=True) == BLOCK[:100]
+
+
 def test_a_known_block_changed_on_disk_is_dropped(tier):
     tier.put("b|x|0", BLOCK)
     path = only_block_file(tier)

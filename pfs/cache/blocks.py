@@ -34,13 +34,20 @@ log = logging.getLogger(__name__)
 Run = Callable[..., Awaitable[Any]]
 OpenReader = Callable[[], Awaitable[Reader]]
 
-SMALL_READ_PART = 8  # a random read of at most 1/8 of a block that misses the cache reads just its bytes
+SMALL_READ_PART = 8  # a random read of at most 1/8 of a block that misses the cache takes just its pieces
+# A small random read that misses both tiers fetches the aligned pieces of this size that hold it and keeps
+# them in the disk tier, so the same read is a disk hit the next epoch: fetching the whole 4 MiB block for
+# 4 KiB would pull in a whole file that an epoch reads sparsely (2,000 reads over a 1 GiB file fetched all
+# of it), while the next records of an indexed format are often within the piece.
+PIECE = 64 << 10
+# A block of which this many pieces were fetched is fetched whole behind the reads (MAX_FILLS at once): a
+# block read in two places is in the working set, and one ranged read of it costs less than the round trips
+# of the pieces still to come (2,000 reads over a 1 GiB file: 1,829 piece requests instead of about 500 and
+# 256 block reads, 0.75x the reads per second on a loopback server, and more on a store far away).
+FILL_AFTER_PIECES = 2
 MAX_OBJECTS = 65536  # versions whose cache identity is kept made
 MAX_FILLS = 2  # blocks fetched at once behind such reads: the rest of the backend's threads serve readers
-# Blocks read in part once, remembered so that a second small read of one fetches it whole: a block read
-# twice is in the working set, while fetching every block a random reader touches once would pull in the
-# whole file at 4 MiB per 4 KiB read.
-TOUCHED_BLOCKS = 65536
+TOUCHED_BLOCKS = 65536  # blocks whose pieces fetched are counted (least recently counted first out)
 # What all sequential streams together may have ahead of their readers (asked for, fetched and not yet
 # read), as a share of the memory budget: one stream alone reads up to its `prefetch_blocks` ahead, several
 # share this, so that one stream's prefetch never evicts blocks another fetched and has not read yet.
@@ -79,6 +86,14 @@ class CachedObject:
     def key(self, index: int) -> str:
         return f"b|{self.digest}|{index}"
 
+    def piece_key(self, offset: int, length: int) -> str:
+        """The key of bytes [offset, offset+length) of the object kept as a piece (see PIECE)."""
+        return f"{self.pieces_prefix}{offset}+{length}"
+
+    @property
+    def pieces_prefix(self) -> str:
+        return f"p|{self.digest}|"
+
 
 @dataclass(eq=False)
 class Stream:
@@ -114,7 +129,7 @@ class BlockCache:
         self._nursery: trio.Nursery | None = None
         self._room = trio.Event()  # set whenever in-flight bytes are released
         self._fills = 0  # whole blocks being fetched behind small random reads
-        self._touched: OrderedDict[Any, None] = OrderedDict()  # blocks read in part once (TOUCHED_BLOCKS)
+        self._touched: OrderedDict[str, int] = OrderedDict()  # block key -> pieces fetched (TOUCHED_BLOCKS)
         self._objects: dict[tuple[str, str, str, int], CachedObject] = {}
         self._streams: dict[Stream, float] = {}  # sequential streams reading now, by when they last read
 
@@ -167,16 +182,15 @@ class BlockCache:
         first, last = offset // bs, (end - 1) // bs
         if stream is not None:
             self._follow(stream, obj, offset, end, last, open_reader)
-        # A random read of a big file takes just its bytes from the disk tier, not whole blocks; a small one
-        # that misses both tiers takes just its bytes from the backend too (the block follows in the
-        # background, budget permitting), so 4 KiB never waits for 4 MiB. A read at offset 0 is not random:
-        # it is how sequential readers start.
+        # A random read of a big file takes just its bytes from the disk tier (its pieces, or the block),
+        # not whole blocks; a small one that misses both tiers takes just its pieces from the backend too,
+        # so 4 KiB never waits for 4 MiB. A read at offset 0 is not random: sequential readers start there.
         random = stream is not None and stream.streak == 0 and obj.size > bs
         small = random and offset > 0 and end - offset <= bs // SMALL_READ_PART
         parts: list[Block] = []
         for index in range(first, last + 1):
             lo, hi = max(offset - index * bs, 0), min(end - index * bs, bs)
-            part = await self._part_from_disk(obj, index, lo, hi) if random else None
+            part = await self._part_from_disk(obj, index, lo, hi, small) if random else None
             if part is None and small and obj.key(index) not in self.memory:  # (a fill may be under way)
                 part = await self._part_from_backend(obj, index, lo, hi, open_reader)
             if part is None:
@@ -189,38 +203,61 @@ class BlockCache:
             parts.append(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _part_from_disk(self, obj: CachedObject, index: int, lo: int, hi: int) -> bytes | None:
+    def _pieces(self, obj: CachedObject, index: int, lo: int, hi: int) -> list[tuple[str, int, int]]:
+        """The pieces holding bytes [lo, hi) of block `index`: (key, start in the block, length) each."""
+        bs = self.config.block_size
+        size, base = min(PIECE, bs), index * bs
+        block_end = min(bs, obj.size - base)
+        out = []
+        for start in range(lo - lo % size, hi, size):
+            length = min(size, block_end - start)
+            out.append((obj.piece_key(base + start, length), start, length))
+        return out
+
+    async def _part_from_disk(
+        self, obj: CachedObject, index: int, lo: int, hi: int, small: bool
+    ) -> Block | None:
         key = obj.key(index)
         if self._known(key) or self.disk is None:
             return None
-        part = await self._run_disk(self.disk.get_range, key, lo, hi)
+        pieces = self._pieces(obj, index, lo, hi) if small else []
+        part = await self._run_disk(_read_part, self.disk, key, pieces, lo, hi)
         if part is not None:
             self.stats.add("cache_hits_disk", 1)
         return part
 
     async def _part_from_backend(
         self, obj: CachedObject, index: int, lo: int, hi: int, open_reader: OpenReader
-    ) -> bytes:
-        """Bytes [lo, hi) of block `index` straight from the backend; at its second such read the whole
-        block is fetched into the cache in the background, when the budget has room and few such fills are
-        under way."""
+    ) -> Block:
+        """Bytes [lo, hi) of block `index`, fetched from the backend as the pieces that hold them (kept in the
+        disk tier when the budget has room); once FILL_AFTER_PIECES pieces of a block were fetched, the whole
+        block is fetched into the cache in the background, when few such fills are under way."""
         reader = await open_reader()
         key = obj.key(index)
-        if key not in self._touched:
-            self._touched[key] = None
+        pieces = self._pieces(obj, index, lo, hi)
+        start, end = pieces[0][1], pieces[-1][1] + pieces[-1][2]
+        count = self._touched.pop(key, 0) + len(pieces)
+        if count >= FILL_AFTER_PIECES and self._fills < MAX_FILLS:
+            self._schedule(obj, index, 1, open_reader, fill=True)
+        else:
+            self._touched[key] = count
             if len(self._touched) > TOUCHED_BLOCKS:
                 self._touched.popitem(last=False)
-        elif self._fills < MAX_FILLS:
-            del self._touched[key]
-            self._schedule(obj, index, 1, open_reader, fill=True)
-        bs = self.config.block_size
         started = time.perf_counter()
-        data = await self._run_backend(reader.read, index * bs + lo, hi - lo)
+        bs = self.config.block_size
+        data = memoryview(await self._run_backend(reader.read, index * bs + start, end - start))
         self.stats.add("backend_reads", 1)
         self.stats.add("backend_read_bytes", len(data))
         self.stats.add("backend_read_us", int((time.perf_counter() - started) * 1e6))
         self.stats.add("cache_misses_partial", 1)
-        return data
+        for piece_key, piece_start, length in pieces:
+            if len(data) < piece_start - start + length:  # shorter than its version said: never kept
+                break
+            if self.disk is not None and self.memory.try_reserve(length):
+                piece = data[piece_start - start : piece_start - start + length]
+                if not self._store_on_disk(piece_key, piece):
+                    self._release(length)
+        return data[lo - start : hi - start]
 
     def prefetch_whole(self, obj: CachedObject, open_reader: OpenReader) -> None:
         """Start fetching a small file's only block as it is opened: its first read is right behind."""
@@ -454,6 +491,7 @@ class BlockCache:
             self.memory.discard(key)
         if self.disk is not None:
             await self._run_disk(_delete_blocks, self.disk, keys)
+            await self._run_disk(self.disk.delete_prefix, obj.pieces_prefix)
 
     async def _present(self, keys: list[str]) -> list[bool]:
         if self.disk is None:
@@ -470,6 +508,23 @@ class BlockCache:
             "memory_peak": self.memory.peak,
             "cache_corrupt_blocks": self.disk.corrupt_blocks if self.disk is not None else 0,
         }
+
+
+def _read_part(
+    disk: DiskTier, key: str, pieces: list[tuple[str, int, int]], lo: int, hi: int
+) -> Block | None:
+    """Bytes [lo, hi) of block `key` from the disk tier: from the cached `pieces` that hold them, else
+    from the block itself."""
+    found = []
+    for piece_key, start, length in pieces:
+        got = disk.get_range(piece_key, max(lo, start) - start, min(hi, start + length) - start, piece=True)
+        if got is None:
+            break
+        found.append(got)
+    else:
+        if found:
+            return found[0] if len(found) == 1 else b"".join(found)
+    return disk.get_range(key, lo, hi)
 
 
 def _read_blocks(disk: DiskTier, keys: list[str], first: int) -> dict[int, Block]:

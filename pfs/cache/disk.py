@@ -65,6 +65,10 @@ _ASIDE = "broken-"  # prefix of the subdirectories broken caches are moved into
 # What a failing disk or database raises through diskcache: each only makes the tier miss.
 _FAILURES = (OSError, sqlite3.Error, diskcache.Timeout)
 INDEX_ENTRIES = 16384  # blocks whose file the index knows (~0.5 KiB each with 4 MiB blocks' checksums)
+# Pieces (parts of blocks kept for small random reads) the database did not have, remembered for a while so
+# that a random reader asks SQLite once for each; one written here meanwhile is known at once, one written by
+# another mount on the node after this many seconds. Blocks are always asked for: mounts share them.
+ABSENT_S = 30.0
 QUEUE_BYTES = 256 << 20  # writes queued beyond this are dropped (or wait, for callers that ask to)
 BATCH_BYTES = 32 << 20  # the most one transaction writes, so other processes wait little for the database
 READERS = 4  # threads reading the blocks of one `get_many` at once
@@ -125,6 +129,7 @@ class _Index:
     def __init__(self, limit: int = INDEX_ENTRIES) -> None:
         self._limit = limit
         self._entries: OrderedDict[str, _Where] = OrderedDict()
+        self._absent: OrderedDict[str, float] = OrderedDict()  # key -> when the database had none
         self._lock = threading.Lock()
 
     def get(self, key: str) -> _Where | None:
@@ -134,8 +139,21 @@ class _Index:
                 self._entries.move_to_end(key)
             return where
 
+    def absent(self, key: str) -> bool:
+        """Whether the database said `key` was not there, less than ABSENT_S ago."""
+        since = self._absent.get(key)  # one dict lookup: atomic
+        return since is not None and time.monotonic() - since < ABSENT_S
+
+    def mark_absent(self, key: str) -> None:
+        with self._lock:
+            self._absent[key] = time.monotonic()
+            self._absent.move_to_end(key)
+            if len(self._absent) > self._limit:
+                self._absent.popitem(last=False)
+
     def put(self, key: str, where: _Where) -> None:
         with self._lock:
+            self._absent.pop(key, None)
             self._entries[key] = where
             self._entries.move_to_end(key)
             if len(self._entries) > self._limit:
@@ -148,6 +166,7 @@ class _Index:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._absent.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -205,6 +224,10 @@ class _Queue:
             self._taken.difference_update(keys)
             self._changed.notify_all()
         return [done for done in dones if done is not None]
+
+    def keys_starting(self, prefix: str) -> list[str]:
+        with self._changed:
+            return [key for key in self._items if key.startswith(prefix)]
 
     def wait_written(self, key: str, timeout: float) -> None:
         """Wait while `key` is being written (bounded by `timeout`)."""
@@ -451,16 +474,17 @@ class DiskTier:
                 self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="pfs-disk-reader")
         return list(self._readers.map(self.get, keys))
 
-    def get_range(self, key: str, start: int, end: int) -> Block | None:
-        """Bytes [start, end) of a block, reading and checking only the chunks that hold them."""
-        return self._read(key, start, end)
+    def get_range(self, key: str, start: int, end: int, piece: bool = False) -> Block | None:
+        """Bytes [start, end) of a block, reading and checking only the chunks that hold them; `piece`: a
+        part of a block, which the database is not asked for again for ABSENT_S once it had none."""
+        return self._read(key, start, end, piece)
 
-    def _read(self, key: str, start: int, end: int | None) -> Block | None:
+    def _read(self, key: str, start: int, end: int | None, piece: bool = False) -> Block | None:
         queued = self._queue.get(key)
         if queued is not None:
             return None if isinstance(queued, str) else memoryview(queued)[start:end]
         for _ in range(2):  # a file gone since it was indexed: the key may have been stored again
-            where = self._locate(key)
+            where = self._locate(key, piece)
             if where is None:
                 return None
             if where is _INLINE:
@@ -474,10 +498,10 @@ class DiskTier:
                 return None
         return None
 
-    def _locate(self, key: str) -> _Where | None:
+    def _locate(self, key: str, piece: bool = False) -> _Where | None:
         """Where `key`'s block lives: from the index, else from the database (then indexed)."""
         where = self._index.get(key)
-        if where is not None:
+        if where is not None or (piece and self._index.absent(key)):
             return where
         try:
             row = self._cache._sql(  # one indexed lookup, without reading the value as `get` would
@@ -487,6 +511,8 @@ class DiskTier:
             self._failed("be read", exc)
             return None
         if row is None:
+            if piece:
+                self._index.mark_absent(key)
             return None
         filename, size, mode, tag = row
         if mode != diskcache.core.MODE_BINARY or not filename:
@@ -562,6 +588,19 @@ class DiskTier:
             self._cache.delete(key, retry=True)
         except _FAILURES as exc:
             self._failed("delete blocks", exc)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every entry whose key starts with `prefix` (the pieces of one version of an object)."""
+        try:
+            rows = self._cache._sql(  # the key column is indexed: a range of it, without the values
+                "SELECT key FROM Cache WHERE key >= ? AND key < ? AND raw = 1",
+                (prefix, prefix + "\U0010ffff"),
+            ).fetchall()
+        except _FAILURES as exc:
+            self._failed("be read", exc)
+            rows = []
+        for key in {key for (key,) in rows} | set(self._queue.keys_starting(prefix)):
+            self.delete(key)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued write is done (or given up); False when `timeout` passed first."""
