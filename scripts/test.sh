@@ -13,4 +13,4 @@ bash scripts/check_install.sh
 
 # HDFS: a real single-node cluster for this run when the test kit is there, stopped on exit (also on failure).
 source scripts/hdfs.sh
-python3 -m pytest -q -ra "$@"
+python3 -m pytest -q -ra --durations=25 "$@"

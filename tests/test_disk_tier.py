@@ -284,6 +284,29 @@ def test_a_full_queue_drops_the_write_and_says_it_is_done(tier):
     assert sorted(done) == ["b|x|0", "b|x|1", "b|x|2"]  # written or dropped, each one is over
 
 
+def test_the_tier_stays_within_its_size_and_a_key_stored_again_replaces_its_entry(tmp_path):
+    tier = DiskTier(str(tmp_path / "cache"), 8 * MiB, max_block=MiB)
+    try:
+        blocks = {f"b|x|{i}": os.urandom(MiB) for i in range(40)}
+        for key, data in blocks.items():  # several batches, each stored in one transaction
+            tier.put(key, data)
+            tier.record(f"bench/{key}", Seen(MiB, 1, "etag", 1.0))
+        assert tier.flush(10)
+        files = glob.glob(f"{tier.directory}/**/*.val", recursive=True)
+        assert tier._cache.volume() <= 8 * MiB + MiB  # culled as it went: never beyond one block over
+        assert len(files) == sum(1 for key in tier._cache.iterkeys() if key.startswith("b|")) <= 9
+        assert tier.get("b|x|39") == blocks["b|x|39"] and tier.get("b|x|0") is None  # oldest out first
+        again = os.urandom(MiB)
+        tier.put("b|x|39", again)
+        assert tier.flush(10)
+        assert glob.glob(f"{tier.directory}/**/*.val", recursive=True) != files  # the old file is gone
+        assert len(glob.glob(f"{tier.directory}/**/*.val", recursive=True)) == len(files)
+        tier._index.clear()
+        assert tier.get("b|x|39") == again
+    finally:
+        tier.close()
+
+
 def test_the_index_keeps_the_most_recently_used():
     index = _Index(limit=2)
     for key in "abc":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -132,6 +133,7 @@ class BlockCache:
         self._touched: OrderedDict[str, int] = OrderedDict()  # block key -> pieces fetched (TOUCHED_BLOCKS)
         self._objects: dict[tuple[str, str, str, int], CachedObject] = {}
         self._streams: dict[Stream, float] = {}  # sequential streams reading now, by when they last read
+        self._written: _Written | None = None  # budget held by disk writes, given back once written
 
     def attach(self, nursery: trio.Nursery | None) -> None:
         """Background work (prefetch, disk writes) runs in `nursery`; without one it is done inline."""
@@ -443,8 +445,9 @@ class BlockCache:
         if self._nursery is None:
             self.disk.put(key, data)
             return False
-        token = trio.lowlevel.current_trio_token()
-        self.disk.put(key, data, done=functools.partial(token.run_sync_soon, self._release, len(data)))
+        if self._written is None:
+            self._written = _Written(trio.lowlevel.current_trio_token(), self._release)
+        self.disk.put(key, data, done=functools.partial(self._written.add, len(data)))
         return True
 
     # ---- warmup and its relatives ------------------------------------------------------------------------
@@ -508,6 +511,33 @@ class BlockCache:
             "memory_peak": self.memory.peak,
             "cache_corrupt_blocks": self.disk.corrupt_blocks if self.disk is not None else 0,
         }
+
+
+class _Written:
+    """Bytes the disk tier's writer thread has written, handed back to the budget on the loop: in one call
+    for all written since the last, not one wake-up of the loop per block (the writer stores a batch at a
+    time)."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, release: Callable[[int], None]) -> None:
+        self._token = token
+        self._release = release
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._asked = False  # a call to `_give_back` is on its way to the loop
+
+    def add(self, nbytes: int) -> None:
+        """Called in the writer thread for each write done (or given up)."""
+        with self._lock:
+            self._pending += nbytes
+            if self._asked:
+                return
+            self._asked = True
+        self._token.run_sync_soon(self._give_back)  # (a loop gone raises: the disk tier logs it)
+
+    def _give_back(self) -> None:
+        with self._lock:
+            nbytes, self._pending, self._asked = self._pending, 0, False
+        self._release(nbytes)
 
 
 def _read_part(

@@ -74,6 +74,14 @@ BATCH_BYTES = 32 << 20  # the most one transaction writes, so other processes wa
 READERS = 4  # threads reading the blocks of one `get_many` at once
 CLOSE_WAIT_S = 20.0  # how long closing waits for queued writes
 
+# The tier's own statements (diskcache's schema; its eviction policy "least-recently-stored").
+_INSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
+    " filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_OLDEST = "SELECT rowid, filename, size FROM Cache ORDER BY store_time LIMIT ?"
+_KEYS_PER_STATEMENT = 500  # under SQLite's smallest limit of parameters per statement (999)
+
 Done = Callable[[], None]
 Block = bytes | memoryview  # a view shares the buffer of the read it came from
 
@@ -633,19 +641,7 @@ class DiskTier:
         written: list[tuple[str, _Where]] = []
         try:
             self._respect_free_space(max((len(v) for _, v in batch if not isinstance(v, str)), default=0))
-            with self._cache.transact(retry=True):
-                for key, value in batch:
-                    if isinstance(value, str):
-                        # Plain text, never a pickle: nothing read from the cache directory is unpickled.
-                        self._cache.set(key, value, retry=True)
-                        continue
-                    crcs = _checksums(value)
-                    # As a file object: diskcache writes plain bytes line by line (thousands of writes per
-                    # block), and a BytesIO would copy the block first.
-                    self._cache.set(key, _Chunks(value), read=True, tag=crcs, retry=True)
-                    name = self._cache.disk.written()
-                    if name is not None:
-                        written.append((key, _Where(name, len(value), crcs)))
+            self._insert(batch, written)
         except _FAILURES as exc:
             for _, where in written:
                 with contextlib.suppress(OSError):
@@ -655,6 +651,45 @@ class DiskTier:
         self._stored()
         for key, where in written:
             self._index.put(key, where)
+
+    def _insert(self, batch: list[tuple[str, Block | str]], written: list[tuple[str, _Where]]) -> None:
+        """Store the batch in one transaction as diskcache's `set` would, entry by entry (a key stored
+        again replaces its entry; while the tier is over its size limit, each entry stored culls up to
+        `cull_limit` of the oldest), with a few statements per entry instead of five, and the tier's size
+        kept here instead of asked for after each. Appends the block files written to `written`."""
+        cache = self._cache
+        disk = cache.disk
+        with cache._transact(retry=True) as (sql, cleanup):
+            for start in range(0, len(batch), _KEYS_PER_STATEMENT):
+                keys = [key for key, _ in batch[start : start + _KEYS_PER_STATEMENT]]
+                marks = ",".join("?" * len(keys))
+                for rowid, filename in sql(
+                    f"SELECT rowid, filename FROM Cache WHERE raw = 1 AND key IN ({marks})", keys
+                ).fetchall():
+                    sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                    cleanup(filename)  # removed once the transaction commits
+            volume, limit = cache.volume(), cache.size_limit
+            for key, value in batch:
+                if isinstance(value, str):
+                    # Plain text, never a pickle: nothing read from the cache directory is unpickled.
+                    crcs = None
+                    size, mode, filename, db_value = disk.store(value, False, key=key)
+                else:
+                    crcs = _checksums(value)
+                    # As a file object: diskcache writes plain bytes line by line (thousands of writes per
+                    # block), and a BytesIO would copy the block first.
+                    size, mode, filename, db_value = disk.store(_Chunks(value), True, key=key)
+                    if filename is not None:
+                        written.append((key, _Where(filename, len(value), crcs)))
+                now = time.time()  # one each, in order: the oldest are culled first
+                sql(_INSERT, (key, 1, now, None, now, 0, crcs, size, mode, filename, db_value))
+                volume += size
+                if volume >= limit:
+                    oldest = sql(_OLDEST, (cache.cull_limit,)).fetchall()
+                    for rowid, filename, old_size in oldest:
+                        sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                        cleanup(filename)
+                        volume -= old_size
 
     def _respect_free_space(self, incoming: int) -> None:
         """Lower the effective size limit while the file system is short of free space, then cull to it.
