@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 
 import pyfuse3
 import trio
 
-from pfs import metrics, mounter
+from pfs import metrics, mounter, options
 from pfs.backends import Backend, BackendOptions, leftovers, open_backend
 from pfs.errors import PfsError
 from pfs.fs import fuse_loop, fuse_table, journal
@@ -163,9 +161,7 @@ def main() -> None:
     parser.add_argument("--mountpoint", required=True)  # only to make `ps` output readable
     parser.parse_args()
     faulthandler.enable()  # a hard crash still leaves a stack in the log (stderr is the log file)
-    config = json.loads(sys.stdin.read())
-    mount = MountOptions(**config["mount"])
-    backend = BackendOptions(**config["backend"])
+    uri, mountpoint, mount, backend = options.read_daemon_config(sys.stdin.read())
     setup_logging(mount.log_file, mount.debug)
     status = os.fdopen(os.dup(1), "w")
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -177,7 +173,7 @@ def main() -> None:
         status.close()
 
     try:
-        serve(config["uri"], config["mountpoint"], mount, backend, on_ready=ready)
+        serve(uri, mountpoint, mount, backend, on_ready=ready)
     except Exception as exc:
         if isinstance(exc, PfsError):
             message = str(exc)
@@ -189,12 +185,6 @@ def main() -> None:
             status.write(f"error: {message}\n")
             status.close()
         sys.exit(1)
-
-
-def config_for(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOptions) -> str:
-    return json.dumps(
-        {"uri": uri, "mountpoint": mountpoint, "mount": asdict(mount), "backend": asdict(backend)}
-    )
 
 
 if __name__ == "__main__":

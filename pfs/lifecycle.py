@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-from pfs import control, daemon, mounter, options
+from pfs import control, mounter, options
 from pfs.backends import BackendOptions, open_backend
 from pfs.errors import UsageError
 from pfs.options import DEFAULT_STATE_DIR, MountOptions
@@ -58,6 +58,8 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
     finally:
         live.close()
     if foreground:
+        from pfs import daemon  # the FUSE stack: loaded only by the process that serves (0.4 s here)
+
         daemon.setup_logging(mount.log_file, mount.debug)
         daemon.serve(uri, mountpoint, mount, backend)
         return 0
@@ -81,7 +83,7 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
             env=DAEMON_ENV | dict(os.environ),
         )
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(daemon.config_for(uri, mountpoint, mount, backend))
+    process.stdin.write(options.daemon_config(uri, mountpoint, mount, backend))
     process.stdin.close()
     # The daemon writes one line and closes the pipe once it is mounted or has failed.
     answered, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)

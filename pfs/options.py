@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pfs.backends import BackendOptions
@@ -156,3 +157,16 @@ def check(options: MountOptions) -> None:
 
 def to_dict(options: MountOptions) -> dict:
     return {f.name: getattr(options, f.name) for f in fields(options)}
+
+
+def daemon_config(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOptions) -> str:
+    """What `pfs mount` hands its background daemon on stdin (read back by `read_daemon_config`)."""
+    return json.dumps(
+        {"uri": uri, "mountpoint": mountpoint, "mount": asdict(mount), "backend": asdict(backend)}
+    )
+
+
+def read_daemon_config(text: str) -> tuple[str, str, MountOptions, BackendOptions]:
+    config = json.loads(text)
+    mount, backend = MountOptions(**config["mount"]), BackendOptions(**config["backend"])
+    return config["uri"], config["mountpoint"], mount, backend
