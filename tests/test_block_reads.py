@@ -189,3 +189,27 @@ def test_one_stream_reads_ahead_in_several_requests_within_the_budget(tmp_path):
     reads = cache.stats.snapshot()["backend_reads"]
     assert 24 / 2 <= reads < 24  # requests of two blocks (a window of four cut in two), the first alone
     assert cache.memory.peak <= config.memory_limit
+
+
+def test_the_budget_held_by_disk_writes_comes_back_in_every_loop_that_used_the_cache(tmp_path):
+    data, backend, _, disk, cache, obj = _one_big_file(tmp_path, 4 * MiB)
+
+    async def opener():
+        return await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
+
+    async def read_block(index: int) -> None:
+        async with trio.open_nursery() as nursery:
+            cache.attach(nursery)
+            got = await cache.read(obj, index * MiB, MiB, opener, Stream())
+            assert bytes(got) == data[index * MiB : (index + 1) * MiB]
+            await trio.to_thread.run_sync(disk.flush)
+            await trio.sleep(0.05)  # the writer's give-back runs on the loop
+            assert cache.memory.reserved == 0
+            cache.attach(None)
+
+    try:
+        for index in range(3):  # a fresh loop each time, as a remount's would be
+            trio.run(read_block, index)
+    finally:
+        disk.close()
+        backend.close()

@@ -445,8 +445,9 @@ class BlockCache:
         if self._nursery is None:
             self.disk.put(key, data)
             return False
-        if self._written is None:
-            self._written = _Written(trio.lowlevel.current_trio_token(), self._release)
+        token = trio.lowlevel.current_trio_token()
+        if self._written is None or self._written.token is not token:  # (tests run several loops)
+            self._written = _Written(token, self._release)
         self.disk.put(key, data, done=functools.partial(self._written.add, len(data)))
         return True
 
@@ -519,7 +520,7 @@ class _Written:
     time)."""
 
     def __init__(self, token: trio.lowlevel.TrioToken, release: Callable[[int], None]) -> None:
-        self._token = token
+        self.token = token
         self._release = release
         self._lock = threading.Lock()
         self._pending = 0
@@ -532,7 +533,7 @@ class _Written:
             if self._asked:
                 return
             self._asked = True
-        self._token.run_sync_soon(self._give_back)  # (a loop gone raises: the disk tier logs it)
+        self.token.run_sync_soon(self._give_back)  # (a loop gone raises: the disk tier logs it)
 
     def _give_back(self) -> None:
         with self._lock:
