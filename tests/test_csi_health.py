@@ -129,7 +129,10 @@ def test_stopped_and_killed_daemons_are_abnormal_until_recovered(plugin, paths):
     assert wait_until(
         lambda: not condition(plugin, volume_id, target)[0].volume_condition.abnormal, timeout=15
     )
-    assert readable(f"{target}/a") and control.daemon_pid(staging) != daemon
+    # Healthy is the staging mount's and the target's answer to a probe; the first read through the new
+    # daemon may take longer than one `readable` allows on a loaded machine.
+    assert wait_until(lambda: readable(f"{target}/a"), timeout=15)
+    assert control.daemon_pid(staging) != daemon
     for volume_id, staging, target in volumes:
         unpublish_and_unstage(plugin, volume_id, staging, [target])
 
