@@ -162,7 +162,7 @@ def to_dict(options: MountOptions) -> dict:
 def daemon_config(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOptions) -> str:
     """What `pfs mount` hands its background daemon on stdin (read back by `read_daemon_config`)."""
     return json.dumps(
-        {"uri": uri, "mountpoint": mountpoint, "mount": to_dict(mount), "backend": asdict(backend)}
+        {"uri": uri, "mountpoint": mountpoint, "mount": asdict(mount), "backend": asdict(backend)}
     )
 
 

@@ -245,8 +245,8 @@ class BlockCache:
             self._touched[key] = count
             if len(self._touched) > TOUCHED_BLOCKS:
                 self._touched.popitem(last=False)
-        bs = self.config.block_size
         started = time.perf_counter()
+        bs = self.config.block_size
         data = memoryview(await self._run_backend(reader.read, index * bs + start, end - start))
         self.stats.add("backend_reads", 1)
         self.stats.add("backend_read_bytes", len(data))
@@ -550,11 +550,12 @@ def _read_part(
     for piece_key, start, length in pieces:
         got = disk.get_range(piece_key, max(lo, start) - start, min(hi, start + length) - start, piece=True)
         if got is None:
-            return disk.get_range(key, lo, hi)
+            break
         found.append(got)
-    if not found:
-        return disk.get_range(key, lo, hi)
-    return found[0] if len(found) == 1 else b"".join(found)
+    else:
+        if found:
+            return found[0] if len(found) == 1 else b"".join(found)
+    return disk.get_range(key, lo, hi)
 
 
 def _read_blocks(disk: DiskTier, keys: list[str], first: int) -> dict[int, Block]:

@@ -663,8 +663,11 @@ class DiskTier:
             for start in range(0, len(batch), _KEYS_PER_STATEMENT):
                 keys = [key for key, _ in batch[start : start + _KEYS_PER_STATEMENT]]
                 marks = ",".join("?" * len(keys))
-                stored = sql(f"SELECT rowid, filename FROM Cache WHERE raw = 1 AND key IN ({marks})", keys)
-                self._delete_rows(stored.fetchall(), cleanup)
+                for rowid, filename in sql(
+                    f"SELECT rowid, filename FROM Cache WHERE raw = 1 AND key IN ({marks})", keys
+                ).fetchall():
+                    sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                    cleanup(filename)  # removed once the transaction commits
             volume, limit = cache.volume(), cache.size_limit
             for key, value in batch:
                 if isinstance(value, str):
@@ -683,14 +686,10 @@ class DiskTier:
                 volume += size
                 if volume >= limit:
                     oldest = sql(_OLDEST, (cache.cull_limit,)).fetchall()
-                    self._delete_rows([(rowid, filename) for rowid, filename, _ in oldest], cleanup)
-                    volume -= sum(old_size for _, _, old_size in oldest)
-
-    def _delete_rows(self, rows: list[tuple[int, str | None]], cleanup: Callable[[str | None], None]) -> None:
-        """Delete entries by (rowid, filename) inside the writer's transaction; their files go at commit."""
-        self._cache._con.executemany("DELETE FROM Cache WHERE rowid = ?", [(rowid,) for rowid, _ in rows])
-        for _, filename in rows:
-            cleanup(filename)
+                    for rowid, filename, old_size in oldest:
+                        sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                        cleanup(filename)
+                        volume -= old_size
 
     def _respect_free_space(self, incoming: int) -> None:
         """Lower the effective size limit while the file system is short of free space, then cull to it.
