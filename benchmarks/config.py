@@ -19,8 +19,10 @@ SCENARIOS = (
     "meta", "write-big", "write-small", "write-ckpt",
 )  # fmt: skip
 READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader")
-CLIENTS = ("pfs", "pfs-ro", "pfs-snap", "pfs-wb", "rclone", "s3fs", "raw", "local", "floor", "floor-noopen")
-READ_ONLY = ("pfs-ro", "pfs-snap", "floor", "floor-noopen")  # no write scenarios
+CLIENTS = (
+    "pfs", "pfs-ro", "pfs-snap", "pfs-wb", "rclone", "s3fs", "raw", "local",
+    "floor", "floor-noopen", "floor-wb",
+)  # fmt: skip
 PEERS = ("rclone", "s3fs")
 PHASES = ("cold", "warm", "hot")
 

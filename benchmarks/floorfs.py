@@ -1,19 +1,30 @@
 """The floor: the least a pyfuse3 filesystem can do to serve the benchmark data, as a separate process.
 
-`python -m benchmarks.floorfs ROOT MOUNTPOINT [--no-open]` serves the directory ROOT (the bucket's bytes on
-local disk) read-only with nothing but lookup, getattr, readdir, open and read: files up to SMALL bytes are
-kept in memory from their first read on, bigger ones are read with pread from ROOT. The difference between
-pfs and this, measured in the same run, is pfs's own cost. With --no-open, open and flush answer ENOSYS: the
-kernel then never sends OPEN, FLUSH or RELEASE again, keeps every file's pages, and reads carry fh 0.
+`python -m benchmarks.floorfs ROOT MOUNTPOINT [--no-open] [--s3 ENDPOINT BUCKET | --stage DIR]` serves
+the directory ROOT (the bucket's bytes on local disk) with nothing but lookup, getattr, readdir, open and
+read: files up to SMALL bytes are kept in memory from their first read on, bigger ones are read with pread
+from ROOT. The difference between pfs and this, measured in the same run, is pfs's own cost. With
+--no-open, open and flush answer ENOSYS: the kernel then never sends OPEN, FLUSH or RELEASE again, keeps
+every file's pages, and reads carry fh 0.
+
+With --s3 it also takes new files (create, write, flush) and streams each one's bytes to BUCKET on the S3
+server at ENDPOINT exactly as the `raw` client does (one pyarrow output stream per file, credentials from
+the environment), so a write scenario's floor is the raw client plus the least pyfuse3 adds: appends only,
+no cache, no staging, no read-back of what is being written. With --stage it writes each new file to an
+unnamed file in DIR instead and fsyncs it at close: the floor of a write-back mount's close.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import os
 import stat
+from collections.abc import Callable
+from typing import Protocol
 
+import pyarrow.fs as pafs
 import pyfuse3
 import trio
 
@@ -23,15 +34,41 @@ SMALL = 1 << 20
 TTL = 10.0  # pfs's default metadata TTL: the kernel asks the same questions of both
 
 
+class Sink(Protocol):
+    def write(self, data: bytes) -> object: ...
+
+    def close(self) -> None: ...
+
+
+class LocalSink:
+    """A new file's bytes in an unnamed file of the staging directory, durable once closed."""
+
+    def __init__(self, directory: str) -> None:
+        self.fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+
+    def write(self, data: bytes) -> int:
+        return os.write(self.fd, data)  # the loop waits for the page cache, as a trivial filesystem would
+
+    def close(self) -> None:
+        try:
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+
+
 class FloorFS(pyfuse3.Operations):
-    def __init__(self, root: str, no_open: bool) -> None:
+    def __init__(self, root: str, no_open: bool, new_file: Callable[[str], Sink] | None = None) -> None:
         super().__init__()
         self.root = root
         self.no_open = no_open
+        self.new_file = new_file  # where a new file's bytes go, by its path under ROOT
         self.paths = {pyfuse3.ROOT_INODE: root}
         self.inos = {root: pyfuse3.ROOT_INODE}
         self.data: dict[int, bytes] = {}
         self.fds: dict[int, int] = {}
+        self.streams: dict[int, tuple[int, Sink]] = {}  # fh of a new file -> its inode, where it goes
+        self.written: dict[int, int] = {}  # inode of a file being written -> its size so far
+        self.fhs = itertools.count(1 << 32)  # write handles never collide with inodes (read handles)
 
     def _ino(self, path: str) -> int:
         ino = self.inos.get(path)
@@ -41,16 +78,20 @@ class FloorFS(pyfuse3.Operations):
         return ino
 
     def _attrs(self, path: str) -> pyfuse3.EntryAttributes:
-        try:
-            st = os.lstat(path)
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from None
         attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = self._ino(path)
-        attrs.st_mode = st.st_mode & (stat.S_IFMT(st.st_mode) | 0o555)
-        attrs.st_nlink, attrs.st_size = st.st_nlink, st.st_size
-        attrs.st_mtime_ns = attrs.st_ctime_ns = attrs.st_atime_ns = st.st_mtime_ns
-        attrs.st_blksize, attrs.st_blocks = 1 << 20, (st.st_size + 511) // 512
+        attrs.st_ino = ino = self._ino(path)
+        if ino in self.written:
+            attrs.st_mode, attrs.st_nlink, attrs.st_size = stat.S_IFREG | 0o644, 1, self.written[ino]
+        else:
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise pyfuse3.FUSEError(exc.errno) from None
+            writable = 0o200 if self.new_file else 0
+            attrs.st_mode = st.st_mode & (stat.S_IFMT(st.st_mode) | 0o555 | writable)
+            attrs.st_nlink, attrs.st_size = st.st_nlink, st.st_size
+            attrs.st_mtime_ns = attrs.st_ctime_ns = attrs.st_atime_ns = st.st_mtime_ns
+        attrs.st_blksize, attrs.st_blocks = 1 << 20, (attrs.st_size + 511) // 512
         attrs.entry_timeout = attrs.attr_timeout = TTL
         return attrs
 
@@ -76,11 +117,14 @@ class FloorFS(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if self.no_open:
             raise pyfuse3.FUSEError(errno.ENOSYS)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)  # files already there are only read; new ones are written
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def flush(self, fh):
         if self.no_open:
             raise pyfuse3.FUSEError(errno.ENOSYS)
+        await self._finish(fh)  # close() waits for FLUSH, not for RELEASE: the file is on the server then
 
     async def read(self, fh, off, size):
         ino = fh or fuse_table.current  # no-open: fh 0, the inode comes from the request itself
@@ -98,15 +142,54 @@ class FloorFS(pyfuse3.Operations):
                 return os.pread(fd, size, off)
         return memoryview(data)[off : off + size]
 
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        if self.new_file is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        path = os.path.join(self.paths[parent_inode], os.fsdecode(name))
+        stream = await trio.to_thread.run_sync(self.new_file, os.path.relpath(path, self.root))
+        ino, fh = self._ino(path), next(self.fhs)
+        self.streams[fh], self.written[ino] = (ino, stream), 0
+        return pyfuse3.FileInfo(fh=fh), self._attrs(path)
+
+    async def write(self, fh, off, buf):
+        ino, stream = self.streams[fh]
+        if off != self.written[ino]:
+            raise pyfuse3.FUSEError(errno.ENOTSUP)  # appends only, as a stream to the store takes them
+        stream.write(buf)  # S3: copied into the stream's part; full parts upload on pyarrow's own threads
+        self.written[ino] += len(buf)
+        return len(buf)
+
+    async def _finish(self, fh: int) -> None:
+        if fh in self.streams:
+            ino, stream = self.streams.pop(fh)
+            try:
+                await trio.to_thread.run_sync(stream.close)  # the upload (the fsync) completes here
+            finally:
+                del self.written[ino]
+
+    async def release(self, fh):
+        await self._finish(fh)  # a handle closed without a flush (a writer that died)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floorfs")
     parser.add_argument("root")
     parser.add_argument("mountpoint")
     parser.add_argument("--no-open", action="store_true")
+    sinks = parser.add_mutually_exclusive_group()
+    sinks.add_argument("--s3", nargs=2, metavar=("ENDPOINT", "BUCKET"), help="upload new files to BUCKET")
+    sinks.add_argument("--stage", metavar="DIR", help="keep new files in DIR, fsynced at close")
     args = parser.parse_args()
-    fs = FloorFS(os.path.abspath(args.root), args.no_open)
-    pyfuse3.init(fs, args.mountpoint, {"fsname=floor", "subtype=floor", "ro", "default_permissions"})
+    new_file: Callable[[str], Sink] | None = None
+    if args.s3:
+        endpoint, bucket = args.s3
+        s3 = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1")
+        new_file = lambda rel: s3.open_output_stream(f"{bucket}/{rel}")  # noqa: E731
+    elif args.stage:
+        new_file = lambda rel: LocalSink(args.stage)  # noqa: E731
+    fs = FloorFS(os.path.abspath(args.root), args.no_open, new_file)
+    options = {"fsname=floor", "subtype=floor", "default_permissions", "rw" if new_file else "ro"}
+    pyfuse3.init(fs, args.mountpoint, options)
     if args.no_open and not fuse_table.record_read_inodes():
         raise SystemExit("floorfs: this pyfuse3 cannot tell which inode a read is for")
     try:

@@ -21,13 +21,14 @@ COLUMNS = (
     "pfs-snap",
     "pfs-wb",
     "floor-noopen",
+    "floor-wb",
     "rclone",
     "s3fs",
     "raw",
     "raw-parallel",
     "local",
 )
-DAEMONS = ("pfs", "pfs-ro", "pfs-snap", "pfs-wb", "floor", "floor-noopen", "rclone", "s3fs")
+DAEMONS = ("pfs", "pfs-ro", "pfs-snap", "pfs-wb", "floor", "floor-noopen", "floor-wb", "rclone", "s3fs")
 LABELS = {
     "seq-1": "big file, sequential, 1 reader",
     "seq-4": "big files, sequential, 4 readers",
@@ -90,7 +91,7 @@ def table(results: list[Result]) -> str:
     rows = _rows(results)
     present = [c for c in COLUMNS if any(c in row for row in rows.values())]
     head = ["scenario", "figure", "phase", *present, "pfs / floor", "pfs-ro / floor-noopen"]
-    head += ["pfs-snap / floor-noopen"]
+    head += ["pfs-snap / floor-noopen", "pfs-wb / floor-wb"]
     head += ["pfs / best peer", "pfs / raw", "pfs / local"]
     lines = [
         "| " + " | ".join(head) + " |",
@@ -102,7 +103,7 @@ def table(results: list[Result]) -> str:
         pfs = row.get("pfs")
         noopen = row.get("floor-noopen")
         cells += [_ratio(pfs, row.get("floor")), _ratio(row.get("pfs-ro"), noopen)]
-        cells += [_ratio(row.get("pfs-snap"), noopen)]
+        cells += [_ratio(row.get("pfs-snap"), noopen), _ratio(row.get("pfs-wb"), row.get("floor-wb"))]
         cells += [_ratio(pfs, _best_peer(row)), _ratio(pfs, row.get("raw")), _ratio(pfs, row.get("local"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -166,7 +167,7 @@ def _peer(results: list[Result], scenario: str, phase: str) -> Result | None:
 
 
 def targets(results: list[Result]) -> str:
-    """The read-performance targets, each with the figures of this run it is judged by."""
+    """The performance targets, each with the figures of this run it is judged by."""
     lines = ["| target | measured | met |", "| --- | --- | --- |"]
 
     def check(text: str, measured: float | None, goal: float, detail: str) -> None:
@@ -176,9 +177,16 @@ def targets(results: list[Result]) -> str:
             lines.append(f"| {text} | {detail} | {'yes' if measured >= goal else 'no'} |")
 
     def ratio(
-        scenario: str, phase: str, other: Result | None, goal: float, text: str, unit: str, who: str = "pfs"
+        scenario: str,
+        phase: str,
+        other: Result | None,
+        goal: float,
+        text: str,
+        unit: str,
+        who: str = "pfs",
+        metric: str = "",
     ) -> None:
-        pfs = _find(results, scenario, phase, who)
+        pfs = _find(results, scenario, phase, who, metric)
         if pfs is None or other is None:
             check(text, None, goal, "")
             return
@@ -223,6 +231,29 @@ def targets(results: list[Result]) -> str:
     rss = max((p for p in peaks if p is not None), default=None)
     text = "daemon peak RSS <= 300 MiB, 4 readers of 1 GiB files"
     check(text, None if rss is None else 300 - rss, 0, f"{rss:.0f} MiB" if rss is not None else "")
+
+    # Writes, counted until every byte is on the server; write-back's close() against the local disk's.
+    def written(scenario: str, client: str | None, goal: float, text: str, who: str = "pfs", close: str = ""):
+        unit = "files/s" if scenario == "write-small" else "MiB/s"
+        metric = ("files/s" if scenario == "write-small" else "write MiB/s") + close
+        found = [r for r in results if (r.scenario, r.metric) == (scenario, metric)]
+        mine = next((r for r in found if r.client == who), None)
+        others = [r for r in found if r.client in (PEERS if client is None else (client,))]
+        other = max(others, key=lambda r: r.value, default=None)
+        if mine is None or other is None:
+            check(text, None, goal, "")
+            return
+        r = mine.value / other.value
+        check(text, r, goal, f"{r:.2f}x ({_fmt(mine.value)} vs {other.client} {_fmt(other.value)} {unit})")
+
+    written("write-small", None, 1.5, "small files written >= 1.5x faster peer")
+    written("write-small", "raw", 0.8, "small files written >= 0.8x raw pyarrow")
+    written("write-big", "raw", 1.0, "big file written >= 1.0x raw pyarrow")
+    written("write-big", "floor", 1.0, "big file written >= 1.0x floor (pyfuse3 and raw's stream)")
+    text = "write-back: big file at close >= 0.8x local disk"
+    written("write-big", "local", 0.8, text, who="pfs-wb", close=" at close")
+    text = "write-back: big file at close >= 1.0x floor-wb (pyfuse3, fsync at close)"
+    written("write-big", "floor-wb", 1.0, text, who="pfs-wb", close=" at close")
     return "\n".join(lines)
 
 
@@ -242,6 +273,8 @@ def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
         "read from the server's directory on local disk. floor = benchmarks/floorfs.py, the least a",
         "pyfuse3 filesystem does (open answered with keep_cache; floor-noopen: the kernel's no-open mode),",
         "serving the same files from memory (up to 1 MiB) or local disk; pfs / floor is pfs's own cost.",
+        "Written through the floor, a new file streams to the server as raw's do (floor-wb: it is fsynced",
+        "in a local directory at close instead, the floor of pfs-wb's close).",
         "",
         table(results),
         "",

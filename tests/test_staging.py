@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import threading
 import time
@@ -148,4 +150,55 @@ def test_a_writer_waits_for_the_stream_while_it_reads_on(tmp_path, monkeypatch):
     assert staged.finish()
     rest = reader.read(8 * MiB)
     assert rest == block * 4 and reader.read(8 * MiB) == b""
+    staged.close()
+
+
+def resident_bytes(fd: int, length: int) -> int:
+    """How much of the first `length` bytes of the file `fd` is in the page cache (mincore on a mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    )
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+    address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert address not in (None, ctypes.c_void_p(-1).value)
+    try:
+        pages = ctypes.create_string_buffer(-(-length // mmap.PAGESIZE))
+        assert libc.mincore(address, length, pages) == 0
+        return sum(byte & 1 for byte in pages.raw) * mmap.PAGESIZE
+    finally:
+        libc.munmap(address, length)
+
+
+def test_what_the_stream_has_read_leaves_memory_and_stays_readable(tmp_path, monkeypatch):
+    """A file uploaded while it is written keeps only the pages the upload has yet to read (plus a window):
+    the rest is written to the staging file and dropped from the page cache, and a read or a rewrite of
+    it still finds the bytes."""
+    monkeypatch.setattr(staging, "SYNC_AHEAD", MiB)
+    staged = StagedFile(str(tmp_path), 0, None)
+    reader = staged.stream()
+    assert reader is not None
+    data = os.urandom(32 * MiB)
+    uploaded = bytearray()
+    buffer = bytearray(MiB)
+    for i in range(32):
+        staged.write(i * MiB, data[i * MiB : (i + 1) * MiB])
+        got = reader.readinto(buffer)
+        uploaded += buffer[:got]
+    assert uploaded == data
+    assert resident_bytes(staged._fd, 32 * MiB) <= 4 * MiB  # the last windows only, not 32 MiB
+    assert staged.read(0, 32 * MiB) == data  # from the disk
+    staged.write(5 * MiB, b"rewritten")  # inside what was given back: no longer an append
+    assert (
+        staged.read(5 * MiB - 1, 11)
+        == data[5 * MiB - 1 : 5 * MiB] + b"rewritten" + data[5 * MiB + 9 : 5 * MiB + 10]
+    )
+    assert not staged.finish()  # rewritten: uploaded whole at close, from the staging file
     staged.close()

@@ -6,7 +6,11 @@ open); `floor-noopen` answers ENOSYS to open and flush (the kernel's no-open mod
 served from the daemon's memory from their first read on, bigger ones with pread from local disk; the
 daemon holds nothing across remounts, so its cold and warm phases read the local disk once (after the page
 cache was dropped) and hot is served by the kernel's page cache or the daemon's memory. The kernel
-readahead is raised as pfs raises its own. Read-only: the write scenarios skip it.
+readahead is raised as pfs raises its own.
+
+New files written through `floor` stream to the S3 server as the raw client's writes do (floorfs --s3), so
+the write scenarios show pfs beside pyfuse3 plus raw pyarrow; `floor-wb` keeps them in a staging directory,
+fsynced at close (floorfs --stage), beside `pfs-wb`; `floor-noopen` stays read-only.
 """
 
 from __future__ import annotations
@@ -14,23 +18,30 @@ from __future__ import annotations
 import os
 import sys
 
-from benchmarks.clients.base import ChildMountClient
+from benchmarks.clients.base import ChildMountClient, fresh_dir
 from pfs import mounter
 
 READAHEAD_KB = 1024  # what pfs sets on its mounts (MountOptions.readahead_kb)
+CHECKSUM_SETTINGS = ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
 
 
 class FloorClient(ChildMountClient):
     name = "floor"
-    writes = False
-    flags: tuple[str, ...] = ()
+
+    def flags(self) -> tuple[str, ...]:
+        return ("--s3", self.env.server.endpoint, self.env.bucket)
+
+    def environment(self) -> dict[str, str]:
+        # the raw client's settings (rclone refuses pyarrow's default aws-chunked uploads), its credentials
+        checks = {name: "WHEN_REQUIRED" for name in CHECKSUM_SETTINGS}
+        return {**super().environment(), **checks, **self.env.server.env()}
 
     def version(self) -> str:
         return "pyfuse3 " + __import__("pyfuse3").__version__
 
     def command(self) -> list[str]:
         root, mnt = str(self.env.data_root), str(self.mountpoint)
-        return [sys.executable, "-m", "benchmarks.floorfs", root, mnt, *self.flags]
+        return [sys.executable, "-m", "benchmarks.floorfs", root, mnt, *self.flags()]
 
     def mount(self) -> None:
         super().mount()
@@ -40,4 +51,18 @@ class FloorClient(ChildMountClient):
 
 class FloorNoOpenClient(FloorClient):
     name = "floor-noopen"
-    flags = ("--no-open",)
+    writes = False
+
+    def flags(self) -> tuple[str, ...]:
+        return ("--no-open",)
+
+
+class FloorWriteBackClient(FloorClient):
+    """New files fsynced in a local staging directory at close, uploaded never: a write-back close's floor."""
+
+    name = "floor-wb"
+    on_backend = False
+    reads = False
+
+    def flags(self) -> tuple[str, ...]:
+        return ("--stage", str(fresh_dir(self.dir / "staging")))
