@@ -37,6 +37,25 @@ def test_a_sequential_write_is_uploaded_while_written_and_appears_only_at_close(
         assert control.stats(m.path).get("uploads_streamed") == 1
 
 
+def test_what_a_stream_has_uploaded_is_read_and_rewritten_from_the_staging_disk(case, tmp_path):
+    """The pages a streamed upload has read leave memory once on the staging disk: reading them back through
+    the mount while the file is open, and rewriting one (the file then goes up whole at close), still
+    finds every byte."""
+    data = bytearray(os.urandom(72 * MiB))
+    with Mount(case.uri, str(tmp_path / "m"), env=case.env) as m:
+        with open(f"{m.path}/given-back", "w+b") as f:  # one handle: closing a reader would publish
+            for i in range(0, len(data), MiB):
+                f.write(data[i : i + MiB])
+            f.flush()
+            f.seek(0)
+            assert f.read(32 * MiB) == data[: 32 * MiB]
+            f.seek(3 * MiB)
+            f.write(b"x" * 4096)
+            data[3 * MiB : 3 * MiB + 4096] = b"x" * 4096
+        assert case.raw.get("given-back") == bytes(data)
+        assert not control.stats(m.path).get("uploads_streamed")
+
+
 def test_a_write_out_of_order_falls_back_to_the_whole_upload(case, tmp_path):
     data = bytearray(os.urandom(24 * MiB))
     with Mount(case.uri, str(tmp_path / "m"), env=case.env) as m:
