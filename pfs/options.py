@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pfs.backends import BackendOptions
@@ -153,10 +153,6 @@ def check(options: MountOptions) -> None:
         raise UsageError("block_size must be between 64K and 64M")
     if options.memory_limit < 4 * options.block_size:
         raise UsageError("memory_limit must hold at least 4 blocks")
-
-
-def to_dict(options: MountOptions) -> dict:
-    return {f.name: getattr(options, f.name) for f in fields(options)}
 
 
 def daemon_config(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOptions) -> str:
