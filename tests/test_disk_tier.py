@@ -307,6 +307,29 @@ def test_the_tier_stays_within_its_size_and_a_key_stored_again_replaces_its_entr
         tier.close()
 
 
+def test_a_batch_of_blocks_never_takes_the_tier_over_its_size_on_disk(tmp_path):
+    """The oldest blocks are culled, and their files removed, before a batch's files are written."""
+    tier = DiskTier(str(tmp_path / "cache"), 6 * MiB, max_block=MiB)
+    try:
+        for i in range(5):
+            tier.put(f"b|x|{i}", os.urandom(MiB))
+        assert tier.flush(10)
+        store, on_disk = tier._cache.disk.store, []
+
+        def store_counting(*args, **kwargs):
+            on_disk.append(
+                sum(os.path.getsize(f) for f in glob.glob(f"{tier.directory}/**/*.val", recursive=True))
+            )
+            return store(*args, **kwargs)
+
+        tier._cache.disk.store = store_counting
+        tier._write_batch([(f"b|y|{i}", os.urandom(MiB)) for i in range(4)])  # one transaction, as queued
+        assert len(on_disk) == 4 and max(on_disk) <= 5 * MiB  # room for the block being written
+        assert tier.get("b|y|3") is not None and tier.get("b|x|0") is None
+    finally:
+        tier.close()
+
+
 def test_the_index_keeps_the_most_recently_used():
     index = _Index(limit=2)
     for key in "abc":

@@ -659,15 +659,23 @@ class DiskTier:
         kept here instead of asked for after each. Appends the block files written to `written`."""
         cache = self._cache
         disk = cache.disk
-        with cache._transact(retry=True) as (sql, cleanup):
+
+        def drop(rowid: int, filename: str | None) -> None:
+            # Its file goes now, as each `set` of a batch did, not at the commit: culled at the commit, the
+            # files of a whole batch would be on disk beside those they replace, past the size limit. A
+            # rollback then leaves rows without files, which read as misses.
+            sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+            if filename is not None:
+                disk.remove(filename)
+
+        with cache._transact(retry=True) as (sql, _):
             for start in range(0, len(batch), _KEYS_PER_STATEMENT):
                 keys = [key for key, _ in batch[start : start + _KEYS_PER_STATEMENT]]
                 marks = ",".join("?" * len(keys))
                 for rowid, filename in sql(
                     f"SELECT rowid, filename FROM Cache WHERE raw = 1 AND key IN ({marks})", keys
                 ).fetchall():
-                    sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
-                    cleanup(filename)  # removed once the transaction commits
+                    drop(rowid, filename)
             volume, limit = cache.volume(), cache.size_limit
             for key, value in batch:
                 if isinstance(value, str):
@@ -687,8 +695,7 @@ class DiskTier:
                 if volume >= limit:
                     oldest = sql(_OLDEST, (cache.cull_limit,)).fetchall()
                     for rowid, filename, old_size in oldest:
-                        sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
-                        cleanup(filename)
+                        drop(rowid, filename)
                         volume -= old_size
 
     def _respect_free_space(self, incoming: int) -> None:
