@@ -176,23 +176,17 @@ def targets(results: list[Result]) -> str:
         else:
             lines.append(f"| {text} | {detail} | {'yes' if measured >= goal else 'no'} |")
 
-    def ratio(
-        scenario: str,
-        phase: str,
-        other: Result | None,
-        goal: float,
-        text: str,
-        unit: str,
-        who: str = "pfs",
-        metric: str = "",
-    ) -> None:
-        pfs = _find(results, scenario, phase, who, metric)
-        if pfs is None or other is None:
+    def compare(text: str, mine: Result | None, other: Result | None, goal: float, unit: str) -> None:
+        if mine is None or other is None:
             check(text, None, goal, "")
             return
-        r = pfs.value / other.value
-        detail = f"{r:.2f}x ({_fmt(pfs.value)} vs {other.client} {_fmt(other.value)} {unit})"
-        check(text, r, goal, detail)
+        r = mine.value / other.value
+        check(text, r, goal, f"{r:.2f}x ({_fmt(mine.value)} vs {other.client} {_fmt(other.value)} {unit})")
+
+    def ratio(
+        scenario: str, phase: str, other: Result | None, goal: float, text: str, unit: str, who: str = "pfs"
+    ) -> None:
+        compare(text, _find(results, scenario, phase, who), other, goal, unit)
 
     def absolute(scenario: str, phase: str, goal: float, text: str, unit: str, metric: str = "") -> None:
         pfs = _find(results, scenario, phase, "pfs", metric)
@@ -234,17 +228,13 @@ def targets(results: list[Result]) -> str:
 
     # Writes, counted until every byte is on the server; write-back's close() against the local disk's.
     def written(scenario: str, client: str | None, goal: float, text: str, who: str = "pfs", close: str = ""):
-        unit = "files/s" if scenario == "write-small" else "MiB/s"
-        metric = ("files/s" if scenario == "write-small" else "write MiB/s") + close
+        small = scenario == "write-small"
+        metric = ("files/s" if small else "write MiB/s") + close
         found = [r for r in results if (r.scenario, r.metric) == (scenario, metric)]
-        mine = next((r for r in found if r.client == who), None)
         others = [r for r in found if r.client in (PEERS if client is None else (client,))]
+        mine = next((r for r in found if r.client == who), None)
         other = max(others, key=lambda r: r.value, default=None)
-        if mine is None or other is None:
-            check(text, None, goal, "")
-            return
-        r = mine.value / other.value
-        check(text, r, goal, f"{r:.2f}x ({_fmt(mine.value)} vs {other.client} {_fmt(other.value)} {unit})")
+        compare(text, mine, other, goal, "files/s" if small else "MiB/s")
 
     written("write-small", None, 1.5, "small files written >= 1.5x faster peer")
     written("write-small", "raw", 0.8, "small files written >= 0.8x raw pyarrow")

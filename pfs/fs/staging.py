@@ -371,7 +371,8 @@ class StagedFile:
             return
         flags = _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER
         if _libc.sync_file_range(self._fd, start, end - start, flags) != 0:
-            failure = OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            code = ctypes.get_errno()
+            failure = OSError(code, os.strerror(code))
             with self.lock:  # the staging file no longer holds these bytes for sure: never publish it
                 self.broken = self.broken or _staging_error(failure, "write")
                 self._grown.notify_all()
