@@ -501,22 +501,23 @@ class ArrowBackend(Backend):
         return transfer.upload_memory(size, self._store.object_store)
 
     def _look_before_put(self, path: str, full: str) -> None:
-        getter = self._store.getter
-        if getter is not None:  # one HEAD, where pyarrow's look at a new name costs three requests
-            bucket, _, key = full.partition("/")
-            self._call(f"stat {path}", lambda: getter.exists(bucket, key))
+        """Where pyarrow uploads, a look at the name before it: a store that stopped answering is found out
+        before a PUT is sent (a PUT its waiter gave up on may still land later). Uploads signed here need
+        none: their PUT sends its body only once the store answered (`ObjectGetter.put`), and a multipart
+        upload completes only once the store acknowledged every part."""
+        if self._store.getter is not None:
             return
         own = self._call(f"stat {path}", lambda: self._fs.get_file_info(full))
         if own.type == _DIR:
             raise IsADirectory(f"{path}: is a directory")
 
-    def _putter(self, key: str) -> Callable[[bytes], None] | None:
+    def _putter(self, key: str) -> Callable[[bytes, Callable[[], None]], None] | None:
         """A one-request PUT of object `key` (bucket/key), where the credentials are known here."""
         getter = self._store.getter
         if getter is None:
             return None
         bucket, _, name = key.partition("/")
-        return lambda data: getter.put(bucket, name, data)
+        return lambda data, before_body: getter.put(bucket, name, data, before_body)
 
     def _streamer(self, key: str) -> transfer.Streamer | None:
         """A multipart upload of object `key` (bucket/key) signed here, where the credentials are known."""
@@ -548,8 +549,6 @@ class ArrowBackend(Backend):
         self._check_new_leaf(path)
         if plain and self._store.object_store:
             full = self._full(path)
-            # One look at the name though the caller knows what is there: a store that stopped answering
-            # is found out before a PUT is sent (a PUT its waiter gave up on may still land later).
             self._look_before_put(path, full)
             self._publish(path, full, source, size, guard)
             if self._attrs is None or meta is None:

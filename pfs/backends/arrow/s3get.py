@@ -12,7 +12,8 @@ Requests are signed with AWS Signature Version 4; each worker thread keeps its o
 
 A small upload (one PutObject) goes the same way: pyarrow's output stream would allocate a whole part
 buffer (10 MiB, which the daemon's allocator settings make an mmap of its own) for every file, measured
-at 9.7 ms of CPU per 128 KiB file against 1.8 ms with this PUT. So do the requests of a multipart upload
+at 9.7 ms of CPU per 128 KiB file against 1.8 ms with this PUT. Its body goes only once the store has
+answered its headers (`Expect: 100-continue`): see `put`. So do the requests of a multipart upload
 (`create_upload`, `upload_part`, `complete_upload`, `abort_upload`): a part goes out from the bytes it was
 read into, with no copy into a part buffer, and the caller decides how many parts are in flight.
 
@@ -34,6 +35,7 @@ import ssl
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -44,6 +46,14 @@ _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _Reply = tuple[int, str, dict[str, str], bytes]  # status, reason, headers (lower-case names), body
 _Answer = tuple[int, dict[str, str], bytes]  # status, headers, body of a successful request
 Body = bytes | memoryview  # what a request sends
+# Seconds a store not yet known to answer `Expect: 100-continue` gets to do so; one that answers is then
+# given the whole request timeout, one that ignores it is asked with a HEAD before each PUT instead.
+FIRST_CONTINUE_WAIT = 1.0
+_MAX_LINE = 65536
+
+
+class _NoContinue(Exception):
+    """The store did not answer a PUT's headers within FIRST_CONTINUE_WAIT (its body was not sent)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class ObjectGetter:
         # Parts' bodies are hashed into their signature where nothing else protects them on the way (as
         # the AWS SDK does: signed over HTTP, not over TLS, which checks every byte itself).
         self._sign_parts = scheme != "https"
+        self._continues: bool | None = None  # does the store answer `Expect: 100-continue` (None: unknown)
 
     def first(self, bucket: str, key: str, length: int) -> Part:
         """Bytes [0, length) of `bucket/key` (fewer if the object is shorter), its ETag and size."""
@@ -111,11 +122,29 @@ class ObjectGetter:
             raise BackendError(f"head {bucket}/{key}: answered without the object's size")
         return _etag(answer), int(size)
 
-    def put(self, bucket: str, key: str, data: bytes) -> None:
-        """Store `data` as object `bucket/key` in one PutObject (the payload's hash is signed with it)."""
+    def put(self, bucket: str, key: str, data: bytes, before_body: Callable[[], None]) -> None:
+        """Store `data` as object `bucket/key` in one PutObject (the payload's hash is signed with it),
+        calling `before_body()` right before the body goes out (it may raise to send nothing).
+
+        The body goes only once the store has answered the request's headers (`Expect: 100-continue`): a
+        PUT sent whole to a store that stopped answering is carried out when the store wakes, maybe long
+        after its caller was told it failed, and headers without their body never are. So the request is
+        its own check that the store is alive; a store that ignores the expectation is asked with a HEAD
+        just before the PUT instead."""
         host, path = self._where(bucket, key)
         headers = {"host": host, "content-length": str(len(data))}
-        self._ask("PUT", host, path, headers, f"put {bucket}/{key}", data)
+        what = f"put {bucket}/{key}"
+        if self._continues is not False:
+            try:
+                self._ask("PUT", host, path, dict(headers), what, data, go_ahead=before_body)
+                return
+            except _NoContinue:
+                self.exists(bucket, key)  # alive (else this raises): it ignores the expectation
+                self._continues = False
+        else:
+            self.exists(bucket, key)
+        before_body()
+        self._ask("PUT", host, path, headers, what, data)
 
     def create_upload(self, bucket: str, key: str) -> str:
         """Start a multipart upload of `bucket/key`; its upload id."""
@@ -183,9 +212,11 @@ class ObjectGetter:
         data: Body | None = None,
         query: dict[str, str] | None = None,
         sign_body: bool = True,
+        go_ahead: Callable[[], None] | None = None,
     ) -> _Answer:
-        """One signed request (with `data` as its body, its hash signed unless `sign_body` is false); a
-        successful answer, or the error its status means (204 counts as success)."""
+        """One signed request (with `data` as its body, its hash signed unless `sign_body` is false, sent
+        only when the server asks for it if there is a `go_ahead`, see `_send_when_asked`); a successful
+        answer, or the error its status means (204 counts as success)."""
         signed = data is not None and sign_body
         canonical_query = _canonical_query(query or {})
         self._sign(
@@ -193,7 +224,7 @@ class ObjectGetter:
         )
         target = f"{path}?{canonical_query}" if canonical_query else path
         try:
-            status, reason, answer, body = self._request(method, host, target, headers, data)
+            status, reason, answer, body = self._request(method, host, target, headers, data, go_ahead)
         except (OSError, http.client.HTTPException) as exc:
             raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
         if status in (200, 204, 206):
@@ -210,14 +241,28 @@ class ObjectGetter:
         raise BackendError(what)
 
     def _request(
-        self, method: str, host: str, path: str, headers: dict[str, str], data: Body | None = None
+        self,
+        method: str,
+        host: str,
+        path: str,
+        headers: dict[str, str],
+        data: Body | None = None,
+        go_ahead: Callable[[], None] | None = None,
     ) -> _Reply:
         """One request on this thread's kept connection; a connection the server closed while idle is
         replaced once at once (that is no outage)."""
         for fresh in (False, True):
             conn = self._connection(host, fresh)
             try:
-                conn.request(method, path, body=data, headers=headers)
+                if go_ahead is None:
+                    conn.request(method, path, body=data, headers=headers)
+                else:
+                    assert data is not None
+                    early = self._send_when_asked(conn, method, path, headers, data, go_ahead)
+                    if early is not None:  # the server answered the headers: it may not read on
+                        conn.close()
+                        self._local.conns.pop(host, None)
+                        return early
                 response = conn.getresponse()
                 body = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
@@ -235,6 +280,48 @@ class ObjectGetter:
                 self._local.conns.pop(host, None)
             return response.status, response.reason, answer, body
         raise AssertionError("unreachable")
+
+    def _send_when_asked(
+        self,
+        conn: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        data: Body,
+        go_ahead: Callable[[], None],
+    ) -> _Reply | None:
+        """Send the request's headers with `Expect: 100-continue`, and its body right after `go_ahead()`
+        once the server asks for it; the server's final answer (its body unread) if it gave one instead.
+        Raises _NoContinue if a store not yet known to answer the expectation stays silent."""
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.putheader("expect", "100-continue")  # not signed, as the AWS SDKs leave it
+        conn.endheaders()
+        sock = conn.sock
+        if not self._continues:
+            sock.settimeout(min(self._timeout, FIRST_CONTINUE_WAIT))
+        with sock.makefile("rb") as reader:  # nothing more comes until the body is sent: no read-ahead lost
+            try:
+                line = reader.readline(_MAX_LINE)
+            except TimeoutError:
+                if self._continues:
+                    raise
+                raise _NoContinue from None
+            sock.settimeout(self._timeout)
+            if not line:
+                raise http.client.RemoteDisconnected("the server closed the connection before answering")
+            version, _, rest = line.decode("iso-8859-1").strip().partition(" ")
+            code, _, reason = rest.partition(" ")
+            if not version.startswith("HTTP/") or not code.isdigit():
+                raise http.client.BadStatusLine(line.decode("iso-8859-1"))
+            answer = http.client.parse_headers(reader)
+        if int(code) != 100:
+            return int(code), reason, {k.lower(): v for k, v in answer.items()}, b""
+        self._continues = True
+        go_ahead()
+        conn.send(data)
+        return None
 
     def _connection(self, host: str, fresh: bool) -> http.client.HTTPConnection:
         conns: dict[str, http.client.HTTPConnection] = getattr(self._local, "conns", None) or {}

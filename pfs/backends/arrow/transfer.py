@@ -100,19 +100,18 @@ def upload_object(
     size: int,
     path: str,
     guard: UploadGuard,
-    put: Callable[[bytes], None] | None = None,
+    put: Callable[[bytes, Callable[[], None]], None] | None = None,
     streamer: Streamer | None = None,
 ) -> None:
     """Publish `size` bytes of `source` as object `key`: all, or nothing (always nothing once abandoned).
-    `put(data)`: stores a small object in one request, and `streamer` a bigger one, where pyarrow's output
-    stream is not wanted."""
+    `put(data, commit)`: stores a small object in one request (calling `commit()` right before its body
+    goes), and `streamer` a bigger one, where pyarrow's output stream is not wanted."""
     if size <= CHUNK:
         # Read first: if the source fails, no request was made at all. One PutObject at close.
         data = read_source(source, size, path)
         guard.progressed()
         if put is not None:
-            guard.commit()
-            put(data)
+            put(data, guard.commit)
             return
         stream = fs.open_output_stream(key)
         try:
