@@ -9,6 +9,7 @@ Readers are threads in this process doing the same benchmarks.io calls for every
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -287,6 +288,9 @@ def run_write(ctx: Context, scenario: str, client: Client) -> list[Result]:
     client.clear_cache()
     client.mount()
     io = client.write_io
+    # No dirty pages of the client before (its local files, the server's copies of its uploads) left for
+    # the kernel to write back during this one's writes.
+    os.sync()
     try:
         with Meter(client.daemon_pid()) as meter:
             start = time.perf_counter()

@@ -171,9 +171,8 @@ class S3Server:
 
     def _command(self) -> list[str]:
         store = os.path.join(self.data_dir, "data")
-        if self.kind == "rclone":
-            auth = f"{self.access_key},{self.secret_key}"
-            return [_binary("rclone"), "serve", "s3", "--addr", self.endpoint, "--auth-key", auth, store]
+        if self.kind == "rclone":  # its keys come from the environment, never on a command line
+            return [_binary("rclone"), "serve", "s3", "--addr", self.endpoint, store]
         if self.kind == "moto":
             return [_binary("moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
         if not self._ports:
@@ -206,6 +205,8 @@ class S3Server:
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
         if self.kind == "seaweedfs":
             env |= {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        if self.kind == "rclone":  # the environment form of `--auth-key`
+            env["RCLONE_AUTH_KEY"] = f'"{self.access_key},{self.secret_key}"'  # one CSV field: a list flag
         return env
 
     def start(self) -> S3Server:
