@@ -139,8 +139,10 @@ class ObjectGetter:
                 self._ask("PUT", host, path, dict(headers), what, data, go_ahead=before_body)
                 return
             except _NoContinue:
-                self.exists(bucket, key)  # alive (else this raises): it ignores the expectation
-                self._continues = False
+                asked = time.monotonic()
+                self.exists(bucket, key)  # alive (else this raises)
+                if time.monotonic() - asked < FIRST_CONTINUE_WAIT:  # and quick: it ignores the expectation
+                    self._continues = False
         else:
             self.exists(bucket, key)
         before_body()
