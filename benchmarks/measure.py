@@ -48,6 +48,25 @@ def reset_peak_rss(pid: int) -> None:
         f.write("5")
 
 
+def settle(pid: int | None, quiet_s: float = 0.25, limit_s: float = 15.0) -> None:
+    """Until the client has finished what the last phase left it to do: dirty pages written back (its cache
+    files among them), and its daemon idle (under 4 % of a core for `quiet_s`), for at most `limit_s`.
+
+    A phase of a few hundred milliseconds would otherwise measure the tail of the one before it, a
+    client's cache being filled, rather than its own reads; a training job's epochs are far longer."""
+    os.sync()
+    if not pid:
+        return
+    deadline = time.monotonic() + limit_s
+    with contextlib.suppress(OSError):  # the daemon is gone: nothing left to wait for
+        used = cpu_seconds(pid)
+        while time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            used, before = cpu_seconds(pid), used
+            if used - before < 0.04 * quiet_s:
+                return
+
+
 @dataclass
 class Usage:
     seconds: float

@@ -2,7 +2,7 @@
 
 Phases mean the same for every client:
 - cold: the client's caches emptied, freshly mounted, page cache dropped (`echo 3 > drop_caches`);
-- hot: read again at once in the same mount, nothing dropped;
+- hot: read again in the same mount, nothing dropped, once the client has settled (`measure.settle`);
 - warm: unmounted, mounted again on the same client cache directory, page cache dropped.
 Readers are threads in this process doing the same benchmarks.io calls for every client.
 """
@@ -24,7 +24,7 @@ from benchmarks.clients import Client
 from benchmarks.config import KiB, MiB, Sizes
 from benchmarks.datasets import Dataset
 from benchmarks.io import IO, ArrowIO, FileIO
-from benchmarks.measure import Meter, drop_caches
+from benchmarks.measure import Meter, drop_caches, settle
 from benchmarks.results import Result
 from benchmarks.servers import Store
 
@@ -185,6 +185,7 @@ def run_read(ctx: Context, scenario: str, client: Client) -> list[Result]:
     try:
         drop_caches()
         results += _measure_read(ctx, work, client, "cold")
+        settle(client.daemon_pid())
         results += _measure_read(ctx, work, client, "hot")
     finally:
         client.unmount()

@@ -24,6 +24,7 @@ messages name the bucket and key.
 
 from __future__ import annotations
 
+import base64
 import calendar
 import email.utils
 import hashlib
@@ -130,9 +131,14 @@ class ObjectGetter:
         PUT sent whole to a store that stopped answering is carried out when the store wakes, maybe long
         after its caller was told it failed, and headers without their body never are. So the request is
         its own check that the store is alive; a store that ignores the expectation is asked with a HEAD
-        just before the PUT instead."""
+        just before the PUT instead.
+
+        The body's MD5 goes with the headers (`Content-MD5`), which every store checks: SeaweedFS, given
+        the headers of a PUT whose connection then closed before any body (a caller that gave up, a
+        daemon killed), stores an empty object under the key, over the file that was there."""
         host, path = self._where(bucket, key)
-        headers = {"host": host, "content-length": str(len(data))}
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        headers = {"host": host, "content-length": str(len(data)), "content-md5": md5}
         what = f"put {bucket}/{key}"
         if self._continues is not False:
             try:
