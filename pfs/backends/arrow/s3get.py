@@ -145,12 +145,11 @@ class ObjectGetter:
                 self._ask("PUT", host, path, dict(headers), what, data, go_ahead=before_body)
                 return
             except _NoContinue:
-                asked = time.monotonic()
-                self.exists(bucket, key)  # alive (else this raises)
-                if time.monotonic() - asked < FIRST_CONTINUE_WAIT:  # and quick: it ignores the expectation
-                    self._continues = False
-        else:
-            self.exists(bucket, key)
+                pass  # silent so far: asked with a HEAD, as a store that ignores the expectation is
+        asked = time.monotonic()
+        self.exists(bucket, key)  # alive (else this raises)
+        if self._continues is None and time.monotonic() - asked < FIRST_CONTINUE_WAIT:
+            self._continues = False  # and quick: it ignores the expectation
         before_body()
         self._ask("PUT", host, path, headers, what, data)
 
