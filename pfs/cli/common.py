@@ -1,5 +1,6 @@
 """Command-line pieces shared by several commands: how to reach a backend (`-o` and the connection flags,
-accepted the same way by `pfs mount`, `pfs snapshot` and `pfs sync`), and rich progress columns."""
+accepted the same way by `pfs mount`, `pfs snapshot` and `pfs sync`), one-line errors and sizes for people.
+Progress bars are in `pfs.cli.progress`: rich is loaded only by the commands that draw them."""
 
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import Progress, ProgressColumn, Task
-from rich.text import Text
 
 from pfs.backends import BackendOptions
 from pfs.errors import PfsError, UsageError
@@ -92,24 +90,6 @@ def one_line_errors() -> Iterator[None]:
 def as_uri(text: str) -> str:
     """A URI as given, or a plain local path as the file:// URI of its absolute path."""
     return text if "://" in text else f"file://{os.path.abspath(text)}"
-
-
-def progress_bar(*columns: str | ProgressColumn) -> Progress:
-    """A rich progress bar on stderr, drawn only on a terminal (nothing at all in logs and pipes)."""
-    console = Console(stderr=True)
-    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
-
-
-class RateColumn(ProgressColumn):
-    """Items per second, e.g. '12,345 entries/s'."""
-
-    def __init__(self, unit: str) -> None:
-        super().__init__()
-        self._unit = unit
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed or 0:,.0f} {self._unit}/s", style="progress.data.speed")
 
 
 def human(amount: float) -> str:

@@ -11,7 +11,8 @@ import click
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pfs.backends import BackendOptions, finish, open_backend, redact_uri
-from pfs.cli.common import RateColumn, as_uri, connection_options, human, one_line_errors, progress_bar
+from pfs.cli.common import as_uri, connection_options, human, one_line_errors
+from pfs.cli.progress import RateColumn, progress_bar
 from pfs.options import MountOptions
 
 

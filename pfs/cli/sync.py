@@ -18,7 +18,8 @@ from rich.progress import (
 
 from pfs.backends import Backend, BackendOptions, finish, open_backend, redact_uri
 from pfs.backends.location import parse_location
-from pfs.cli.common import as_uri, connection_options, human, one_line_errors, progress_bar
+from pfs.cli.common import as_uri, connection_options, human, one_line_errors
+from pfs.cli.progress import progress_bar
 from pfs.errors import UsageError
 from pfs.listing import Excludes
 from pfs.options import MountOptions

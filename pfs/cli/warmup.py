@@ -18,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 
 from pfs import control
 from pfs.backends import BackendOptions
-from pfs.cli.common import connection_options, human, one_line_errors, progress_bar
+from pfs.cli.common import connection_options, human, one_line_errors
+from pfs.cli.progress import progress_bar
 from pfs.errors import UsageError
 from pfs.options import MountOptions
 from pfs.partition import Share
