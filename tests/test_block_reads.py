@@ -213,3 +213,51 @@ def test_the_budget_held_by_disk_writes_comes_back_in_every_loop_that_used_the_c
     finally:
         disk.close()
         backend.close()
+
+
+def test_pages_the_kernel_lost_from_a_kept_file_are_read_alone(tmp_path):
+    """Reading a file again whose pages the kernel kept but for a few asks for those few, small reads 1-2 MiB
+    apart: each takes just its bytes from the disk tier, neither whole blocks nor a window ahead; a
+    reader going through the file in order is still a stream that reads ahead."""
+    data, backend, _, disk, warm, obj = _one_big_file(tmp_path, 16 * MiB)
+
+    async def opener():
+        return await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
+
+    async def fill() -> None:
+        for offset in range(0, len(data), MiB):
+            await warm.read(obj, offset, MiB, opener, Stream())
+        await trio.to_thread.run_sync(disk.flush)
+
+    stats = Stats()
+    cache = BlockCache(CacheConfig(block_size=MiB), disk, stats, _in_thread, _in_thread)  # a remount's
+
+    async def main() -> None:
+        await fill()
+        async with trio.open_nursery() as nursery:
+            cache.attach(nursery)
+            lost = Stream()
+            for offset, size in [
+                (3 * 4096, 4096),
+                (367 * 4096, 32768),
+                (701 * 4096, 4096),
+                (1009 * 4096, 8192),
+            ]:
+                got = await cache.read(obj, offset, size, opener, lost)
+                assert bytes(got) == data[offset : offset + size]
+            await trio.sleep(0.05)
+            assert stats.snapshot().get("prefetch_blocks", 0) == 0
+            assert cache.memory.cached == 0  # no whole block was read for them
+            assert stats.snapshot().get("backend_reads", 0) == 0
+            ordered = Stream()
+            for offset in range(8 * MiB, 12 * MiB, MiB):
+                got = await cache.read(obj, offset, MiB, opener, ordered)
+                assert bytes(got) == data[offset : offset + MiB]
+            assert stats.snapshot().get("prefetch_blocks", 0) > 0
+            cache.attach(None)
+
+    try:
+        trio.run(main)
+    finally:
+        disk.close()
+        backend.close()

@@ -58,6 +58,13 @@ AHEAD_SHARE = 0.5
 # Any wider and a random reader passes for a sequential one now and then (two blocks either side, before:
 # one read in 16 over a 256 MiB file), each time reading whole blocks and fetching a window ahead.
 NEAR_BYTES = 2 << 20
+# A read smaller than this that does not start where the last one ended is a one-off: it neither continues
+# nor breaks a sequential stream, and takes just its bytes. The kernel keeps a file read whole in its page
+# cache but for a few pages here and there (1 to 8 pages at a time, a few dozen per GiB on this kernel, with
+# no memory pressure); reading it again asks for those alone, 1-4 MiB apart, which passed for a sequential
+# stream: each read a whole 4 MiB block from the disk tier and a window fetched ahead, 164 MiB read from
+# disk for 133 lost pages, where the kernel's own readahead requests are 1 MiB and in order.
+ONE_OFF_BYTES = 128 << 10
 ACTIVE_S = 1.0  # a sequential stream that read within this long shares the budget for reading ahead
 
 
@@ -182,12 +189,11 @@ class BlockCache:
             return b""
         bs = self.config.block_size
         first, last = offset // bs, (end - 1) // bs
-        if stream is not None:
-            self._follow(stream, obj, offset, end, last, open_reader)
+        sequential = stream is not None and self._follow(stream, obj, offset, end, last, open_reader)
         # A random read of a big file takes just its bytes from the disk tier (its pieces, or the block),
         # not whole blocks; a small one that misses both tiers takes just its pieces from the backend too,
         # so 4 KiB never waits for 4 MiB. A read at offset 0 is not random: sequential readers start there.
-        random = stream is not None and stream.streak == 0 and obj.size > bs
+        random = stream is not None and not sequential and obj.size > bs
         small = random and offset > 0 and end - offset <= bs // SMALL_READ_PART
         parts: list[Block] = []
         for index in range(first, last + 1):
@@ -200,7 +206,6 @@ class BlockCache:
                 # leaves the block where it was: blocks then leave memory in the order they were fetched,
                 # those it has passed before those fetched ahead of it, and the blocks of one ranged read
                 # together (they are views of one buffer, freed only once none is kept).
-                sequential = stream is not None and stream.streak > 0
                 part = memoryview(await self._block(obj, index, open_reader, touch=not sequential))[lo:hi]
             parts.append(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -300,8 +305,13 @@ class BlockCache:
 
     def _follow(
         self, stream: Stream, obj: CachedObject, offset: int, end: int, last: int, open_reader: OpenReader
-    ) -> None:
+    ) -> bool:
+        """Track the reads of one handle and prefetch ahead of a sequential one; True when this read
+        continues a sequential stream."""
         bs = self.config.block_size
+        if offset != stream.next_offset and end - offset < ONE_OFF_BYTES:
+            stream.next_offset = end  # (small reads one after the other are a stream from the second on)
+            return False
         if stream.next_offset >= 0 and abs(offset - stream.next_offset) <= NEAR_BYTES:
             stream.streak += 1
         else:
@@ -309,7 +319,7 @@ class BlockCache:
             stream.prefetched_to = 0
         stream.next_offset = end
         if stream.streak == 0:
-            return
+            return False
         window, step = self._window(stream)
         blocks = (obj.size + bs - 1) // bs
         start = max(stream.prefetched_to, last + 1)
@@ -321,6 +331,7 @@ class BlockCache:
                 break
             start += count
         stream.prefetched_to = max(stream.prefetched_to, start)
+        return True
 
     def _window(self, stream: Stream) -> tuple[int, int]:
         """(blocks ahead, blocks per request) for a sequential stream. The window doubles with every read in
