@@ -336,3 +336,64 @@ def test_the_index_keeps_the_most_recently_used():
         index.put(key, _Where(key, 1, b""))
         index.get("a")
     assert index.get("a") is not None and index.get("b") is None and index.get("c") is not None
+
+
+def test_blocks_are_written_past_the_page_cache_and_read_back_whole(tmp_path):
+    """O_DIRECT writes go by aligned chunks: a block of any size reads back whole, its file just its size."""
+    disk = DiskTier(str(tmp_path / "cache"), 256 * MiB, max_block=16 * MiB)
+    blocks = {f"b|x|{n}": os.urandom(n) for n in (70_000, 4 * MiB, 4 * MiB + 5, 8 * MiB + 4097)}
+    try:
+        for key, data in blocks.items():
+            disk.put(key, data)
+        assert disk.flush(10)
+        assert disk._cache.disk.direct  # ext4 here: the direct path is what was used
+        for key, data in blocks.items():
+            assert bytes(disk.get(key)) == data
+        files = glob.glob(f"{disk.directory}/**/*.val", recursive=True)
+        assert sorted(os.path.getsize(f) for f in files) == sorted(map(len, blocks.values()))
+    finally:
+        disk.close()
+
+
+@pytest.mark.parametrize("refused_at", ["open", "write"])
+def test_a_file_system_refusing_o_direct_gets_buffered_writes(tmp_path, monkeypatch, caplog, refused_at):
+    """Some file systems refuse O_DIRECT at open, others at the first write: from then on blocks are written
+    buffered (a block refused at its write is a miss, never a broken file)."""
+    import pfs.cache.disk as disk_module
+
+    real_open, real_write, direct_fds = os.open, os.write, set()
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & os.O_DIRECT:
+            if refused_at == "open":
+                raise OSError(22, "Invalid argument")
+            fd = real_open(path, flags, *args, **kwargs)
+            direct_fds.add(fd)
+            return fd
+        return real_open(path, flags, *args, **kwargs)
+
+    def refusing_write(fd, data):
+        if fd in direct_fds:
+            direct_fds.discard(fd)
+            raise OSError(22, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(disk_module.os, "open", refusing_open)
+    monkeypatch.setattr(disk_module.os, "write", refusing_write)
+    disk = DiskTier(str(tmp_path / "cache"), 64 * MiB, max_block=MiB)
+    try:
+        with caplog.at_level(logging.INFO, logger="pfs.cache.disk"):
+            disk.put("b|x|0", BLOCK)
+            assert disk.flush(10)
+            disk.put("b|x|1", BLOCK)
+            assert disk.flush(10)
+        assert not disk._cache.disk.direct
+        assert bytes(disk.get("b|x|1")) == BLOCK
+        first = disk.get("b|x|0")
+        assert first is None if refused_at == "write" else bytes(first) == BLOCK
+        assert sum("refuses O_DIRECT" in r.getMessage() for r in caplog.records) == 1
+        assert len(glob.glob(f"{disk.directory}/**/*.val", recursive=True)) == (
+            1 if refused_at == "write" else 2
+        )
+    finally:
+        disk.close()
