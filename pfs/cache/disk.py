@@ -75,10 +75,11 @@ ABSENT_S = 30.0
 # block is already in the kernel's page cache once (the mount's own file), and a buffered write costs a
 # second copy there and its writeback later. Measured on the benchmark machine, 256 files of 4 MiB: 2.3-2.6 s
 # of CPU written buffered (and 2 s of writeback after), 0.55 s direct; a cold 1 GiB read through a mount
-# spent a third of the daemon's CPU in the buffered write (5.0 s against 3.4 s direct, 135 against 155-163
-# MiB/s). Values under DIRECT_MIN (small files, pieces) gain nothing measurable (cold small files 263-358
-# files/s direct, 315 buffered) and keep buffered writes, which the kernel merges. A file system that refuses
-# O_DIRECT gets buffered writes.
+# spent a third of the daemon's CPU in the buffered write (4.0-4.7 s against 3.3-3.5 s direct per GiB; the
+# read's rate the same within the noise, 179-241 MiB/s direct, 227-250 buffered, on a disk that takes
+# direct writes one at a time at 270 MiB/s). Values under DIRECT_MIN (small files, pieces) gain nothing
+# measurable (cold small files 263-358 files/s direct, 315 buffered) and keep buffered writes, which the
+# kernel merges. A file system that refuses O_DIRECT gets buffered writes.
 DIRECT_MIN = 1 << 20
 DIRECT_CHUNK = 4 << 20
 DIRECT_ALIGN = 4096  # O_DIRECT wants offsets, lengths and the buffer aligned to the device's logical block
