@@ -1,8 +1,8 @@
 """What a snapshot mount changes in a mount: a read-only SnapshotBackend in place of the live one, and a
 long metadata TTL so the kernel keeps every entry and attribute (the namespace never changes).
 
-Used by pfs/lifecycle.py (check the snapshot exists before starting the daemon: a one-line error) and by
-pfs/daemon.py (load the manifest and serve from it).
+Used by pfs/daemon.py: load the manifest and serve from it, before mounting (a missing snapshot is the
+one-line error `pfs mount` prints).
 """
 
 from __future__ import annotations
@@ -22,13 +22,6 @@ def pin_options(mount: MountOptions) -> None:
     if mount.snapshot:
         mount.read_only = True
         mount.metadata_ttl = SNAPSHOT_TTL
-
-
-def check_exists(live: Backend, name: str, uri: str) -> None:
-    """UsageError (one line) unless `name` is a valid name of an existing snapshot of `uri`."""
-    store = SnapshotStore(live, redact_uri(uri))
-    if not store.exists(name):
-        raise store.missing(name)
 
 
 def snapshot_view(live: Backend, name: str, uri: str) -> SnapshotBackend:
