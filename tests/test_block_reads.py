@@ -4,6 +4,7 @@ a real disk tier in a tmp dir)."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -211,6 +212,62 @@ def test_the_budget_held_by_disk_writes_comes_back_in_every_loop_that_used_the_c
         for index in range(3):  # a fresh loop each time, as a remount's would be
             trio.run(read_block, index)
     finally:
+        disk.close()
+        backend.close()
+
+
+def test_a_block_the_disk_tier_is_writing_is_counted_once_and_kept_until_written(tmp_path):
+    """A fetched block is kept in memory and queued for the disk tier: one buffer, counted once in the
+    budget, and not evicted while the writer holds it; a reader that finds the budget held by such blocks
+    waits for the writer instead of going past the budget, and reads on once it has written."""
+    data, backend, stats, disk, _, _ = _one_big_file(tmp_path, 12 * MiB)
+    config = CacheConfig(block_size=MiB, fetch_blocks=2, prefetch_blocks=2, memory_limit=6 * MiB)
+    cache = BlockCache(config, disk, stats, _in_thread, _in_thread)
+    obj = cache.object(backend.id, "big", "v1", len(data))
+    paused = threading.Event()
+    write_batch = disk._write_batch
+
+    def slow_write_batch(batch: list) -> None:
+        paused.wait(10)
+        write_batch(batch)
+
+    disk._write_batch = slow_write_batch  # the real writer, held back: a disk slower than the backend
+
+    async def opener():
+        return await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
+
+    async def main() -> None:
+        read_to = 0
+
+        async def read_all() -> None:
+            nonlocal read_to
+            stream = Stream()
+            for offset in range(0, len(data), MiB):
+                got = await cache.read(obj, offset, MiB, opener, stream)
+                assert bytes(got) == data[offset : offset + MiB]
+                read_to = offset + MiB
+
+        async with trio.open_nursery() as nursery:
+            cache.attach(nursery)
+            got = await cache.read(obj, 0, MiB, opener, Stream())
+            assert bytes(got) == data[:MiB]
+            assert cache.memory.used == MiB  # kept and being written: once, not twice
+            nursery.start_soon(read_all)
+            await trio.sleep(0.3)
+            assert read_to < len(data)  # waiting for the writer: the budget is all blocks it holds
+            assert cache.memory.used <= config.memory_limit
+            assert all(obj.key(i) in cache.memory for i in range(read_to // MiB))  # none evicted
+            paused.set()
+        assert read_to == len(data) and cache.memory.peak <= config.memory_limit + MiB
+        await trio.to_thread.run_sync(disk.flush)
+        await trio.sleep(0.05)  # the writer's give-back runs on the loop
+        assert cache.memory.reserved == 0 and not cache.memory.awaited
+        cache.attach(None)
+
+    try:
+        trio.run(main)
+    finally:
+        paused.set()
         disk.close()
         backend.close()
 

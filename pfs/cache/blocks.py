@@ -140,7 +140,7 @@ class BlockCache:
         self._touched: OrderedDict[str, int] = OrderedDict()  # block key -> pieces fetched (TOUCHED_BLOCKS)
         self._objects: dict[tuple[str, str, str, int], CachedObject] = {}
         self._streams: dict[Stream, float] = {}  # sequential streams reading now, by when they last read
-        self._written: _Written | None = None  # budget held by disk writes, given back once written
+        self._written: _Written | None = None  # blocks the disk tier's writer holds, given back once written
 
     def attach(self, nursery: trio.Nursery | None) -> None:
         """Background work (prefetch, disk writes) runs in `nursery`; without one it is done inline."""
@@ -166,11 +166,13 @@ class BlockCache:
         self.stats.add("backend_reads", 1)
         self.stats.add("backend_read_bytes", len(data))
         key = obj.key(index)
-        self.memory.put(key, data)
-        if self.disk is not None:
-            self.memory.reserve(len(data))
-            if not self._store_on_disk(key, data):
-                self._release(len(data))
+        if self.disk is None:
+            self.memory.put(key, data)
+            return
+        self.memory.reserve(len(data))
+        if not self._keep_fetched(key, data):
+            self.memory.put(key, data)
+            self._release(len(data))
 
     def try_room(self, nbytes: int) -> bool:
         """Room in the budget for optional work (prefetch), released with `release_room`."""
@@ -262,8 +264,10 @@ class BlockCache:
                 break
             if self.disk is not None and self.memory.try_reserve(length):
                 piece = data[piece_start - start : piece_start - start + length]
-                if not self._store_on_disk(piece_key, piece):
+                if not self.memory.hold_writing(piece_key, length):
                     self._release(length)
+                elif not self._store_on_disk(piece_key, piece):
+                    self.memory.written(piece_key)
         return data[lo - start : hi - start]
 
     def prefetch_whole(self, obj: CachedObject, open_reader: OpenReader) -> None:
@@ -293,7 +297,7 @@ class BlockCache:
     async def _reserve(self, nbytes: int) -> None:
         """Room in the budget for a fetch a reader waits for: wait while in-flight fetches hold it all."""
         while not self.memory.try_reserve(nbytes, share=1.0):
-            if not self.memory.reserved:  # nothing will be freed: a block bigger than the whole budget
+            if not self.memory.awaited:  # nothing will be freed: a block bigger than the whole budget
                 self.memory.reserve(nbytes)
                 return
             await self._room.wait()
@@ -405,8 +409,8 @@ class BlockCache:
                 fetched = await self._fetch(reader, obj, run_first, run_count, store=False)
                 fetch.blocks.update(fetched)
                 for index, data in fetched.items():
-                    if self._store_on_disk(obj.key(index), data):
-                        held -= len(data)  # the writer releases it once on disk
+                    if self._keep_fetched(obj.key(index), data):
+                        held -= len(data)  # now the block's place in the memory tier
             return fetch.blocks
         finally:
             self._release(held)
@@ -448,9 +452,21 @@ class BlockCache:
         bs = self.config.block_size
         return max(0, min(obj.size, (first + count) * bs) - first * bs)
 
+    def _keep_fetched(self, key: str, data: Block) -> bool:
+        """Keep a block just fetched in the memory tier and queue it for the disk tier; True when its
+        reserved bytes are now its place in the memory tier, held there until it is written."""
+        if self.disk is None:
+            return False
+        if self._nursery is None or not self.memory.put_writing(key, data):
+            self.disk.put(key, data)
+            return False
+        self._store_on_disk(key, data)
+        return True
+
     def _store_on_disk(self, key: str, data: Block) -> bool:
-        """Queue a fetched block for the disk tier's writer (never blocks); True when the write now holds
-        the block's share of the budget, released on the loop once it is written."""
+        """Queue bytes the memory tier counts as held by the writer (`put_writing`, `hold_writing`) for the
+        disk tier (never blocks); the writer lets go of them on the loop once written. False (nothing
+        queued) without a nursery: the caller lets go."""
         if self.disk is None:
             return False
         if self._nursery is None:
@@ -458,9 +474,15 @@ class BlockCache:
             return False
         token = trio.lowlevel.current_trio_token()
         if self._written is None or self._written.token is not token:  # (tests run several loops)
-            self._written = _Written(token, self._release)
-        self.disk.put(key, data, done=functools.partial(self._written.add, len(data)))
+            self._written = _Written(token, self._disk_wrote)
+        self.disk.put(key, data, done=functools.partial(self._written.add, key))
         return True
+
+    def _disk_wrote(self, keys: list[str]) -> None:
+        for key in keys:
+            self.memory.written(key)
+        self._room.set()
+        self._room = trio.Event()
 
     # ---- warmup and its relatives ------------------------------------------------------------------------
 
@@ -526,21 +548,21 @@ class BlockCache:
 
 
 class _Written:
-    """Bytes the disk tier's writer thread has written, handed back to the budget on the loop: in one call
-    for all written since the last, not one wake-up of the loop per block (the writer stores a batch at a
-    time)."""
+    """Keys the disk tier's writer thread has written, handed back to the memory tier on the loop: in one
+    call for all written since the last, not one wake-up of the loop per block (the writer stores a batch at
+    a time)."""
 
-    def __init__(self, token: trio.lowlevel.TrioToken, release: Callable[[int], None]) -> None:
+    def __init__(self, token: trio.lowlevel.TrioToken, give_back: Callable[[list[str]], None]) -> None:
         self.token = token
-        self._release = release
+        self._give_back_keys = give_back
         self._lock = threading.Lock()
-        self._pending = 0
+        self._pending: list[str] = []
         self._asked = False  # a call to `_give_back` is on its way to the loop
 
-    def add(self, nbytes: int) -> None:
+    def add(self, key: str) -> None:
         """Called in the writer thread for each write done (or given up)."""
         with self._lock:
-            self._pending += nbytes
+            self._pending.append(key)
             if self._asked:
                 return
             self._asked = True
@@ -548,8 +570,8 @@ class _Written:
 
     def _give_back(self) -> None:
         with self._lock:
-            nbytes, self._pending, self._asked = self._pending, 0, False
-        self._release(nbytes)
+            keys, self._pending, self._asked = self._pending, [], False
+        self._give_back_keys(keys)
 
 
 def _read_part(
