@@ -7,6 +7,7 @@ in the same row. This module only formats; it never measures or changes a figure
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -194,16 +195,32 @@ def targets(results: list[Result]) -> str:
 
     raw = _find(results, "seq-1", "cold", "raw")
     ratio("seq-1", "cold", raw, 1.0, "big file cold >= 1.0x pyarrow stream", "MiB/s")
+    parallel = _find(results, "seq-1", "cold", "raw-parallel")
+    ratio("seq-1", "cold", parallel, 0.7, "big file cold >= 0.7x raw parallel ranged reads", "MiB/s")
     ratio("seq-1", "cold", _peer(results, "seq-1", "cold"), 1.3, "big file cold >= 1.3x faster peer", "MiB/s")
+    four = _peer(results, "seq-4", "cold")
+    ratio("seq-4", "cold", four, 1.0, "4 big-file readers cold >= 1.0x faster peer", "MiB/s")
     local = _find(results, "seq-1", "warm", "local")
     ratio("seq-1", "warm", local, 0.8, "big file warm >= 0.8x local disk (page cache dropped)", "MiB/s")
     ratio("seq-1", "warm", _peer(results, "seq-1", "warm"), 2.0, "big file warm >= 2x faster peer", "MiB/s")
     absolute("seq-1", "hot", 5e9 / MiB, "big file hot >= 5 GB/s", "MiB/s")
+    for phase, goal in (("warm", 1.5), ("cold", 1.0)):
+        text = f"random 4 KiB reads in big files {phase} >= {goal}x faster peer"
+        ratio("rand-4k", phase, _peer(results, "rand-4k", phase), goal, text, "reads/s")
     absolute("small-1", "warm", 3000, "small files warm, 1 reader >= 3,000 files/s", "files/s")
     absolute("small-8", "warm", 6000, "small files warm, 8 readers >= 6,000 files/s", "files/s")
     for scenario in ("small-1", "small-8"):
         peer = _peer(results, scenario, "cold")
-        ratio(scenario, "cold", peer, 2.0, f"small files cold ({scenario}) >= 2x faster peer", "files/s")
+        ratio(scenario, "cold", peer, 1.5, f"small files cold ({scenario}) >= 1.5x faster peer", "files/s")
+    for scenario, phase in itertools.product(("small-1", "small-8"), ("cold", "warm", "hot")):
+        mine, peer = _find(results, scenario, phase, "pfs"), _peer(results, scenario, phase)
+        cpu = [_cpu_per(r, "op") for r in (mine, peer)] if mine and peer else ["", ""]
+        text = f"daemon CPU per small file {phase} ({scenario}) <= the faster peer's"
+        if "" in cpu:
+            check(text, None, 1.0, "")
+        else:
+            detail = f"{cpu[0]} vs {peer.client} {cpu[1]} ms"  # type: ignore[union-attr]
+            check(text, float(cpu[1]) / float(cpu[0]), 1.0, detail)  # less is better: the peer's over pfs's
     floor = _find(results, "small-1", "hot", "floor")
     ratio("small-1", "hot", floor, 0.8, "small files hot, 1 reader >= 0.8x floor", "files/s")
     for scenario, phase in (("small-1", "warm"), ("small-8", "warm"), ("small-8", "hot")):

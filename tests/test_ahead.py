@@ -81,6 +81,25 @@ def test_readers_of_one_directory_are_followed_apart():
     assert start.started == ["f003", "f004", "f053", "f054", "f005", "f055"]
 
 
+def test_readers_sharing_a_directory_out_of_step_are_followed_as_one():
+    """Eight readers taking every eighth file open them nearly in order, one a few files ahead, another a few
+    behind: once followed, each open within what was made ready continues the one stream, and every file is
+    made ready before it is opened, once."""
+    listing, start = _listing(200), Recorder()
+    ahead = ReadAhead(start, BLOCK, window=32)
+    for i in range(3):
+        ahead.opened(f"f{i:03d}", listing)
+    late: list[int] = []
+    for base in range(3, 150, 4):
+        for i in (base + 3, base, base + 2):  # one ahead; base + 1 comes four opens later
+            assert f"f{i:03d}" in start.started
+            ahead.opened(f"f{i:03d}", listing)
+        if late:
+            ahead.opened(f"f{late.pop():03d}", listing)
+        late.append(base + 1)
+    assert len(start.started) == len(set(start.started))
+
+
 def test_no_room_stops_the_window_until_the_next_open():
     listing, start = _listing(30), Recorder(room=1)
     ahead = ReadAhead(start, BLOCK, window=4)

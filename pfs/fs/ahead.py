@@ -12,8 +12,12 @@ per file). A reader is followed once it has opened FOLLOW_AFTER files in a row i
 growing by RAMP files with each further one: readers that jump around (a shuffled sampler) start
 nothing, although one of their opens now and then lands just after another's (with 8 shuffled readers
 and windows started at the first such coincidence, more than half of the files made ready were never
-opened). Several readers of one directory are followed apart (up to STREAMS each). `start` answers False
-when the budget has no room: the rest waits for the next open.
+opened). Several readers of one directory are followed apart (up to STREAMS each). Readers that split a
+directory between them (eight threads taking every eighth file) open its files nearly in order but out of
+step, some a few files ahead, some behind: an open anywhere in what a followed reader made ready continues
+it, and one just behind it starts nothing (followed apart, such readers kept breaking into new streams that
+never ramped up: 8 readers had 17 % of the files made ready in a warm pass, 911 files/s, against 97 % and
+1,132 files/s now). `start` answers False when the budget has no room: the rest waits for the next open.
 
 Pure bookkeeping over the directory's listing (names in the order a sorted walk reads them): no I/O and no
 awaits, so it runs on the trio loop between two checkpoints.
@@ -67,7 +71,9 @@ class ReadAhead:
         i = order.index.get(name)
         if i is None:
             return
-        stream = next((s for s in order.streams if 0 < i - s[0] <= NEAR), None)
+        stream = next((s for s in order.streams if _continues(s, i)), None)
+        if stream is None and any(0 <= s[0] - i < self._window for s in order.streams):
+            return  # behind a reader, within its window: one of several readers sharing it, late
         if stream is None:  # a new reader, or a jump: follow it from here, start nothing yet
             order.streams.append([i, i + 1, 0])
             del order.streams[:-STREAMS]
@@ -103,3 +109,10 @@ class ReadAhead:
                 self._orders.pop(next(iter(self._orders)))
             order = self._orders[directory] = _Order(listing)
         return order
+
+
+def _continues(stream: list[int], i: int) -> bool:
+    """Whether opening file `i` continues `stream`: one of its next files, or, once it is followed, any file
+    it made ready (readers sharing a directory open its files nearly in order, the faster a few ahead)."""
+    last, ready, in_order = stream
+    return 0 < i - last <= NEAR or (in_order >= FOLLOW_AFTER and last < i < ready)
