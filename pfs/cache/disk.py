@@ -31,9 +31,7 @@ import array
 import contextlib
 import errno
 import io
-import itertools
 import logging
-import mmap
 import os
 import shutil
 import sqlite3
@@ -71,18 +69,6 @@ INDEX_ENTRIES = 16384  # blocks whose file the index knows (~0.5 KiB each with 4
 # that a random reader asks SQLite once for each; one written here meanwhile is known at once, one written by
 # another mount on the node after this many seconds. Blocks are always asked for: mounts share them.
 ABSENT_S = 30.0
-# Block files are written with O_DIRECT, through one aligned buffer of this size per writing thread: a
-# block is already in the kernel's page cache once (the mount's own file), and a buffered write costs a
-# second copy there and its writeback later. Measured on the benchmark machine, 256 files of 4 MiB: 2.3-2.6 s
-# of CPU written buffered (and 2 s of writeback after), 0.55 s direct; a cold 1 GiB read through a mount
-# spent a third of the daemon's CPU in the buffered write (4.0-4.7 s against 3.3-3.5 s direct per GiB; the
-# read's rate the same within the noise, 179-241 MiB/s direct, 227-250 buffered, on a disk that takes
-# direct writes one at a time at 270 MiB/s). Values under DIRECT_MIN (small files, pieces) gain nothing
-# measurable (cold small files 263-358 files/s direct, 315 buffered) and keep buffered writes, which the
-# kernel merges. A file system that refuses O_DIRECT gets buffered writes.
-DIRECT_MIN = 1 << 20
-DIRECT_CHUNK = 4 << 20
-DIRECT_ALIGN = 4096  # O_DIRECT wants offsets, lengths and the buffer aligned to the device's logical block
 QUEUE_BYTES = 256 << 20  # writes queued beyond this are dropped (or wait, for callers that ask to)
 BATCH_BYTES = 32 << 20  # the most one transaction writes, so other processes wait little for the database
 READERS = 4  # threads reading the blocks of one `get_many` at once
@@ -306,8 +292,6 @@ class _BoundedDisk(diskcache.Disk):
     def __init__(self, directory: str, **settings: Any) -> None:
         super().__init__(directory, **settings)
         self._written = threading.local()  # the file a store in this thread is writing
-        self._aligned = threading.local()  # each writing thread's buffer for O_DIRECT writes
-        self.direct = True  # until the file system refuses O_DIRECT
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         if mode == diskcache.core.MODE_PICKLE:  # the tier stores none: a pickle here was put by someone else
@@ -342,12 +326,10 @@ class _BoundedDisk(diskcache.Disk):
         return name, full_path
 
     def _write(self, full_path: str, iterator: Any, mode: str, encoding: str | None = None) -> int:
-        if mode == "xb" and self.direct:
-            first = next(iterator, b"")  # diskcache's chunks are 4 MiB: the first tells a big value
-            iterator = itertools.chain([first], iterator)
-            fd = self._open_direct(full_path) if len(first) >= DIRECT_MIN else None
-            if fd is not None:
-                return self._write_direct(fd, iterator)
+        # Buffered: the kernel takes a block at memory speed and writes it back behind the reader. Written
+        # with O_DIRECT (no second page-cache copy), the writer went at the disk's pace, one write at a
+        # time, and held fetched blocks in the memory budget meanwhile: a cold 1 GiB read through the
+        # harness at 228-230 MiB/s against 385-402 buffered, back to back, with the same system CPU.
         # Open first: the directory nearly always exists, and diskcache tries to make it before every file.
         try:
             writer = open(full_path, mode, encoding=encoding)  # noqa: SIM115 (closed just below)
@@ -359,61 +341,6 @@ class _BoundedDisk(diskcache.Disk):
                 size += len(chunk)
                 writer.write(chunk)
         return size
-
-    def _open_direct(self, full_path: str) -> int | None:
-        """A new file opened for O_DIRECT writes, or None where the file system refuses them."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT | os.O_CLOEXEC
-        try:
-            try:
-                return os.open(full_path, flags, 0o666)
-            except FileNotFoundError:  # its directory is made once, by the first file that goes there
-                os.makedirs(os.path.dirname(full_path), exist_ok=True)
-                return os.open(full_path, flags, 0o666)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self._no_direct(exc)
-            return None
-
-    def _no_direct(self, exc: OSError) -> None:
-        if self.direct:
-            self.direct = False
-            log.info("the disk cache's file system refuses O_DIRECT (%s): blocks are written buffered", exc)
-
-    def _write_direct(self, fd: int, iterator: Any) -> int:
-        """Write the chunks to `fd` (opened with O_DIRECT) through this thread's aligned buffer; the last
-        write is padded to the alignment and the file cut back to its size."""
-        buffer = getattr(self._aligned, "view", None)
-        if buffer is None:
-            buffer = self._aligned.view = memoryview(mmap.mmap(-1, DIRECT_CHUNK))  # page-aligned
-        size = filled = 0
-        try:
-            for chunk in iterator:
-                view = memoryview(chunk).cast("B")
-                while view:
-                    count = min(len(view), DIRECT_CHUNK - filled)
-                    buffer[filled : filled + count] = view[:count]
-                    filled, view = filled + count, view[count:]
-                    if filled == DIRECT_CHUNK:
-                        self._write_aligned(fd, buffer, filled)
-                        size, filled = size + filled, 0
-            if filled:
-                self._write_aligned(fd, buffer, -(-filled // DIRECT_ALIGN) * DIRECT_ALIGN)
-                size += filled
-                os.ftruncate(fd, size)
-        finally:
-            os.close(fd)
-        return size
-
-    def _write_aligned(self, fd: int, buffer: memoryview, length: int) -> None:
-        try:
-            written = os.write(fd, buffer[:length])
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:  # accepted at open, refused at write (an alignment of its own)
-                self._no_direct(exc)
-            raise
-        if written != length:
-            raise OSError(errno.EIO, f"short write to the disk cache ({written} of {length} bytes)")
 
     def written(self) -> str | None:
         """The file (relative to the directory) the last store in this thread wrote, if any."""
