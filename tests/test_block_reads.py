@@ -170,6 +170,82 @@ def _read_streams(tmp_path, files: int, config: CacheConfig) -> tuple[BlockCache
     return cache, fetched
 
 
+def test_a_window_with_a_block_already_on_its_way_fetches_only_the_others(tmp_path):
+    """A stream reading ahead over a block another read is fetching (or has kept) asks only for the blocks
+    on either side of it, in one request each, and every block is fetched once."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = os.urandom(12 * MiB)
+    (root / "big").write_bytes(data)
+    backend = open_backend(f"file://{root}", BackendOptions())
+    config = CacheConfig(block_size=MiB, fetch_blocks=4, prefetch_blocks=8, memory_limit=32 * MiB)
+    cache = BlockCache(config, None, Stats(), _in_thread, _in_thread)
+    obj = cache.object(backend.id, "big", "v1", len(data))
+    fetched: list[int] = []
+
+    async def opener() -> _CountingReader:
+        reader = await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
+        return _CountingReader(reader, MiB, fetched)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            cache.attach(nursery)
+            got = await cache.read(obj, 7 * MiB, MiB, opener, Stream())  # block 7, read on its own
+            assert bytes(got) == data[7 * MiB : 8 * MiB] and fetched == [7]
+            stream = Stream()
+            for offset in range(0, len(data), MiB):
+                got = await cache.read(obj, offset, MiB, opener, stream)
+                assert bytes(got) == data[offset : offset + MiB]
+            cache.attach(None)
+
+    try:
+        trio.run(main)
+    finally:
+        backend.close()
+    assert sorted(fetched) == list(range(12))
+
+
+def test_a_read_waiting_for_room_takes_the_block_a_prefetch_started_meanwhile(tmp_path):
+    """A read that waits for room in the budget and finds, once it has room, that a prefetch started its
+    block meanwhile, waits for that fetch instead of fetching the block a second time."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = os.urandom(8 * MiB)
+    (root / "big").write_bytes(data)
+    backend = open_backend(f"file://{root}", BackendOptions())
+    config = CacheConfig(block_size=MiB, memory_limit=4 * MiB)
+    cache = BlockCache(config, None, Stats(), _in_thread, _in_thread)
+    obj = cache.object(backend.id, "big", "v1", len(data))
+    fetched: list[int] = []
+
+    async def opener() -> _CountingReader:
+        reader = await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
+        return _CountingReader(reader, MiB, fetched)
+
+    async def main() -> None:
+        got: list[bytes] = []
+
+        async def read_block_5() -> None:
+            got.append(bytes(await cache.read(obj, 5 * MiB, MiB, opener, Stream())))
+
+        async with trio.open_nursery() as nursery:
+            cache.attach(nursery)
+            cache.memory.reserve(config.memory_limit)  # the budget held by fetches under way
+            nursery.start_soon(read_block_5)
+            await trio.sleep(0.05)  # the read waits for room
+            cache.release_room(2 * MiB)  # room: the read may go on...
+            assert cache._schedule(obj, 5, 1, opener)  # ...but a prefetch starts the same block first
+            cache.release_room(config.memory_limit - 2 * MiB)
+        assert got == [data[5 * MiB : 6 * MiB]]
+        cache.attach(None)
+
+    try:
+        trio.run(main)
+    finally:
+        backend.close()
+    assert fetched == [5]
+
+
 def test_sequential_streams_share_the_budget_for_reading_ahead_and_never_fetch_a_block_twice(tmp_path):
     """Four streams whose windows would hold twice the budget: each gets a share of it, so no prefetch
     evicts blocks another stream fetched and has not read yet."""
