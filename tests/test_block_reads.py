@@ -170,22 +170,31 @@ def _read_streams(tmp_path, files: int, config: CacheConfig) -> tuple[BlockCache
     return cache, fetched
 
 
-def test_a_window_with_a_block_already_on_its_way_fetches_only_the_others(tmp_path):
-    """A stream reading ahead over a block another read is fetching (or has kept) asks only for the blocks
-    on either side of it, in one request each, and every block is fetched once."""
+def _counted_file(
+    tmp_path, size: int, config: CacheConfig
+) -> tuple[bytes, Any, BlockCache, Any, Callable, list]:
+    """A file:// backend holding one file `big` of `size` random bytes and a cache without a disk tier:
+    (data, backend, cache, the file's cached object, its opener, the blocks each backend read covered)."""
     root = tmp_path / "root"
     root.mkdir()
-    data = os.urandom(12 * MiB)
+    data = os.urandom(size)
     (root / "big").write_bytes(data)
     backend = open_backend(f"file://{root}", BackendOptions())
-    config = CacheConfig(block_size=MiB, fetch_blocks=4, prefetch_blocks=8, memory_limit=32 * MiB)
     cache = BlockCache(config, None, Stats(), _in_thread, _in_thread)
-    obj = cache.object(backend.id, "big", "v1", len(data))
     fetched: list[int] = []
 
     async def opener() -> _CountingReader:
-        reader = await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
-        return _CountingReader(reader, MiB, fetched)
+        reader = await trio.to_thread.run_sync(backend.open_reader, "big", size)
+        return _CountingReader(reader, config.block_size, fetched)
+
+    return data, backend, cache, cache.object(backend.id, "big", "v1", size), opener, fetched
+
+
+def test_a_window_with_a_block_already_on_its_way_fetches_only_the_others(tmp_path):
+    """A stream reading ahead over a block another read is fetching (or has kept) asks only for the blocks
+    on either side of it, in one request each, and every block is fetched once."""
+    config = CacheConfig(block_size=MiB, fetch_blocks=4, prefetch_blocks=8, memory_limit=32 * MiB)
+    data, backend, cache, obj, opener, fetched = _counted_file(tmp_path, 12 * MiB, config)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -208,19 +217,8 @@ def test_a_window_with_a_block_already_on_its_way_fetches_only_the_others(tmp_pa
 def test_a_read_waiting_for_room_takes_the_block_a_prefetch_started_meanwhile(tmp_path):
     """A read that waits for room in the budget and finds, once it has room, that a prefetch started its
     block meanwhile, waits for that fetch instead of fetching the block a second time."""
-    root = tmp_path / "root"
-    root.mkdir()
-    data = os.urandom(8 * MiB)
-    (root / "big").write_bytes(data)
-    backend = open_backend(f"file://{root}", BackendOptions())
     config = CacheConfig(block_size=MiB, memory_limit=4 * MiB)
-    cache = BlockCache(config, None, Stats(), _in_thread, _in_thread)
-    obj = cache.object(backend.id, "big", "v1", len(data))
-    fetched: list[int] = []
-
-    async def opener() -> _CountingReader:
-        reader = await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
-        return _CountingReader(reader, MiB, fetched)
+    data, backend, cache, obj, opener, fetched = _counted_file(tmp_path, 8 * MiB, config)
 
     async def main() -> None:
         got: list[bytes] = []
