@@ -202,3 +202,20 @@ def test_what_the_stream_has_read_leaves_memory_and_stays_readable(tmp_path, mon
     )
     assert not staged.finish()  # rewritten: uploaded whole at close, from the staging file
     staged.close()
+
+
+def test_a_write_back_file_written_alone_leaves_memory_and_persists_whole(tmp_path, monkeypatch):
+    """Write-back mode, no upload reading along: the writer itself drops what is on the disk a window
+    behind it, so a big file written at the disk's pace holds a few windows of page cache, and its
+    journal entry still has every byte."""
+    monkeypatch.setattr(staging, "SYNC_AHEAD", MiB)
+    staged = StagedFile(str(tmp_path), 0, None, sync_ahead=True)
+    data = os.urandom(32 * MiB)
+    for i in range(32):
+        staged.write(i * MiB, data[i * MiB : (i + 1) * MiB])
+    assert resident_bytes(staged._fd, 32 * MiB) <= 4 * MiB  # the last windows only, not 32 MiB
+    assert staged.read(0, 32 * MiB) == data  # from the disk
+    entry = tmp_path / "entry.data"
+    staged.persist(str(entry), ("user.pfs.test", b"label"))
+    assert entry.read_bytes() == data
+    staged.close()
