@@ -219,3 +219,32 @@ def test_a_write_back_file_written_alone_leaves_memory_and_persists_whole(tmp_pa
     staged.persist(str(entry), ("user.pfs.test", b"label"))
     assert entry.read_bytes() == data
     staged.close()
+
+
+def test_a_write_back_writer_never_waits_for_its_stream_which_still_reads_every_byte(tmp_path, monkeypatch):
+    """Write-back mode uploads a file while it is written too, but its close does not wait for the
+    upload, so neither does its writer: it runs ahead of a stream that has read nothing yet (a default-mode
+    writer would wait here), gives its pages back behind itself, and the stream then reads every byte from
+    the disk and lets go of what it brought back."""
+    monkeypatch.setattr(staging, "SYNC_AHEAD", MiB)
+    monkeypatch.setattr(staging, "STREAM_LEAD", 2 * MiB)
+    monkeypatch.setattr(staging, "STREAM_PATIENCE", 3600.0)
+    staged = StagedFile(str(tmp_path), 0, None, sync_ahead=True)
+    reader = staged.stream()
+    assert reader is not None
+    data = os.urandom(32 * MiB)
+    writer = threading.Thread(
+        target=lambda: [staged.write(i * MiB, data[i * MiB : (i + 1) * MiB]) for i in range(32)], daemon=True
+    )
+    writer.start()
+    writer.join(60)
+    assert not writer.is_alive()  # ran 30 MiB ahead of the stream without waiting for it
+    assert resident_bytes(staged._fd, 32 * MiB) <= 4 * MiB
+    assert staged.finish()
+    uploaded = bytearray()
+    buffer = bytearray(4 * MiB)
+    while got := reader.readinto(buffer):
+        uploaded += buffer[:got]
+    assert uploaded == data
+    assert resident_bytes(staged._fd, 32 * MiB) <= 4 * MiB
+    staged.close()

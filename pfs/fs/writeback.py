@@ -115,9 +115,10 @@ class WriteBack:
         self._journal = journal
         self._queued: set[Inode] = set()
         self._queue_in, self._queue_out = trio.open_memory_channel[Inode](math.inf)
-        # New files uploaded while they are written (object stores; not in write-back mode, whose close
-        # does not wait for the upload): as many at once as the memory budget has room for.
-        self._may_stream = backend.streams_uploads and journal is None and memory is not None
+        # New files uploaded while they are written (object stores): as many at once as the memory budget
+        # has room for. In write-back mode too: the writer never waits for it, and the upload starts with
+        # the first bytes instead of after the close.
+        self._may_stream = backend.streams_uploads and memory is not None
         self._streams: dict[Inode, _Stream] = {}
         # Memory the uploads of closed files hold, and news of it being let go (see `_upload_room`).
         self._closed_uploads_hold = 0
