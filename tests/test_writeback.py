@@ -55,8 +55,18 @@ def test_close_returns_before_the_upload_and_fsync_waits_for_it(case, tmp_path):
         for rel, data in files.items():
             assert case.raw.get(rel) == data
         assert os.listdir(tmp_path / "staging" / "journal") == []
-        if case.object_store:  # the files of several parts went up while they were written
-            assert control.stats(m.path).get("uploads_streamed", 0) >= 1
+
+
+def test_a_big_file_written_alone_goes_up_while_it_is_written(case, tmp_path):
+    if not case.object_store:
+        pytest.skip("only object stores upload a file while it is written")
+    args = ("-o", f"writeback,staging_dir={tmp_path / 'staging'}")
+    data = os.urandom(24 * MiB)
+    with Mount(case.uri, str(tmp_path / "m"), env=case.env, args=args) as m:
+        write(f"{m.path}/ckpt", data)
+        # Counted once the upload that ran while it was written completed (the close did not wait).
+        assert wait_until(lambda: control.stats(m.path).get("uploads_streamed") == 1, 60)
+        assert case.raw.get("ckpt") == data
 
 
 def test_unmount_waits_for_the_write_back_queue(case, tmp_path):
