@@ -16,9 +16,10 @@ import sys
 
 import pytest
 
-from benchmarks import loader
+from benchmarks import loader, report
 from benchmarks.clients import ADAPTERS
 from benchmarks.config import CLIENTS, PHASES, READ_SCENARIOS, SCENARIOS
+from benchmarks.results import Result
 from tests.mounting import Mount, run_pfs
 
 # The quick run mounts eight clients three times per read scenario: minutes on a busy 2-core machine.
@@ -144,3 +145,15 @@ def test_pfs_bench_refuses_a_missing_path(tmp_path):
     result = run_pfs("bench", str(tmp_path / "nope"))
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
+
+
+def test_targets_leave_out_cpu_too_little_to_count():
+    """A run too short for the clock ticks daemon CPU is counted in (the `--quick` smoke) shows 0 ms per
+    file: its CPU target is not judged, and the report is still written."""
+
+    def small(client: str, cpu: float) -> Result:
+        return Result("small-1", "files/s", "cold", client, 100.0, True, 1.0, 16, 16 << 17, 0.1, cpu)
+
+    text = report.targets([small("pfs", 0.0), small("s3fs", 0.01)])
+    line = "| daemon CPU per small file cold (small-1) <= the faster peer's | not measured in this run | |"
+    assert line in text

@@ -79,7 +79,7 @@ MAX_LINK_BYTES = 4096  # PATH_MAX: a symlink target longer than this is not a sy
 # above never refuse a write (1 PiB total, all of it free).
 UNBOUNDED_BYTES = 1 << 50
 # A file modified less than this long ago, by a clock that counts whole seconds, may still be rewritten within
-# the same second (the cache trusts an ETag after the same margin, pfs.cache.blocks.TRUST_MARGIN_S).
+# the same second (the cache trusts an ETag after the same margin, pfs.fs.versions.TRUST_MARGIN_S).
 YOUNG_NS = 2 * 10**9
 MIN_ATTEMPT = 0.1  # seconds: the shortest bound given to a retry that starts just before the deadline
 # Longest wait for a name being replaced on HDFS to reappear (two NameNode calls apart when healthy).
