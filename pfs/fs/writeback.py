@@ -510,12 +510,18 @@ class WriteBack:
         )
 
     async def flush_all(self) -> None:
-        """Upload everything pending; raises the first failure once every file was tried."""
+        """Upload everything pending; raises the first failure once every file was tried, or at once when
+        the store stopped answering (Transient, its retries spent): each other file would wait out the same
+        timeout in turn, and a SIGTERM or an unmount with a thousand files pending on a dead store would
+        take hours. What is not uploaded stays pending (failed uploads as `keep_failed` says, write-back
+        files in their journal)."""
         first: PfsError | None = None
         for inode in list(self._staged):
             if inode.staged is not None and inode.staged.broken is None:
                 try:
                     await self.upload(inode)
+                except Transient:
+                    raise
                 except PfsError as exc:
                     first = first or exc
         if first is not None:
