@@ -132,25 +132,33 @@ def assert_replayed(case, tmp_path, staging, files: dict[str, bytes]) -> None:
     assert os.listdir(staging / "journal") == []
 
 
-def test_a_killed_daemon_loses_no_acknowledged_file(small_root, tmp_path):
-    case = small_root
-    staging = tmp_path / "staging"
-    args = ("-o", f"writeback,staging_dir={staging},metadata_ttl=600", "--timeout", "600")
+@contextlib.contextmanager
+def written_while_held(case, tmp_path, staging, files: dict[str, bytes], timeout: int):
+    """A write-back mount (`--timeout timeout`) with `files` written and acknowledged while its store
+    cannot take uploads (they stay held inside); unmounted after."""
+    args = ("-o", f"writeback,staging_dir={staging},metadata_ttl=600", "--timeout", str(timeout))
     m = Mount(case.uri, str(tmp_path / "m"), env=case.env, args=args).start()
-    files = contents()
     try:
         os.mkdir(f"{m.path}/d")
         os.listdir(f"{m.path}/d")  # names are then known missing without asking the store
         with uploads_held(case, tmp_path):
             for rel, data in files.items():
                 write(f"{m.path}/{rel}", data)  # acknowledged: durable in staging
-            pending = control.stats(m.path)["pending_uploads"]  # queued, or failed and kept
-            assert pending > 0
-            os.kill(m.pid, signal.SIGKILL)
-            assert mounter.wait_for_exit(m.pid, 10)
-        assert os.listdir(staging / "journal")
+            yield m
     finally:
         m.cleanup()
+
+
+def test_a_killed_daemon_loses_no_acknowledged_file(small_root, tmp_path):
+    case = small_root
+    staging = tmp_path / "staging"
+    files = contents()
+    with written_while_held(case, tmp_path, staging, files, timeout=600) as m:
+        pending = control.stats(m.path)["pending_uploads"]  # queued, or failed and kept
+        assert pending > 0
+        os.kill(m.pid, signal.SIGKILL)
+        assert mounter.wait_for_exit(m.pid, 10)
+    assert os.listdir(staging / "journal")
     assert_replayed(case, tmp_path, staging, files)
 
 
@@ -181,20 +189,11 @@ def test_a_signal_with_files_pending_on_a_dead_store_ends_within_one_timeout(cas
     if not case.object_store:
         pytest.skip("a full file:// backend refuses at once: nothing to wait for")
     staging = tmp_path / "staging"
-    args = ("-o", f"writeback,staging_dir={staging},metadata_ttl=600", "--timeout", "2")
-    m = Mount(case.uri, str(tmp_path / "m"), env=case.env, args=args).start()
     files = {f"d/f{i}": os.urandom(4096) for i in range(16)}
-    try:
-        os.mkdir(f"{m.path}/d")
-        os.listdir(f"{m.path}/d")  # names are then known missing without asking the store
-        with uploads_held(case, tmp_path):
-            for rel, data in files.items():
-                write(f"{m.path}/{rel}", data)  # acknowledged: durable in staging
-            started = time.monotonic()
-            os.kill(m.pid, signal.SIGTERM)
-            assert mounter.wait_for_exit(m.pid, 120)
-            waited = time.monotonic() - started
-        assert waited < 15, f"{waited:.1f} s: one timeout per pending file"  # 16 files x 2 s before
-    finally:
-        m.cleanup()
+    with written_while_held(case, tmp_path, staging, files, timeout=2) as m:
+        started = time.monotonic()
+        os.kill(m.pid, signal.SIGTERM)
+        assert mounter.wait_for_exit(m.pid, 120)
+        waited = time.monotonic() - started
+    assert waited < 15, f"{waited:.1f} s: one timeout per pending file"  # 16 files x 2 s before
     assert_replayed(case, tmp_path, staging, files)
