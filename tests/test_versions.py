@@ -148,6 +148,7 @@ def test_an_object_etag_is_fetched_once_then_trusted_from_memory_and_after_a_rem
 
     trio.run(twice, first, inode)
     assert first.opens() == 1  # the GET of the first choice brought the block too; then memory
+    first.disk.flush()  # what a daemon's exit does: the book and the block are queued for the disk tier
     again = new_mount()  # a remount on the same node: the book and the block are on disk
     trio.run(twice, again, again.inode("old"))
     assert again.opens() == 0
