@@ -8,10 +8,21 @@ import logging
 import os
 import subprocess
 import threading
+import zlib
 
 import pytest
 
-from pfs.cache.disk import CHECK_CHUNK, CacheUnavailable, DiskTier, Seen, _checksums, _Index, _Queue, _Where
+from pfs.cache.disk import (
+    CHECK_CHUNK,
+    CacheUnavailable,
+    DiskTier,
+    Seen,
+    _Check,
+    _Index,
+    _Queue,
+    _sums,
+    _Where,
+)
 from tests.test_cache_faults import fill
 
 MiB = 1 << 20
@@ -87,19 +98,32 @@ def test_random_reads_check_only_their_chunks(tier, monkeypatch):
     assert lengths == [CHECK_CHUNK]  # one chunk read from the file, not the block
 
 
-def test_blocks_checked_by_the_chunks_of_earlier_versions_are_still_read_and_checked(tier):
-    """A cache filled by an earlier version keeps its checksums of 64 KiB chunks."""
+@pytest.mark.parametrize("chunk", [64 * 1024, CHECK_CHUNK])
+def test_blocks_checked_by_the_crc32s_of_earlier_versions_are_still_read_and_checked(tier, chunk):
+    """A cache filled by an earlier version keeps its CRC32s, of 64 KiB or 16 KiB chunks."""
     tier.put("b|x|0", BLOCK)
     path = only_block_file(tier)
-    tier._cache._sql("UPDATE Cache SET tag = ? WHERE key = ?", (_checksums(BLOCK, 64 * 1024), "b|x|0"))
+    tier._cache._sql("UPDATE Cache SET tag = ? WHERE key = ?", (_sums(BLOCK, chunk, zlib.crc32), "b|x|0"))
     tier._index.clear()
     assert tier.get_range("b|x|0", 70_000, 70_100) == BLOCK[70_000:70_100]
     assert tier.get("b|x|0") == BLOCK and tier.corrupt_blocks == 0
     with open(path, "r+b") as f:
         f.seek(300_000)
         f.write(b"\xff" * 8)
-    assert tier.get_range("b|x|0", 270_000, 270_100) is None  # same 64 KiB chunk as the damage
+    assert tier.get_range("b|x|0", 300_004, 300_100) is None  # a chunk holding the damage
     assert tier.corrupt_blocks == 1
+
+
+def test_a_damaged_byte_anywhere_in_a_block_is_caught(tier):
+    for at in (0, CHECK_CHUNK - 1, len(BLOCK) // 2, len(BLOCK) - 1):
+        tier.put("b|x|0", BLOCK)
+        assert tier.flush(10)
+        path = only_block_file(tier)
+        with open(path, "r+b") as f:
+            f.seek(at)
+            f.write(bytes([BLOCK[at] ^ 1]))
+        assert tier.get("b|x|0") is None, at
+    assert tier.corrupt_blocks == 4
 
 
 def test_a_database_that_is_not_one_is_set_aside(tmp_path, caplog):
@@ -333,6 +357,6 @@ def test_a_batch_of_blocks_never_takes_the_tier_over_its_size_on_disk(tmp_path):
 def test_the_index_keeps_the_most_recently_used():
     index = _Index(limit=2)
     for key in "abc":
-        index.put(key, _Where(key, 1, b""))
+        index.put(key, _Where(key, 1, _Check.of(1, b"")))
         index.get("a")
     assert index.get("a") is not None and index.get("b") is None and index.get("c") is not None

@@ -1,7 +1,7 @@
 """The disk tier: cached blocks on local disk, shared by every pfs mount on the node and kept across remounts.
 
 Built on diskcache (SQLite plus one file per block), which is safe for several threads and processes at once.
-Each block carries a CRC32 per 16 KiB chunk (diskcache's tag column), checked on every read, so a random
+Each block carries a checksum per 16 KiB chunk (diskcache's tag column), checked on every read, so a random
 read checks (and reads) only the chunks it needs; a block failing it is dropped, counted and reported
 missing, so it is fetched again. Bounds are enforced on insert, never by a background sweep: the byte
 budget (diskcache culls the oldest blocks on every set, so the tier never exceeds it by more than a batch)
@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import diskcache
+from xxhash import xxh3_64_intdigest
 
 from pfs.errors import PfsError
 
@@ -53,18 +54,22 @@ log = logging.getLogger(__name__)
 
 # A block's value is stored as one file above this size; smaller ones live inside SQLite.
 _MIN_FILE_SIZE = 64 * 1024
-# Each block carries a CRC32 per chunk of this size. A random 4 KiB read from the disk tier reads (and checks)
-# its whole chunk: after the page cache was dropped, random 64 KiB reads ran at 0.6x the rate of 4 KiB ones
-# on the benchmark machine, 16 KiB ones at the same rate; a 4 MiB block then has 256 checksums (1 KiB).
+# Each block carries a checksum per chunk of this size. A random 4 KiB read from the disk tier reads (and
+# checks) its whole chunk: after the page cache was dropped, random 64 KiB reads ran at 0.6x the rate of 4 KiB
+# ones on the benchmark machine, 16 KiB ones at the same rate; a 4 MiB block then has 256 checksums (1 KiB).
 CHECK_CHUNK = 16 * 1024
-_OLD_CHECK_CHUNK = 64 * 1024  # blocks cached by earlier versions: still read, by their own chunks
+# The checksum is the low 32 bits of xxh3: zlib's CRC32 ran at 2.2-2.4 GiB/s here, a sixth of the daemon's
+# CPU reading a warm 1 GiB file; xxh3 runs at 25-35 GiB/s. Its tags start with this mark. Blocks cached by
+# earlier versions carry bare CRC32s, of 16 KiB or 64 KiB chunks: still read, and checked by them.
+_XXH3_MARK = b"x3"
+_OLD_CHECK_CHUNK = 64 * 1024
 MAX_BLOCK = 64 << 20  # the largest block size a mount may use: no cached value is ever bigger
 DATABASE = "cache.db"
 WARN_EVERY_S = 600.0  # a disk that keeps failing and recovering warns at most this often
 _ASIDE = "broken-"  # prefix of the subdirectories broken caches are moved into
 # What a failing disk or database raises through diskcache: each only makes the tier miss.
 _FAILURES = (OSError, sqlite3.Error, diskcache.Timeout)
-INDEX_ENTRIES = 16384  # blocks whose file the index knows (~0.5 KiB each with 4 MiB blocks' checksums)
+INDEX_ENTRIES = 16384  # blocks whose file the index knows (~1 KiB each with 4 MiB blocks' checksums)
 # Pieces (parts of blocks kept for small random reads) the database did not have, remembered for a while so
 # that a random reader asks SQLite once for each; one written here meanwhile is known at once, one written by
 # another mount on the node after this many seconds. Blocks are always asked for: mounts share them.
@@ -100,35 +105,59 @@ class Seen:
     seen_at: float  # wall-clock seconds
 
 
-def _checksums(data: bytes | memoryview, chunk: int = CHECK_CHUNK) -> bytes:
-    """CRC32 of every `chunk` bytes of `data`, packed: a random read checks only the chunks it reads."""
+Digest = Callable[[memoryview], int]
+
+
+def _xxh3_32(chunk: memoryview) -> int:
+    return xxh3_64_intdigest(chunk) & 0xFFFFFFFF
+
+
+def _sums(data: bytes | memoryview, chunk: int, digest: Digest) -> bytes:
+    """The digest of every `chunk` bytes of `data`, packed 4 bytes each."""
     view = memoryview(data)
-    return array.array("I", [zlib.crc32(view[i : i + chunk]) for i in range(0, len(view), chunk)]).tobytes()
+    return array.array("I", [digest(view[i : i + chunk]) for i in range(0, len(view), chunk)]).tobytes()
 
 
-def _chunk_of(size: int, crcs: bytes) -> int:
-    """The chunk size `crcs` were computed with for a block of `size` bytes (this version's, or an earlier
-    one's; a count that fits neither fails every check, as a damaged tag should)."""
-    count = len(crcs) // 4
-    return (
-        _OLD_CHECK_CHUNK
-        if count != -(-size // CHECK_CHUNK) and count == -(-size // _OLD_CHECK_CHUNK)
-        else CHECK_CHUNK
-    )
+def _checksums(data: bytes | memoryview) -> bytes:
+    """The tag a block is stored with: a random read checks only the chunks it reads."""
+    return _XXH3_MARK + _sums(data, CHECK_CHUNK, _xxh3_32)
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """How a stored block's tag checks its bytes: `sums` has a 32-bit `digest` per `chunk` bytes."""
+
+    sums: bytes
+    chunk: int
+    digest: Digest
+
+    @classmethod
+    def of(cls, size: int, tag: bytes) -> _Check:
+        """The check of a block of `size` bytes stored with `tag` (by this version, or an earlier one; a
+        count of sums that fits neither fails every check, as a damaged tag should)."""
+        if tag.startswith(_XXH3_MARK) and len(tag) % 4 == len(_XXH3_MARK):  # bare CRC32s are 4n bytes
+            return cls(tag[len(_XXH3_MARK) :], CHECK_CHUNK, _xxh3_32)
+        count = len(tag) // 4
+        old = count != -(-size // CHECK_CHUNK) and count == -(-size // _OLD_CHECK_CHUNK)
+        return cls(tag, _OLD_CHECK_CHUNK if old else CHECK_CHUNK, zlib.crc32)
+
+    def intact(self, data: bytes | memoryview, first: int = 0, last: int | None = None) -> bool:
+        """Whether `data`, chunks [first, last] of the block (all of it by default), matches."""
+        count = len(self.sums) // 4 - first if last is None else last + 1 - first
+        expected = self.sums[first * 4 : (first + count) * 4]
+        return len(expected) == count * 4 and _sums(data, self.chunk, self.digest) == expected
 
 
 @dataclass(frozen=True, slots=True)
 class _Where:
-    """Where a cached block lives: its file (relative to the cache directory), size, checksums and the chunk
-    size they cover."""
+    """Where a cached block lives: its file (relative to the cache directory), size and check."""
 
     filename: str
     size: int
-    crcs: bytes
-    chunk: int = CHECK_CHUNK
+    check: _Check
 
 
-_INLINE = _Where("", 0, b"")  # a small block kept inside the database: read through diskcache
+_INLINE = _Where("", 0, _Check(b"", CHECK_CHUNK, _xxh3_32))  # a small block kept inside the database
 
 
 class _Index:
@@ -529,13 +558,12 @@ class DiskTier:
         filename, size, mode, tag = row
         if mode != diskcache.core.MODE_BINARY or not filename:
             return _INLINE
-        crcs = tag if isinstance(tag, bytes) else b""
-        where = _Where(filename, size, crcs, _chunk_of(size, crcs))
+        where = _Where(filename, size, _Check.of(size, tag if isinstance(tag, bytes) else b""))
         self._index.put(key, where)
         return where
 
     def _read_file(self, key: str, where: _Where, start: int, end: int) -> Block | None:
-        chunk = where.chunk
+        chunk = where.check.chunk
         first, last = start // chunk, (end - 1) // chunk
         opened = _open_value_fd(self.directory, where.filename, self._max_block)
         if opened is None:
@@ -550,7 +578,7 @@ class DiskTier:
             data = os.pread(fd, length, offset)
         finally:
             os.close(fd)
-        if not _intact(data, where.crcs, first, last, chunk):
+        if not where.check.intact(data, first, last):
             return self._drop_corrupt(key)
         if start == first * chunk and end - start == len(data):
             return data
@@ -559,13 +587,15 @@ class DiskTier:
     def _read_inline(self, key: str, start: int, end: int | None) -> Block | None:
         """A block kept inside the database (smaller than a file is worth): read whole through diskcache."""
         try:
-            value, crcs = self._cache.get(key, default=None, tag=True, retry=True)
+            value, tag = self._cache.get(key, default=None, tag=True, retry=True)
         except _FAILURES as exc:
             self._failed("be read", exc)
             return None
         if value is None:
             return None
-        if not isinstance(value, bytes) or crcs != _checksums(value, _chunk_of(len(value), crcs)):
+        if not (
+            isinstance(value, bytes) and isinstance(tag, bytes) and _Check.of(len(value), tag).intact(value)
+        ):
             return self._drop_corrupt(key)
         return value if start == 0 and end is None else memoryview(value)[start:end]
 
@@ -684,17 +714,17 @@ class DiskTier:
             for key, value in batch:
                 if isinstance(value, str):
                     # Plain text, never a pickle: nothing read from the cache directory is unpickled.
-                    crcs = None
+                    tag = None
                     size, mode, filename, db_value = disk.store(value, False, key=key)
                 else:
-                    crcs = _checksums(value)
+                    tag = _checksums(value)
                     # As a file object: diskcache writes plain bytes line by line (thousands of writes per
                     # block), and a BytesIO would copy the block first.
                     size, mode, filename, db_value = disk.store(_Chunks(value), True, key=key)
                     if filename is not None:
-                        written.append((key, _Where(filename, len(value), crcs)))
+                        written.append((key, _Where(filename, len(value), _Check.of(len(value), tag))))
                 now = time.time()  # one each, in order: the oldest are culled first
-                sql(_INSERT, (key, 1, now, None, now, 0, crcs, size, mode, filename, db_value))
+                sql(_INSERT, (key, 1, now, None, now, 0, tag, size, mode, filename, db_value))
                 volume += size
                 if volume >= limit:
                     oldest = sql(_OLDEST, (cache.cull_limit,)).fetchall()
@@ -770,12 +800,6 @@ class DiskTier:
                 log.warning("the disk cache %s: closed before every queued block was written", self.directory)
                 return  # the writer still uses the database; it ends with the process
         self._cache.close()
-
-
-def _intact(data: bytes, crcs: bytes, first: int, last: int, chunk: int) -> bool:
-    """Whether `data`, chunks [first, last] (of `chunk` bytes) of a block, matches the block's checksums."""
-    expected = crcs[first * 4 : (last + 1) * 4]
-    return len(expected) == (last + 1 - first) * 4 and _checksums(data, chunk) == expected
 
 
 def _call(done: Done | None) -> None:
