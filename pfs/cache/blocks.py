@@ -26,7 +26,8 @@ from typing import Any
 import trio
 
 from pfs.backends import Reader
-from pfs.cache.disk import Block, DiskTier
+from pfs.cache.buffers import BufferPool
+from pfs.cache.disk import READERS, Block, DiskTier
 from pfs.cache.memory import MemoryTier
 from pfs.stats import Stats
 
@@ -129,7 +130,10 @@ class BlockCache:
     ) -> None:
         self.config = config
         self.disk = disk
-        self.memory = MemoryTier(config.memory_limit)
+        # Blocks read from the disk tier go into buffers reused from one block to the next: as many as the
+        # budget holds, and one per disk reader on its way.
+        self.buffers = BufferPool(config.block_size, config.memory_limit // config.block_size + READERS)
+        self.memory = MemoryTier(config.memory_limit, self.buffers)
         self.stats = stats
         self._run_backend = run_backend
         self._run_disk = run_disk
@@ -410,7 +414,7 @@ class BlockCache:
         held = self._span(obj, first, count)
         try:
             if self.disk is not None:
-                found = await self._run_disk(_read_blocks, self.disk, keys, first)
+                found = await self._run_disk(_read_blocks, self.disk, keys, first, self.buffers)
                 self.stats.add("cache_hits_disk", len(found))
                 fetch.blocks.update(found)
             for run_first, run_count in _runs([i for i in indices if i not in fetch.blocks]):
@@ -600,8 +604,8 @@ def _read_part(
     return disk.get_range(key, lo, hi)
 
 
-def _read_blocks(disk: DiskTier, keys: list[str], first: int) -> dict[int, Block]:
-    return {first + i: data for i, data in enumerate(disk.get_many(keys)) if data is not None}
+def _read_blocks(disk: DiskTier, keys: list[str], first: int, buffers: BufferPool) -> dict[int, Block]:
+    return {first + i: data for i, data in enumerate(disk.get_many(keys, buffers)) if data is not None}
 
 
 def _delete_blocks(disk: DiskTier, keys: list[str]) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import functools
 import io
 import logging
 import os
@@ -48,6 +49,7 @@ from typing import Any, BinaryIO
 import diskcache
 from xxhash import xxh3_64_intdigest
 
+from pfs.cache.buffers import BufferPool
 from pfs.errors import PfsError
 
 log = logging.getLogger(__name__)
@@ -506,21 +508,25 @@ class DiskTier:
     def get(self, key: str) -> Block | None:
         return self._read(key, 0, None)
 
-    def get_many(self, keys: list[str]) -> list[Block | None]:
-        """Several blocks, read in parallel (a disk serves several reads at once)."""
+    def get_many(self, keys: list[str], buffers: BufferPool | None = None) -> list[Block | None]:
+        """Several blocks, read in parallel (a disk serves several reads at once), into buffers taken from
+        `buffers` where it has them."""
+        read = functools.partial(self._read, start=0, end=None, buffers=buffers)
         if len(keys) < 2:
-            return [self.get(key) for key in keys]
+            return [read(key) for key in keys]
         with self._threads_lock:
             if self._readers is None:
                 self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="pfs-disk-reader")
-        return list(self._readers.map(self.get, keys))
+        return list(self._readers.map(read, keys))
 
     def get_range(self, key: str, start: int, end: int, piece: bool = False) -> Block | None:
         """Bytes [start, end) of a block, reading and checking only the chunks that hold them; `piece`: a
         part of a block, which the database is not asked for again for ABSENT_S once it had none."""
         return self._read(key, start, end, piece)
 
-    def _read(self, key: str, start: int, end: int | None, piece: bool = False) -> Block | None:
+    def _read(
+        self, key: str, start: int, end: int | None, piece: bool = False, buffers: BufferPool | None = None
+    ) -> Block | None:
         queued = self._queue.get(key)
         if queued is not None:
             return None if isinstance(queued, str) else memoryview(queued)[start:end]
@@ -531,7 +537,7 @@ class DiskTier:
             if where is _INLINE:
                 return self._read_inline(key, start, end)
             try:
-                return self._read_file(key, where, start, where.size if end is None else end)
+                return self._read_file(key, where, start, where.size if end is None else end, buffers)
             except FileNotFoundError:  # evicted (by another process, or by this one's own writes)
                 self._index.discard(key)
             except OSError as exc:
@@ -562,7 +568,9 @@ class DiskTier:
         self._index.put(key, where)
         return where
 
-    def _read_file(self, key: str, where: _Where, start: int, end: int) -> Block | None:
+    def _read_file(
+        self, key: str, where: _Where, start: int, end: int, buffers: BufferPool | None = None
+    ) -> Block | None:
         chunk = where.check.chunk
         first, last = start // chunk, (end - 1) // chunk
         opened = _open_value_fd(self.directory, where.filename, self._max_block)
@@ -575,7 +583,10 @@ class DiskTier:
             offset, length = first * chunk, (last + 1 - first) * chunk
             if last > first:  # the whole range at once: the kernel would read it ahead piece by piece
                 os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-            data = os.pread(fd, length, offset)
+            buffer = buffers.take(length) if buffers is not None else None
+            data = (
+                os.pread(fd, length, offset) if buffer is None else buffer[: os.preadv(fd, [buffer], offset)]
+            )
         finally:
             os.close(fd)
         if not where.check.intact(data, first, last):

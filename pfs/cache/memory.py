@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from pfs.cache.buffers import BufferPool, pooled
+
 
 class MemoryTier:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, buffers: BufferPool | None = None) -> None:
         self.limit = limit
+        self.buffers = buffers  # where the buffers of evicted blocks read from the disk tier go back
         self.cached = 0  # bytes of blocks in the LRU
         self.reserved = 0  # bytes in flight: being fetched, or held by the disk tier's writer alone
         self.peak = 0  # the most ever held at once
@@ -89,13 +92,22 @@ class MemoryTier:
             self.reserved -= nbytes
 
     def discard(self, key: str) -> None:
-        data = self._blocks.pop(key, None)
-        if data is None:
+        if key not in self._blocks:
             return
-        self.cached -= len(data)
+        nbytes = self._drop(key)
         if key in self._writing:  # gone from the LRU, still held by the writer
             self._outside.add(key)
-            self.reserved += len(data)
+            self.reserved += nbytes
+
+    def _drop(self, key: str) -> int:
+        """Take `key`'s block out of the LRU (its buffer back to the pool if no one else reads it)."""
+        data = self._blocks.pop(key)
+        nbytes, buffer = len(data), pooled(data)
+        self.cached -= nbytes
+        del data
+        if buffer is not None and self.buffers is not None:
+            self.buffers.give_back(buffer)
+        return nbytes
 
     def reserve(self, amount: int) -> None:
         """Room for a fetch that must happen (a read is waiting): may overshoot while nothing is evictable."""
@@ -119,7 +131,7 @@ class MemoryTier:
             victim = next((key for key in self._blocks if key not in self._writing), None)
             if victim is None:
                 break
-            self.cached -= len(self._blocks.pop(victim))
+            self._drop(victim)
         fits = self.used + amount <= self.limit
         self.peak = max(self.peak, self.used + amount if fits else self.used)
         return fits
