@@ -9,11 +9,13 @@ import os
 import subprocess
 import threading
 import zlib
+from collections import Counter
 
 import pytest
 
 from pfs.cache.disk import (
     CHECK_CHUNK,
+    DROP_BEHIND,
     CacheUnavailable,
     DiskTier,
     Seen,
@@ -24,6 +26,7 @@ from pfs.cache.disk import (
     _Where,
 )
 from tests.test_cache_faults import fill
+from tests.test_staging import resident_bytes
 
 MiB = 1 << 20
 BLOCK = os.urandom(MiB)
@@ -360,3 +363,48 @@ def test_the_index_keeps_the_most_recently_used():
         index.put(key, _Where(key, 1, _Check.of(1, b"")))
         index.get("a")
     assert index.get("a") is not None and index.get("b") is None and index.get("c") is not None
+
+
+def test_big_block_files_give_their_pages_back_behind_the_writer_and_small_ones_keep_them(
+    tmp_path, monkeypatch
+):
+    """A big block's file starts its writeback when written and gives its pages back DROP_BEHIND files later
+    (the reader has its bytes in the FUSE file's page cache already); a small file's block keeps them."""
+    advised: Counter[int] = Counter()
+    fadvise = os.posix_fadvise
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        advised[os.fstat(fd).st_ino] += 1
+        fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    tier = DiskTier(str(tmp_path / "cache"), 256 * MiB, max_block=MiB)
+    blocks = {f"b|x|{i}": os.urandom(MiB) for i in range(DROP_BEHIND + 4)}
+    small = os.urandom(128 << 10)
+    try:
+        for key, data in blocks.items():
+            tier.put(key, data)
+        tier.put("b|small|0", small)
+        assert tier.flush(10)
+        files = {
+            os.stat(path).st_ino: path for path in glob.glob(f"{tier.directory}/**/*.val", recursive=True)
+        }
+        (small_ino,) = [ino for ino, path in files.items() if os.path.getsize(path) == len(small)]
+        assert small_ino not in advised
+        assert sorted(advised.values()) == [1] * DROP_BEHIND + [2] * 4  # at its write, and DROP_BEHIND later
+        last = [ino for ino, count in advised.items() if count == 1]
+        os.sync()  # the last ones are written now: closing gives their pages back
+    finally:
+        tier.close()
+    assert set(advised.values()) == {2} and len(advised) == len(blocks)
+    for ino in [*last, small_ino]:
+        fd = os.open(files[ino], os.O_RDONLY)
+        try:
+            assert resident_bytes(fd, os.fstat(fd).st_size) == (len(small) if ino == small_ino else 0)
+        finally:
+            os.close(fd)
+    reopened = DiskTier(str(tmp_path / "cache"), 256 * MiB, max_block=MiB)
+    try:
+        assert all(reopened.get(key) == data for key, data in blocks.items())  # read back from the disk
+    finally:
+        reopened.close()
