@@ -40,10 +40,11 @@ def test_buffers_freed_without_being_given_back_are_found_by_take():
     assert pool.mapped() == 2 * MiB
 
 
-def test_small_and_oversized_blocks_are_not_pooled():
+def test_only_whole_blocks_are_pooled():
+    """A file's last block, shorter, would hold a whole buffer while the memory budget counts its length."""
     pool = BufferPool(4 * MiB, count=4)
-    assert pool.take(128 << 10) is None and pool.take(5 * MiB) is None
-    assert len(pool.take(3 * MiB)) == 3 * MiB
+    assert pool.take(128 << 10) is None and pool.take(3 * MiB) is None and pool.take(5 * MiB) is None
+    assert len(pool.take(4 * MiB)) == 4 * MiB
 
 
 def test_free_buffers_no_read_took_are_unmapped(monkeypatch):

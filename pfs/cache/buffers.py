@@ -38,10 +38,11 @@ class BufferPool:
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> memoryview | None:
-        """A writable view of `nbytes` that no one else holds; None when that is less than half a buffer
-        (small blocks come from malloc's heap, already reused) or every buffer is in use (the caller
-        allocates one of its own)."""
-        if not self.size // 2 < nbytes <= self.size:
+        """A writable view of a whole buffer (`nbytes` must be its size) that no one else holds; None for
+        any other size or when every buffer is in use (the caller allocates one of its own). Only whole
+        blocks: the memory budget counts a block's length, and a file's last block in a buffer of a whole
+        block would hold more than it counts (small blocks come from malloc's heap, reused already)."""
+        if nbytes != self.size:
             return None
         with self._lock:
             buffer = self._free.pop()[1] if self._free else self._unused_lent()
@@ -50,7 +51,7 @@ class BufferPool:
                     return None
                 buffer = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # not shmem
             self._lent.append(buffer)
-            return memoryview(buffer)[:nbytes]  # exported before the lock goes: no one else can take it
+            return memoryview(buffer)  # exported before the lock goes: no one else can take it
 
     def give_back(self, buffer: mmap.mmap) -> None:
         """`buffer` (a block's `obj`) lost its holder: free for the next `take` if no view of it is left."""
