@@ -3,6 +3,7 @@ bound or raise; a full disk or a broken database only makes it miss."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -393,6 +394,9 @@ def test_big_block_files_give_their_pages_back_behind_the_writer_and_small_ones_
         assert small_ino not in advised
         assert sorted(advised.values()) == [1] * DROP_BEHIND + [2] * 4  # at its write, and DROP_BEHIND later
         last = [ino for ino, count in advised.items() if count == 1]
+        assert not [
+            path for path in _open_files() if path.endswith(".val")
+        ]  # evicted, it would keep its space
         os.sync()  # the last ones are written now: closing gives their pages back
     finally:
         tier.close()
@@ -408,3 +412,11 @@ def test_big_block_files_give_their_pages_back_behind_the_writer_and_small_ones_
         assert all(reopened.get(key) == data for key, data in blocks.items())  # read back from the disk
     finally:
         reopened.close()
+
+
+def _open_files() -> list[str]:
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # (the listing's own descriptor)
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return paths

@@ -327,7 +327,7 @@ class _BoundedDisk(diskcache.Disk):
     def __init__(self, directory: str, **settings: Any) -> None:
         super().__init__(directory, **settings)
         self._written = threading.local()  # the file a store in this thread is writing
-        self._behind: deque[int] = deque()  # big block files written last, whose pages go once written
+        self._behind: deque[str] = deque()  # big block files written last, whose pages go once written
         self._behind_lock = threading.Lock()
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
@@ -380,28 +380,25 @@ class _BoundedDisk(diskcache.Disk):
                 writer.write(chunk)
             if size >= DROP_BEHIND_BYTES and "b" in mode:
                 writer.flush()
-                self._drop_behind(writer.fileno())
+                self._drop_behind(writer.fileno(), full_path)
         return size
 
-    def _drop_behind(self, written: int) -> None:
+    def _drop_behind(self, fd: int, path: str) -> None:
         """Start writing a big block's file out now, and give its pages back to the kernel once DROP_BEHIND
         newer ones were written (without waiting: pages still on their way to the disk stay). The reader
         has these bytes in the FUSE file's page cache already; kept here too, every cold read of a big
         file filled memory with a second copy, and on the benchmark VM writing into pages not recently
         used cost about 2 ms per MiB: 56 % of the daemon's CPU reading a cold 1 GiB file (scratch, 1 GiB
         of 4 MiB files written after a drop of the page cache: 335-375 MiB/s, 2.7-3.0 s of CPU, and
-        2,354 MiB/s, 0.36 s, with the pages given back)."""
-        try:
-            fd = os.dup(written)
-        except OSError:
-            return  # only an optimisation: the pages stay
+        2,354 MiB/s, 0.36 s, with the pages given back). The file is opened again by its name for that,
+        never kept open: an open file evicted meanwhile would keep its space, which the tier's size and
+        free-space bounds count as freed."""
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # dirty pages: starts their writeback
         except OSError:
-            os.close(fd)
-            return
+            return  # only an optimisation: the pages stay
         with self._behind_lock:
-            self._behind.append(fd)
+            self._behind.append(path)
             old = self._behind.popleft() if len(self._behind) > DROP_BEHIND else None
         if old is not None:
             _give_back_pages(old)
@@ -409,9 +406,9 @@ class _BoundedDisk(diskcache.Disk):
     def let_go(self) -> None:
         """Give back the pages of the last block files written (the tier is closing)."""
         with self._behind_lock:
-            fds, self._behind = list(self._behind), deque()
-        for fd in fds:
-            _give_back_pages(fd)
+            paths, self._behind = list(self._behind), deque()
+        for path in paths:
+            _give_back_pages(path)
 
     def written(self) -> str | None:
         """The file (relative to the directory) the last store in this thread wrote, if any."""
@@ -423,7 +420,12 @@ class _BoundedDisk(diskcache.Disk):
                 os.remove(self._written.path)
 
 
-def _give_back_pages(fd: int) -> None:
+def _give_back_pages(path: str) -> None:
+    """Drop the clean pages of the block file `path` from the page cache (nothing if it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return  # evicted since (or not a file of ours any more): nothing to give back
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     except OSError:
