@@ -117,6 +117,8 @@ def test_a_damaged_piece_is_dropped_and_fetched_again(tmp_path):
 class _CountingReader:
     """A file:// reader that remembers which blocks each backend read covered."""
 
+    fills_buffers = False
+
     def __init__(self, reader: Any, block: int, fetched: list[int]) -> None:
         self._reader, self._block, self._fetched = reader, block, fetched
         self.version = reader.version

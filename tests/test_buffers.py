@@ -6,11 +6,18 @@ from __future__ import annotations
 import os
 
 import pytest
+import trio
 
+from pfs.backends import BackendOptions, Reader, open_backend
+from pfs.cache import BlockCache, CacheConfig
 from pfs.cache import buffers as buffers_module
+from pfs.cache.blocks import Stream
 from pfs.cache.buffers import BufferPool, pooled
 from pfs.cache.disk import DiskTier
 from pfs.cache.memory import MemoryTier
+from pfs.stats import Stats
+from pfs.testserver import start_s3_server
+from tests.conftest import s3_case
 
 MiB = 1 << 20
 
@@ -106,3 +113,70 @@ def test_a_corrupt_block_read_into_a_pool_buffer_is_dropped(tmp_path, damage_at)
         assert disk.get_many(["b|x|0"], pool) == [None] and disk.corrupt_blocks == 1
     finally:
         disk.close()
+
+
+@pytest.mark.parametrize("server", ["seaweedfs", "rclone"])  # a 206, and a 200 with Content-Range
+def test_blocks_fetched_from_an_object_store_land_in_reused_buffers_with_their_bytes(
+    request, tmp_path, server
+):
+    """A cold sequential read through a budget of four blocks: the ranged GETs' bodies are read into pool
+    buffers, reused as blocks leave memory, and every byte read is the object's."""
+    if server == "seaweedfs":
+        case = s3_case(request)
+        backend, put = open_backend(case.uri, case.options), case.raw.put
+    else:
+        (tmp_path / "srv" / "data" / "bkt").mkdir(parents=True)
+        rclone = start_s3_server("rclone", str(tmp_path / "srv"))
+        request.addfinalizer(rclone.stop)
+        options = BackendOptions(access_key=rclone.access_key, secret_key=rclone.secret_key)
+        backend = open_backend(rclone.uri("bkt"), options)
+        put = lambda name, data: (tmp_path / "srv" / "data" / "bkt" / name).write_bytes(data)  # noqa: E731
+    data = os.urandom(12 * MiB + 1000)  # a short last block: never pooled
+    put("obj", data)
+    cache = BlockCache(CacheConfig(block_size=MiB, memory_limit=4 * MiB), None, Stats(), _thread, _thread)
+    reader = backend.open_reader("obj", len(data))
+    assert reader.fills_buffers
+    obj = cache.object(backend.id, "obj", reader.version, len(data))
+    seen: list[bool] = []
+
+    async def opener() -> Reader:
+        return reader
+
+    async def main() -> bytes:
+        out = bytearray()
+        async with trio.open_nursery() as nursery:
+            cache.attach(nursery)
+            stream = Stream()
+            while len(out) < len(data):
+                part = await cache.read(obj, len(out), 256 << 10, opener, stream)
+                block = cache.memory.get(obj.key(len(out) // MiB), touch=False)
+                seen.append(block is not None and pooled(block) is not None)
+                out += part
+            cache.attach(None)
+        return bytes(out)
+
+    try:
+        assert trio.run(main) == data
+    finally:
+        reader.close()
+        backend.close()
+    assert sum(seen) > len(seen) // 2 and cache.buffers.mapped() <= cache.buffers.count * MiB
+
+
+def test_a_ranged_get_that_does_not_fit_the_buffers_is_returned_as_bytes(request):
+    case = s3_case(request)
+    backend = open_backend(case.uri, case.options)
+    data = os.urandom(3 * MiB)
+    case.raw.put("obj", data)
+    reader = backend.open_reader("obj", len(data))
+    try:
+        views = [memoryview(bytearray(MiB)) for _ in range(2)]
+        assert reader.read_into(0, views) is None and b"".join(views) == data[: 2 * MiB]
+        assert reader.read_into(2 * MiB, views) == data[2 * MiB :]  # past the end: read as bytes
+    finally:
+        reader.close()
+        backend.close()
+
+
+async def _thread(fn, *args):
+    return await trio.to_thread.run_sync(fn, *args)

@@ -94,9 +94,18 @@ class Reader(ABC):
     #: and then size and modification time do.
     version: str = ""
 
+    #: Whether `read_into` reads into the caller's buffers (else it only calls `read`).
+    fills_buffers: bool = False
+
     @abstractmethod
     def read(self, offset: int, length: int) -> bytes:
         """Up to `length` bytes at `offset` (fewer only at the end of the object)."""
+
+    def read_into(self, offset: int, views: list[memoryview]) -> bytes | None:
+        """The bytes at `offset` that fill `views`, one after another: None once they are all in `views`,
+        or (where the reader cannot, or the answer did not fit them exactly) what `read` returns for their
+        length, the views left unread."""
+        return self.read(offset, sum(map(len, views)))
 
     @abstractmethod
     def close(self) -> None: ...

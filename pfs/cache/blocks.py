@@ -452,14 +452,32 @@ class BlockCache:
         (in a worker thread); also returns the microseconds the backend took."""
         bs = self.config.block_size
         started = time.perf_counter()
-        data = reader.read(first * bs, self._span(obj, first, count))
+        span = self._span(obj, first, count)
+        buffers = self._buffers_for(reader, span, count)
+        data = reader.read(first * bs, span) if buffers is None else reader.read_into(first * bs, buffers)
         took = int((time.perf_counter() - started) * 1e6)
-        view = memoryview(data)  # blocks are views of the one buffer read: no copies
-        blocks = {first + i: view[i * bs : (i + 1) * bs] for i in range(count)}
+        if data is None:
+            blocks = {first + i: buffer for i, buffer in enumerate(buffers or [])}
+        else:
+            view = memoryview(data)  # blocks are views of the one buffer read: no copies
+            blocks = {first + i: view[i * bs : (i + 1) * bs] for i in range(count)}
         if store and self.disk is not None:
             for index, block in blocks.items():
                 self.disk.put(obj.key(index), block, wait=True)  # warming waits for a lagging disk
         return blocks, took
+
+    def _buffers_for(self, reader: Reader, span: int, count: int) -> list[memoryview] | None:
+        """Reused buffers for `count` whole blocks fetched at once, where the reader reads into them (a
+        fresh buffer costs a page fault per page); None otherwise."""
+        if not reader.fills_buffers or span != count * self.config.block_size:
+            return None
+        buffers = []
+        for _ in range(count):
+            buffer = self.buffers.take(self.config.block_size)
+            if buffer is None:
+                return None  # those taken are free again with their views gone
+            buffers.append(buffer)
+        return buffers
 
     def _span(self, obj: CachedObject, first: int, count: int) -> int:
         bs = self.config.block_size

@@ -54,9 +54,13 @@ class SnapshotReader(Reader):
     def __init__(self, live: Reader, version: str) -> None:
         self._live = live
         self.version = version
+        self.fills_buffers = live.fills_buffers
 
     def read(self, offset: int, length: int) -> bytes:
         return self._live.read(offset, length)
+
+    def read_into(self, offset: int, views: list[memoryview]) -> bytes | None:
+        return self._live.read_into(offset, views)
 
     def close(self) -> None:
         self._live.close()

@@ -44,8 +44,9 @@ from pfs.errors import BackendError, NotFound, PermissionDenied, Stale, Transien
 
 _UNSIGNED = "UNSIGNED-PAYLOAD"
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-_Reply = tuple[int, str, dict[str, str], bytes]  # status, reason, headers (lower-case names), body
-_Answer = tuple[int, dict[str, str], bytes]  # status, headers, body of a successful request
+# status, reason, headers (lower-case names), body (None: read into the caller's buffers)
+_Reply = tuple[int, str, dict[str, str], bytes | None]
+_Answer = tuple[int, dict[str, str], bytes | None]  # status, headers, body of a successful request
 Body = bytes | memoryview  # what a request sends
 # Seconds a store not yet known to answer `Expect: 100-continue` gets to do so; one that answers is then
 # given the whole request timeout, one that ignores it is asked with a HEAD before each PUT instead.
@@ -68,7 +69,7 @@ class Credentials:
 class Part:
     """What one ranged GET of an object told."""
 
-    data: bytes
+    data: bytes | None  # None: read into the buffers the caller gave
     etag: str
     size: int  # of the whole object
     modified_s: int | None = None  # its Last-Modified, in whole seconds (None: not said)
@@ -101,16 +102,23 @@ class ObjectGetter:
         """Bytes [0, length) of `bucket/key` (fewer if the object is shorter), its ETag and size."""
         return self.get(bucket, key, 0, length)
 
-    def get(self, bucket: str, key: str, offset: int, length: int) -> Part:
+    def get(
+        self, bucket: str, key: str, offset: int, length: int, into: list[memoryview] | None = None
+    ) -> Part:
         """Bytes [offset, offset + length) of `bucket/key` (fewer at its end), its ETag and size. The body
-        is read straight into one buffer: the only copy is the one out of the socket."""
+        is read straight into one buffer: the only copy is the one out of the socket. With `into` (views
+        of `length` bytes in all) an answer of exactly that range is read into them, one after another
+        (the Part then has no data): buffers reused by the caller, where a new one costs a page fault
+        per page."""
         host, path = self._where(bucket, key)
         headers = {"host": host, "range": f"bytes={offset}-{offset + length - 1}"}
-        status, answer, body = self._ask("GET", host, path, headers, f"get {bucket}/{key}")
+        status, answer, body = self._ask("GET", host, path, headers, f"get {bucket}/{key}", into=into)
+        if body is None and _range_start(answer) != offset:
+            raise BackendError(f"asked for bytes from {offset}, answered {answer.get('content-range')}")
         return Part(
-            _body_at(offset, length, status, answer, body),
+            None if body is None else _body_at(offset, length, status, answer, body),
             _etag(answer),
-            _object_size(status, answer, body),
+            _object_size(status, answer, body or b""),
             _modified_s(answer),
         )
 
@@ -220,6 +228,7 @@ class ObjectGetter:
         query: dict[str, str] | None = None,
         sign_body: bool = True,
         go_ahead: Callable[[], None] | None = None,
+        into: list[memoryview] | None = None,
     ) -> _Answer:
         """One signed request (with `data` as its body, its hash signed unless `sign_body` is false, sent
         only when the server asks for it if there is a `go_ahead`, see `_send_when_asked`); a successful
@@ -231,7 +240,7 @@ class ObjectGetter:
         )
         target = f"{path}?{canonical_query}" if canonical_query else path
         try:
-            status, reason, answer, body = self._request(method, host, target, headers, data, go_ahead)
+            status, reason, answer, body = self._request(method, host, target, headers, data, go_ahead, into)
         except (OSError, http.client.HTTPException) as exc:
             raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
         if status in (200, 204, 206):
@@ -255,9 +264,11 @@ class ObjectGetter:
         headers: dict[str, str],
         data: Body | None = None,
         go_ahead: Callable[[], None] | None = None,
+        into: list[memoryview] | None = None,
     ) -> _Reply:
         """One request on this thread's kept connection; a connection the server closed while idle is
-        replaced once at once (that is no outage)."""
+        replaced once at once (that is no outage). A ranged answer of exactly the length of the views
+        `into` is read into them (its body None; the caller checks where its range starts)."""
         for fresh in (False, True):
             conn = self._connection(host, fresh)
             try:
@@ -271,7 +282,11 @@ class ObjectGetter:
                         self._local.conns.pop(host, None)
                         return early
                 response = conn.getresponse()
-                body = response.read()
+                if into is not None and _fits(response, into):
+                    _read_into(response, into)
+                    body = None
+                else:
+                    body = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 conn.close()
                 if fresh:
@@ -424,13 +439,39 @@ def _modified_s(answer: dict[str, str]) -> int | None:
     return None if when is None else calendar.timegm(when)
 
 
+def _fits(response: http.client.HTTPResponse, views: list[memoryview]) -> bool:
+    """Whether the answer is a range (206, or a 200 with a Content-Range, as some servers send) exactly as
+    long as `views` together."""
+    return (
+        response.status in (200, 206)
+        and response.getheader("content-range") is not None
+        and response.length is not None
+        and response.length == sum(map(len, views))
+    )
+
+
+def _read_into(response: http.client.HTTPResponse, views: list[memoryview]) -> None:
+    for view in views:
+        got = 0
+        while got < len(view):
+            n = response.readinto(view[got:])
+            if not n:
+                raise http.client.IncompleteRead(b"", len(view) - got)
+            got += n
+
+
+def _range_start(answer: dict[str, str]) -> int | None:
+    start = answer.get("content-range", "").removeprefix("bytes ").partition("-")[0]
+    return int(start) if start.isdigit() else None
+
+
 def _body_at(offset: int, length: int, status: int, answer: dict[str, str], body: bytes) -> bytes:
     """The asked bytes of an answer: the body as it is when it starts at `offset` (Content-Range, sent by
     some servers with a 200 too), else the slice of a whole object sent by a server that ignored the
     range."""
-    start = answer.get("content-range", "").removeprefix("bytes ").partition("-")[0]
-    if start.isdigit():
-        if int(start) != offset:
+    start = _range_start(answer)
+    if start is not None:
+        if start != offset:
             raise BackendError(f"asked for bytes from {offset}, answered from {start}")
         return body if len(body) <= length else body[:length]
     if status == 206:

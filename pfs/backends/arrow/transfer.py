@@ -393,5 +393,22 @@ class RangedReader(Reader):
             raise Stale(f"{self._path} changed: got {len(part.data)} of {want} bytes at offset {offset}")
         return part.data
 
+    fills_buffers = True
+
+    def read_into(self, offset: int, views: list[memoryview]) -> bytes | None:
+        want = sum(map(len, views))
+        if offset + want > self._size:
+            return self.read(offset, want)
+        part = self._call(
+            f"read {self._path}", lambda: self._getter.get(self._bucket, self._key, offset, want, views)
+        )
+        if part.size != self._size or part.etag != self.version:
+            raise Stale(f"{self._path} was replaced while it was being read")
+        if part.data is None:
+            return None
+        if len(part.data) != want:
+            raise Stale(f"{self._path} changed: got {len(part.data)} of {want} bytes at offset {offset}")
+        return part.data
+
     def close(self) -> None:
         pass
