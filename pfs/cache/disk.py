@@ -91,6 +91,7 @@ _INSERT = (
     " filename, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _OLDEST = "SELECT rowid, filename, size FROM Cache ORDER BY store_time LIMIT ?"
+_CULL_ROWS = 16  # oldest entries looked at per statement while culling
 _KEYS_PER_STATEMENT = 500  # under SQLite's smallest limit of parameters per statement (999)
 
 Done = Callable[[], None]
@@ -418,6 +419,31 @@ class _BoundedDisk(diskcache.Disk):
         if getattr(self._written, "path", None) is not None:
             with contextlib.suppress(OSError):
                 os.remove(self._written.path)
+
+
+def _drop_row(sql: Callable, disk: diskcache.Disk, rowid: int, filename: str | None) -> None:
+    # Its file goes now, as each `set` of a batch did, not at the commit: culled at the commit, the files of
+    # a whole batch would be on disk beside those they replace, past the size limit. A rollback then leaves
+    # rows without files, which read as misses.
+    sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+    if filename is not None:
+        disk.remove(filename)
+
+
+def _cull(sql: Callable, disk: diskcache.Disk, volume: int, limit: int) -> int:
+    """Drop the oldest entries until `volume` is under `limit`, and return the volume left. Only as many as
+    that: diskcache's cull drops its `cull_limit` at a time, which on a small file system kept short of
+    free space left 3 MiB cached of the 11 it had room for."""
+    while volume >= limit:
+        oldest = sql(_OLDEST, (_CULL_ROWS,)).fetchall()
+        if not oldest:
+            break
+        for rowid, filename, size in oldest:
+            if volume < limit:
+                break
+            _drop_row(sql, disk, rowid, filename)
+            volume -= size
+    return volume
 
 
 def _give_back_pages(path: str) -> None:
@@ -750,19 +776,14 @@ class DiskTier:
 
     def _insert(self, batch: list[tuple[str, Block | str]], written: list[tuple[str, _Where]]) -> None:
         """Store the batch in one transaction as diskcache's `set` would, entry by entry (a key stored
-        again replaces its entry; while the tier is over its size limit, each entry stored culls up to
-        `cull_limit` of the oldest), with a few statements per entry instead of five, and the tier's size
+        again replaces its entry; while the tier is over its size limit, each entry stored culls the oldest
+        until it is back under it), with a few statements per entry instead of five, and the tier's size
         kept here instead of asked for after each. Appends the block files written to `written`."""
         cache = self._cache
         disk = cache.disk
 
         def drop(rowid: int, filename: str | None) -> None:
-            # Its file goes now, as each `set` of a batch did, not at the commit: culled at the commit, the
-            # files of a whole batch would be on disk beside those they replace, past the size limit. A
-            # rollback then leaves rows without files, which read as misses.
-            sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
-            if filename is not None:
-                disk.remove(filename)
+            _drop_row(sql, disk, rowid, filename)
 
         with cache._transact(retry=True) as (sql, _):
             for start in range(0, len(batch), _KEYS_PER_STATEMENT):
@@ -789,10 +810,7 @@ class DiskTier:
                 sql(_INSERT, (key, 1, now, None, now, 0, tag, size, mode, filename, db_value))
                 volume += size
                 if volume >= limit:
-                    oldest = sql(_OLDEST, (cache.cull_limit,)).fetchall()
-                    for rowid, filename, old_size in oldest:
-                        drop(rowid, filename)
-                        volume -= old_size
+                    volume = _cull(sql, disk, volume, limit)
 
     def _respect_free_space(self, incoming: int) -> None:
         """Lower the effective size limit while the file system is short of free space, then cull to it.
@@ -807,7 +825,8 @@ class DiskTier:
         if limit != self._cache.size_limit:
             self._cache.reset("size_limit", limit)
             if volume > limit:
-                self._cache.cull(retry=True)
+                with self._cache._transact(retry=True) as (sql, _):
+                    _cull(sql, self._cache.disk, volume, limit)
 
     # ---- the version book --------------------------------------------------------------------------------
 
