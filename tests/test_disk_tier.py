@@ -420,3 +420,17 @@ def _open_files() -> list[str]:
         with contextlib.suppress(FileNotFoundError):  # (the listing's own descriptor)
             paths.append(os.readlink(f"/proc/self/fd/{fd}"))
     return paths
+
+
+def test_a_full_tier_drops_only_what_makes_room(tmp_path):
+    """Culling stops once the tier is under its limit: dropping a fixed number of blocks each time (16,
+    diskcache's way) emptied a small tier at every overflow."""
+    tier = DiskTier(str(tmp_path / "cache"), 8 * MiB, max_block=MiB)
+    try:
+        for i in range(20):
+            tier.put(f"b|x|{i}", BLOCK)
+            assert tier.flush(10)
+        kept = [i for i in range(20) if tier.get(f"b|x|{i}") is not None]
+        assert 6 <= len(kept) <= 8 and kept == list(range(20 - len(kept), 20))  # the newest ones
+    finally:
+        tier.close()
