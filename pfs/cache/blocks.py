@@ -130,8 +130,8 @@ class BlockCache:
     ) -> None:
         self.config = config
         self.disk = disk
-        # Blocks read from the disk tier go into buffers reused from one block to the next: as many as the
-        # budget holds, and one per disk reader on its way.
+        # Whole blocks read from the disk tier or fetched by a reader that fills buffers go into buffers
+        # reused from one block to the next: as many as the budget holds, and one per disk reader.
         self.buffers = BufferPool(config.block_size, config.memory_limit // config.block_size + READERS)
         self.memory = MemoryTier(config.memory_limit, self.buffers)
         self.stats = stats

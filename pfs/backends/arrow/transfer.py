@@ -384,29 +384,23 @@ class RangedReader(Reader):
         if offset >= self._size or length <= 0:
             return b""
         want = min(length, self._size - offset)
-        part = self._call(
-            f"read {self._path}", lambda: self._getter.get(self._bucket, self._key, offset, want)
-        )
-        if part.size != self._size or part.etag != self.version:
-            raise Stale(f"{self._path} was replaced while it was being read")
-        if len(part.data) != want:
-            raise Stale(f"{self._path} changed: got {len(part.data)} of {want} bytes at offset {offset}")
-        return part.data
+        return self._get(offset, want, None)
 
     fills_buffers = True
 
     def read_into(self, offset: int, views: list[memoryview]) -> bytes | None:
         want = sum(map(len, views))
-        if offset + want > self._size:
-            return self.read(offset, want)
+        return self.read(offset, want) if offset + want > self._size else self._get(offset, want, views)
+
+    def _get(self, offset: int, want: int, into: list[memoryview] | None) -> bytes | None:
+        """One ranged GET of `want` bytes (into the views `into`, where the answer fits them: then None),
+        checked to be of this reader's version and as long as asked."""
         part = self._call(
-            f"read {self._path}", lambda: self._getter.get(self._bucket, self._key, offset, want, views)
+            f"read {self._path}", lambda: self._getter.get(self._bucket, self._key, offset, want, into)
         )
         if part.size != self._size or part.etag != self.version:
             raise Stale(f"{self._path} was replaced while it was being read")
-        if part.data is None:
-            return None
-        if len(part.data) != want:
+        if part.data is not None and len(part.data) != want:
             raise Stale(f"{self._path} changed: got {len(part.data)} of {want} bytes at offset {offset}")
         return part.data
 
