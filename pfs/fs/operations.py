@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import inspect
 import io
 import json
 import logging
@@ -55,6 +54,7 @@ from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.journal import Journal
 from pfs.fs.names import NameCache
 from pfs.fs.versions import Versions, Want
+from pfs.fs.workers import Workers
 from pfs.fs.writeback import WriteBack
 from pfs.options import MountOptions
 from pfs.stats import Stats, rss_bytes
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 RESERVED_ROOT_NAME = ".pfs"  # the backend's own area (snapshots, temporary and detached objects)
+DISK_THREADS = 4  # disk-tier reads at once: more only queue in the disk
 DISK_FLUSH_S = 10.0  # a flush waits at most this long for the disk tier: a slow cache disk must not hang it
 
 
@@ -136,14 +137,6 @@ def _changed(change: MetaChange) -> list[tuple[str, Any]]:
     return [(f.name, v) for f in dataclasses.fields(change) if (v := getattr(change, f.name)) is not None]
 
 
-# trio 0.23 renamed run_sync's `cancellable` to `abandon_on_cancel` (and later removed the old name).
-_ABANDON_ON_CANCEL = (
-    "abandon_on_cancel"
-    if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
-    else "cancellable"
-)
-
-
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -156,8 +149,8 @@ class Operations(pyfuse3.Operations):
         self.stats = Stats()
         self._mounted_at_ns = time.time_ns()
         self.inodes = InodeTable(root_mtime_ns=self._mounted_at_ns)
-        self._limiter = trio.CapacityLimiter(options.threads)
-        self._disk_limiter = trio.CapacityLimiter(4)
+        self._backend_threads = Workers(options.threads, "pfs-backend")
+        self._disk_threads = Workers(DISK_THREADS, "pfs-disk")
         disk = None
         if options.cache_size > 0:
             try:
@@ -236,14 +229,11 @@ class Operations(pyfuse3.Operations):
     # ---- plumbing ---------------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable, *args: Any, cancellable: bool = False) -> Any:
-        """`fn(*args)` in a worker thread. `cancellable`: a cancelled caller stops waiting at once and the
-        thread finishes on its own (still counted by the limiter until then)."""
-        return await trio.to_thread.run_sync(
-            fn, *args, limiter=self._limiter, **{_ABANDON_ON_CANCEL: cancellable}
-        )
+        """`fn(*args)` in a backend thread (see `Workers.run` for `cancellable`)."""
+        return await self._backend_threads.run(fn, *args, cancellable=cancellable)
 
     async def _run_disk(self, fn: Callable, *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._disk_limiter)
+        return await self._disk_threads.run(fn, *args)
 
     def _child_path(self, parent: Inode, name: bytes) -> str:
         try:
