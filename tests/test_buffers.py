@@ -3,6 +3,7 @@ is reused, and the pool never maps more than it was given."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -11,6 +12,7 @@ import trio
 from pfs.backends import BackendOptions, Reader, open_backend
 from pfs.cache import BlockCache, CacheConfig
 from pfs.cache import buffers as buffers_module
+from pfs.cache import disk as disk_module
 from pfs.cache.blocks import Stream
 from pfs.cache.buffers import BufferPool, pooled
 from pfs.cache.disk import DiskTier
@@ -18,6 +20,7 @@ from pfs.cache.memory import MemoryTier
 from pfs.stats import Stats
 from pfs.testserver import start_s3_server
 from tests.conftest import s3_case
+from tests.test_staging import resident_bytes
 
 MiB = 1 << 20
 
@@ -113,6 +116,50 @@ def test_a_corrupt_block_read_into_a_pool_buffer_is_dropped(tmp_path, damage_at)
         assert disk.get_many(["b|x|0"], pool) == [None] and disk.corrupt_blocks == 1
     finally:
         disk.close()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "file system without it"])
+def test_a_big_block_read_into_a_pool_buffer_bypasses_the_page_cache(tmp_path, monkeypatch, direct):
+    """Big blocks' pages leave the page cache once written: reading one whole into a pool buffer goes past
+    the page cache (O_DIRECT), or, where the file system refuses the flag, is read as before."""
+    if not direct:
+        fcntl = disk_module.fcntl.fcntl
+
+        def refuse(fd: int, command: int, *args: int) -> int:
+            if command == disk_module.fcntl.F_SETFL and args and args[0] & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "not supported")
+            return fcntl(fd, command, *args)
+
+        monkeypatch.setattr(disk_module.fcntl, "fcntl", refuse)
+    pool = BufferPool(MiB, count=2)
+    disk = DiskTier(str(tmp_path / "cache"), 64 * MiB, max_block=MiB)
+    try:
+        data = os.urandom(MiB)
+        disk.put("b|x|0", data)
+        assert disk.flush(10)
+        (path,) = [
+            os.path.join(d, f) for d, _, fs in os.walk(disk.directory) for f in fs if f.endswith(".val")
+        ]
+        drop_pages(path)
+        (read,) = disk.get_many(["b|x|0"], pool)
+        assert pooled(read) and read == data and disk.corrupt_blocks == 0
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            resident = resident_bytes(fd, MiB)
+        finally:
+            os.close(fd)
+        assert resident == 0 if direct else resident == MiB
+    finally:
+        disk.close()
+
+
+def drop_pages(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("server", ["seaweedfs", "rclone"])  # a 206, and a 200 with Content-Range

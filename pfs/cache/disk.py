@@ -30,6 +30,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import fcntl
 import functools
 import io
 import logging
@@ -460,6 +461,23 @@ def _give_back_pages(path: str) -> None:
         os.close(fd)
 
 
+def _read_past_page_cache(fd: int, buffer: memoryview, offset: int) -> int:
+    """Read a big block's file from `offset` into `buffer` (page-aligned: a pool buffer) with O_DIRECT,
+    where the file system allows it. Such a block's pages leave the page cache once written
+    (`_drop_behind`), so a buffered read only filled fresh pages to copy out of: with four readers of warm
+    1 GiB files that was half the daemon's CPU (system time 4.5-5.0 s against 2.2 s direct) and the rate
+    went 497-576 -> 666-791 MiB/s (scratch, back to back). A file system without O_DIRECT (tmpfs) is read
+    as before."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+        return os.preadv(fd, [buffer], offset)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # refused the flag or this buffer's alignment: read it buffered
+            raise
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+    return os.preadv(fd, [buffer], offset)
+
+
 def _open_value_file(directory: str, filename: str, limit: int) -> tuple[BinaryIO, int] | None:
     """`filename` below `directory` opened for reading, with its size (see `_open_value_fd`)."""
     opened = _open_value_fd(directory, filename, limit)
@@ -658,12 +676,16 @@ class DiskTier:
             if size != where.size:
                 return self._drop_corrupt(key)
             offset, length = first * chunk, (last + 1 - first) * chunk
-            if last > first:  # the whole range at once: the kernel would read it ahead piece by piece
-                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
             buffer = buffers.take(length) if buffers is not None else None
-            data = (
-                os.pread(fd, length, offset) if buffer is None else buffer[: os.preadv(fd, [buffer], offset)]
-            )
+            direct = buffer is not None and size >= DROP_BEHIND_BYTES
+            if last > first and not direct:  # all at once: the kernel would read it ahead piece by piece
+                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            if buffer is None:
+                data = os.pread(fd, length, offset)
+            elif direct:
+                data = buffer[: _read_past_page_cache(fd, buffer, offset)]
+            else:
+                data = buffer[: os.preadv(fd, [buffer], offset)]
         finally:
             os.close(fd)
         if not where.check.intact(data, first, last):
