@@ -105,11 +105,7 @@ def test_a_corrupt_block_read_into_a_pool_buffer_is_dropped(tmp_path, damage_at)
     disk = DiskTier(str(tmp_path / "cache"), 64 * MiB, max_block=MiB)
     try:
         data = os.urandom(MiB)
-        disk.put("b|x|0", data)
-        assert disk.flush(10)
-        (path,) = [
-            os.path.join(d, f) for d, _, fs in os.walk(disk.directory) for f in fs if f.endswith(".val")
-        ]
+        path = stored_block(disk, "b|x|0", data)
         with open(path, "r+b") as f:
             f.seek(damage_at)
             f.write(bytes([data[damage_at] ^ 1]))
@@ -135,11 +131,7 @@ def test_a_big_block_read_into_a_pool_buffer_bypasses_the_page_cache(tmp_path, m
     disk = DiskTier(str(tmp_path / "cache"), 64 * MiB, max_block=MiB)
     try:
         data = os.urandom(MiB)
-        disk.put("b|x|0", data)
-        assert disk.flush(10)
-        (path,) = [
-            os.path.join(d, f) for d, _, fs in os.walk(disk.directory) for f in fs if f.endswith(".val")
-        ]
+        path = stored_block(disk, "b|x|0", data)
         drop_pages(path)
         (read,) = disk.get_many(["b|x|0"], pool)
         assert pooled(read) and read == data and disk.corrupt_blocks == 0
@@ -151,6 +143,14 @@ def test_a_big_block_read_into_a_pool_buffer_bypasses_the_page_cache(tmp_path, m
         assert resident == 0 if direct else resident == MiB
     finally:
         disk.close()
+
+
+def stored_block(disk: DiskTier, key: str, data: bytes) -> str:
+    """Store `data` as the tier's only block; the path of its file."""
+    disk.put(key, data)
+    assert disk.flush(10)
+    (path,) = [os.path.join(d, f) for d, _, fs in os.walk(disk.directory) for f in fs if f.endswith(".val")]
+    return path
 
 
 def drop_pages(path: str) -> None:
