@@ -803,10 +803,6 @@ class DiskTier:
         kept here instead of asked for after each. Appends the block files written to `written`."""
         cache = self._cache
         disk = cache.disk
-
-        def drop(rowid: int, filename: str | None) -> None:
-            _drop_row(sql, disk, rowid, filename)
-
         with cache._transact(retry=True) as (sql, _):
             for start in range(0, len(batch), _KEYS_PER_STATEMENT):
                 keys = [key for key, _ in batch[start : start + _KEYS_PER_STATEMENT]]
@@ -814,7 +810,7 @@ class DiskTier:
                 for rowid, filename in sql(
                     f"SELECT rowid, filename FROM Cache WHERE raw = 1 AND key IN ({marks})", keys
                 ).fetchall():
-                    drop(rowid, filename)
+                    _drop_row(sql, disk, rowid, filename)
             volume, limit = cache.volume(), cache.size_limit
             for key, value in batch:
                 if isinstance(value, str):
