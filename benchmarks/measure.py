@@ -1,8 +1,12 @@
-"""What a measurement needs from the system: page-cache drops, timers, and a daemon's CPU time and peak RSS.
+"""What a measurement needs from the system: page-cache drops, timers, a daemon's CPU time and peak RSS, the
+S3 server's CPU time and bytes read, and the whole machine's CPU time.
 
-Daemon figures come from /proc/PID (CPU = utime + stime of all its threads and reaped children; peak RSS =
-VmHWM, reset before each measurement by writing 5 to /proc/PID/clear_refs). This module only reads or resets
-counters of the pids it is given; it never signals a process.
+Daemon and server figures come from /proc/PID (CPU = utime + stime of all its threads and reaped children;
+peak RSS = VmHWM, reset before each measurement by writing 5 to /proc/PID/clear_refs; bytes read = rchar
+of /proc/PID/io); the machine's from
+/proc/stat (every core's time not idle or waiting for I/O, kernel threads included; and the time the
+host took from them). This module only reads
+or resets counters of the pids it is given; it never signals a process.
 """
 
 from __future__ import annotations
@@ -31,6 +35,25 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rpartition(")")[2].split()
     # fields[11:15] are utime, stime, cutime, cstime (after the state field at index 0)
     return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU time all cores have spent busy since boot, and time the hypervisor took from them (steal: this
+    VM's cores running another guest), from the first line of /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    # (guest time is counted in user already)
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def read_bytes(pid: int) -> int:
+    """Bytes process `pid` has read through read(2) and its kind, files and sockets alike (rchar): for an S3
+    server serving GETs from a directory, about what it sent."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    return 0
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -73,19 +96,29 @@ class Usage:
     reader_cpu_s: float
     daemon_cpu_s: float | None
     daemon_peak_rss: int | None
+    server_cpu_s: float | None  # the S3 server's, serving this phase's requests
+    server_read_bytes: int | None  # what the S3 server read: the bytes a client fetched, cache misses and all
+    machine_cpu_s: float  # every process's and the kernel's on all cores: this phase's whole cost
+    stolen_cpu_s: float  # taken from this VM's cores by the host: what makes runs on a busy host slower
 
 
 class Meter:
-    """Times one measured phase: wall clock, this process's CPU, and the client daemon's CPU and peak RSS."""
+    """Times one measured phase: wall clock, this process's CPU, the client daemon's CPU and peak RSS, the
+    S3 server's CPU and the machine's."""
 
-    def __init__(self, daemon_pid: int | None) -> None:
+    def __init__(self, daemon_pid: int | None, server_pid: int | None = None) -> None:
         self.pid = daemon_pid
+        self.server_pid = server_pid
         self.usage: Usage | None = None
 
     def __enter__(self) -> Meter:
         if self.pid:
             reset_peak_rss(self.pid)
             self._daemon_cpu = cpu_seconds(self.pid)
+        if self.server_pid:
+            self._server_cpu = cpu_seconds(self.server_pid)
+            self._server_read = read_bytes(self.server_pid)
+        self._machine_cpu, self._stolen_cpu = machine_cpu_seconds()
         self._cpu = time.process_time()
         self._start = time.perf_counter()
         return self
@@ -93,6 +126,14 @@ class Meter:
     def __exit__(self, *exc: object) -> None:
         seconds = time.perf_counter() - self._start
         reader_cpu = time.process_time() - self._cpu
+        machine_cpu, stolen_cpu = machine_cpu_seconds()
+        machine_cpu, stolen_cpu = machine_cpu - self._machine_cpu, stolen_cpu - self._stolen_cpu
         daemon_cpu = cpu_seconds(self.pid) - self._daemon_cpu if self.pid else None
+        server_cpu = server_read = None
+        if self.server_pid:
+            server_cpu = cpu_seconds(self.server_pid) - self._server_cpu
+            server_read = read_bytes(self.server_pid) - self._server_read
         peak = peak_rss_bytes(self.pid) if self.pid else None
-        self.usage = Usage(seconds, reader_cpu, daemon_cpu, peak)
+        self.usage = Usage(
+            seconds, reader_cpu, daemon_cpu, peak, server_cpu, server_read, machine_cpu, stolen_cpu
+        )

@@ -148,6 +148,61 @@ def cpu_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def machine_table(results: list[Result], cores: int) -> str:
+    """The whole machine's CPU per operation for every client (its reading or writing threads, its daemon,
+    the S3 server, the kernel), the server's share of it, and how busy the cores were: where the cores are
+    all busy, a client is only faster by costing the machine less per operation."""
+    rows = _rows(results)
+    measured = [r.client for row in rows.values() for r in row.values() if r.machine_cpu_s is not None]
+    present = [c for c in COLUMNS if c in measured]
+    lines = [
+        "| " + " | ".join(["scenario", "phase", *present]) + " |",
+        "| " + " | ".join(["---"] * 2 + ["---:"] * len(present)) + " |",
+    ]
+    for (scenario, metric, phase), row in rows.items():
+        if metric.endswith("at close") or not any(r.machine_cpu_s is not None for r in row.values()):
+            continue  # an "at close" figure shares its phase's measurement
+        cells = [LABELS.get(scenario, scenario), phase or "-"]
+        cells += [_machine_per(row.get(c), cores) for c in present]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fetched_table(results: list[Result]) -> str:
+    """Bytes the S3 server read for each byte a client read, in every read phase: what a client fetched
+    that its reader did not ask for (a block or a window around a small read), or fetched again."""
+    rows = _rows(results)
+    measured = [r.client for row in rows.values() for r in row.values() if r.server_read_bytes is not None]
+    present = [c for c in COLUMNS if c in measured and c not in ("local", "floor", "floor-noopen")]
+    lines = [
+        "| " + " | ".join(["scenario", "phase", *present]) + " |",
+        "| " + " | ".join(["---"] * 2 + ["---:"] * len(present)) + " |",
+    ]
+    for (scenario, _, phase), row in rows.items():
+        if not phase or not any(r.server_read_bytes is not None for r in row.values()):
+            continue  # read scenarios only
+        cells = [LABELS.get(scenario, scenario), phase]
+        cells += [_fetched_per(row.get(c)) for c in present]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fetched_per(r: Result | None) -> str:
+    if r is None or r.server_read_bytes is None or not r.bytes:
+        return ""
+    return f"{r.server_read_bytes / r.bytes:.2f}"
+
+
+def _machine_per(r: Result | None, cores: int) -> str:
+    if r is None or r.machine_cpu_s is None or not r.ops or r.seconds <= 0:
+        return ""
+    server = f" / {r.server_cpu_s * 1000 / r.ops:.2f}" if r.server_cpu_s is not None else ""
+    busy = r.machine_cpu_s / (r.seconds * cores)
+    stolen = (r.stolen_cpu_s or 0) / (r.seconds * cores)
+    taken = f" (host {stolen:.0%})" if stolen >= 0.01 else ""
+    return f"{r.machine_cpu_s * 1000 / r.ops:.2f}{server} / {busy:.0%}{taken}"
+
+
 def _cpu_per(r: Result | None, unit: str) -> str:
     if r is None or r.daemon_cpu_s is None:
         return ""
@@ -266,6 +321,7 @@ def targets(results: list[Result]) -> str:
 
 def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    cores = meta.get("cores", 2)  # runs recorded before the field: this project's 2-core machines
     parts = [
         f"- Date: {meta['date']}; run took {meta.get('seconds', 0):.0f} s.",
         f"- Machine: {meta['machine']}.",
@@ -293,6 +349,17 @@ def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
         "Daemon CPU per operation (a whole file; a random read) and per MiB read, in milliseconds:",
         "",
         cpu_table(results),
+        "",
+        "The whole machine's CPU per operation in milliseconds, the S3 server's part of it, and how busy its",
+        f"{cores} cores were during the phase (machine ms / server ms / busy), with the share the host took",
+        "from them for other guests where it took any (steal time: a busy host makes every figure slower):",
+        "",
+        machine_table(results, cores),
+        "",
+        "Bytes the S3 server read for each byte the client's readers read (1.00: exactly what was asked;",
+        "0: served from the client's cache; local disk and the floor read no server):",
+        "",
+        fetched_table(results),
         "",
         "The read-performance targets, judged by this run's figures:",
         "",

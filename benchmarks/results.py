@@ -21,6 +21,10 @@ class Result:
     reader_cpu_s: float
     daemon_cpu_s: float | None = None
     daemon_peak_rss_mib: float | None = None
+    server_cpu_s: float | None = None
+    server_read_bytes: int | None = None
+    machine_cpu_s: float | None = None
+    stolen_cpu_s: float | None = None
     extra: dict = field(default_factory=dict)
 
     @property

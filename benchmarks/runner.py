@@ -113,6 +113,7 @@ def run(options: RunOptions) -> list[Result]:
         meta = {
             "date": f"{started:%Y-%m-%d %H:%M} UTC",
             "machine": _machine(),
+            "cores": os.cpu_count() or 1,
             "versions": _versions(active),
             "command": options.command,
             "commit": _commit(),

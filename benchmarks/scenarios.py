@@ -41,6 +41,10 @@ class Context:
     run_id: str
     store: Store
 
+    @property
+    def server_pid(self) -> int | None:
+        return self.store.server.pid
+
 
 def _parallel(readers: int, work: Callable[[list[str]], int], items: list[str]) -> int:
     """Split `items` over `readers` threads (interleaved), run `work` on each share, sum what they return."""
@@ -104,11 +108,12 @@ def _result(scenario: str, metric: str, phase: str, client: str, value: float, m
     assert usage is not None
     rss = usage.daemon_peak_rss / MiB if usage.daemon_peak_rss is not None else None
     return Result(scenario, metric, phase, client, value, higher, usage.seconds, ops, nbytes,
-                  usage.reader_cpu_s, usage.daemon_cpu_s, rss, dict(extra))  # fmt: skip
+                  usage.reader_cpu_s, usage.daemon_cpu_s, rss, usage.server_cpu_s,
+                  usage.server_read_bytes, usage.machine_cpu_s, usage.stolen_cpu_s, dict(extra))  # fmt: skip
 
 
 def _measure_read(ctx: Context, work: ReadWork, client: Client, phase: str) -> list[Result]:
-    with Meter(client.daemon_pid()) as meter:
+    with Meter(client.daemon_pid(), ctx.server_pid) as meter:
         ops, nbytes = work.run(ctx, client.io)
     usage = meter.usage
     assert usage is not None
@@ -119,7 +124,7 @@ def _measure_read(ctx: Context, work: ReadWork, client: Client, phase: str) -> l
         if phase != "hot":
             drop_caches()
         raw_io = client.io
-        with Meter(None) as par:
+        with Meter(None, ctx.server_pid) as par:
             files = work.files(ctx)
             nbytes = _parallel(work.readers, lambda share: sum(raw_io.read_parallel(f) for f in share), files)
         assert par.usage is not None
@@ -210,7 +215,7 @@ def run_meta(ctx: Context, client: Client) -> list[Result]:
         drop_caches()
         io = client.io
         latencies = []
-        with Meter(client.daemon_pid()) as meter:
+        with Meter(client.daemon_pid(), ctx.server_pid) as meter:
             for rel in last_dir:
                 start = time.perf_counter()
                 io.first_byte(rel)
@@ -224,7 +229,7 @@ def run_meta(ctx: Context, client: Client) -> list[Result]:
             )
         )
 
-        with Meter(client.daemon_pid()) as meter:
+        with Meter(client.daemon_pid(), ctx.server_pid) as meter:
             entries = io.list_tree("meta")
         assert meter.usage is not None
         if entries < len(files):
@@ -233,7 +238,7 @@ def run_meta(ctx: Context, client: Client) -> list[Result]:
         results.append(_result("meta", "ls -lR entries/s", "cold", client.name, value, meter, entries, 0))
 
         deadline = time.monotonic() + ctx.sizes.stat_time_limit
-        with Meter(client.daemon_pid()) as meter:
+        with Meter(client.daemon_pid(), ctx.server_pid) as meter:
             done = 0
             for rel in files:
                 io.stat(rel)
@@ -248,23 +253,27 @@ def run_meta(ctx: Context, client: Client) -> list[Result]:
     return results
 
 
-def _wait_visible(ctx: Context, directory: str, expected: dict[str, int]) -> None:
-    """Until every written file is on the S3 server with its full size (uploads may be asynchronous)."""
+def _wait_visible(ctx: Context, expected: dict[str, int]) -> None:
+    """Until every written file is on the S3 server with its full size (uploads may be asynchronous).
+
+    One HEAD per file still missing, in the order they were written, up to the first not there yet: listing
+    the whole directory every few milliseconds would take a good part of the server's CPU from the uploads
+    still under way, and more the more files the directory holds."""
     deadline = time.monotonic() + VISIBLE_TIMEOUT
-    selector = pafs.FileSelector(f"{ctx.bucket}/{directory}", recursive=True, allow_not_found=True)
-    prefix = f"{ctx.bucket}/"
+    missing = list(expected)
     while True:
-        try:
-            infos = ctx.raw_fs.get_file_info(selector)
-        except OSError:  # a listing timed out on a busy server (a client still uploading): ask again
-            infos = []
-        seen = {i.path.removeprefix(prefix): i.size for i in infos if i.is_file}
-        if all(seen.get(rel) == size for rel, size in expected.items()):
+        while missing:
+            try:
+                info = ctx.raw_fs.get_file_info(f"{ctx.bucket}/{missing[0]}")
+            except OSError:  # timed out on a server busy with a client's uploads: ask again
+                break
+            if not info.is_file or info.size != expected[missing[0]]:
+                break
+            missing.pop(0)
+        if not missing:
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"writes under {directory} not visible on the server after {VISIBLE_TIMEOUT} s"
-            )
+            raise RuntimeError(f"{len(missing)} written files not on the server after {VISIBLE_TIMEOUT} s")
         time.sleep(0.02)
 
 
@@ -293,13 +302,13 @@ def run_write(ctx: Context, scenario: str, client: Client) -> list[Result]:
     # the kernel to write back during this one's writes.
     os.sync()
     try:
-        with Meter(client.daemon_pid()) as meter:
+        with Meter(client.daemon_pid(), ctx.server_pid) as meter:
             start = time.perf_counter()
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(lambda item: io.write(item[0], item[1], block), files.items()))
             close_s = time.perf_counter() - start
             if client.on_backend:
-                _wait_visible(ctx, directory, files)
+                _wait_visible(ctx, files)
     finally:
         client.unmount()
         client.remove_write_dir(ctx.store, directory)
