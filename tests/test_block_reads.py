@@ -8,11 +8,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 
 from pfs.backends import BackendOptions, open_backend
 from pfs.cache import BlockCache, CacheConfig, DiskTier, Stream
-from pfs.cache.blocks import AHEAD_SHARE, FILL_AFTER_PIECES, PIECE
+from pfs.cache.blocks import (
+    AHEAD_SHARE,
+    FILL_AFTER_PIECES,
+    PIECE,
+    SWEEP_AFTER_BLOCKS,
+    SWEEP_DISK_SHARE,
+    SWEEP_SPREAD,
+)
 from pfs.stats import Stats
 
 MiB = 1 << 20
@@ -22,7 +30,9 @@ async def _in_thread(fn: Callable, *args: Any) -> Any:
     return await trio.to_thread.run_sync(fn, *args)
 
 
-def _one_big_file(tmp_path, size: int) -> tuple[bytes, Any, Stats, DiskTier, BlockCache, Any]:
+def _one_big_file(
+    tmp_path, size: int, disk_limit: int = 1 << 30
+) -> tuple[bytes, Any, Stats, DiskTier, BlockCache, Any]:
     """A file:// backend holding one file `big` of `size` random bytes, and a cache of 1 MiB blocks with a
     disk tier in `tmp_path`: (data, backend, stats, disk, cache, the file's cached object)."""
     root = tmp_path / "root"
@@ -31,7 +41,7 @@ def _one_big_file(tmp_path, size: int) -> tuple[bytes, Any, Stats, DiskTier, Blo
     (root / "big").write_bytes(data)
     backend = open_backend(f"file://{root}", BackendOptions())
     stats = Stats()
-    disk = DiskTier(str(tmp_path / "cache"), 1 << 30)
+    disk = DiskTier(str(tmp_path / "cache"), disk_limit)
     cache = BlockCache(CacheConfig(block_size=MiB), disk, stats, _in_thread, _in_thread)
     return data, backend, stats, disk, cache, cache.object(backend.id, "big", "v1", len(data))
 
@@ -79,6 +89,57 @@ def test_small_random_reads_keep_their_pieces_and_a_block_read_in_two_places_is_
         assert not [k for k in disk._cache.iterkeys() if str(k).startswith(obj.pieces_prefix)]
         await random_read(3 * MiB + 5 * PIECE)
         assert count("cache_misses_partial") == 4
+
+    try:
+        trio.run(main)
+    finally:
+        disk.close()
+        backend.close()
+
+
+@pytest.mark.parametrize("disk_limit", [1 << 30, 96 * MiB], ids=["file small for the tier", "file too big"])
+def test_random_reads_spread_over_a_file_fetch_the_rest_of_it_behind_them(tmp_path, disk_limit):
+    blocks = 40
+    data, backend, stats, disk, cache, obj = _one_big_file(tmp_path, blocks * MiB, disk_limit)
+    sweeps = disk_limit * SWEEP_DISK_SHARE >= len(data)  # 40 MiB against 256 or 24 MiB
+
+    async def opener():
+        return await trio.to_thread.run_sync(backend.open_reader, "big", len(data))
+
+    async def random_read(offset: int) -> None:
+        got = await cache.read(obj, offset, 4096, opener, Stream())
+        assert bytes(got) == data[offset : offset + 4096]
+
+    def count(name: str) -> int:
+        return stats.snapshot().get(name, 0)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            cache.attach(nursery)
+            assert max(SWEEP_AFTER_BLOCKS, blocks // SWEEP_SPREAD) == SWEEP_AFTER_BLOCKS
+            # Reads spread over fewer blocks, however many: pieces, never the whole file
+            for i in range(SWEEP_AFTER_BLOCKS - 1):
+                await random_read(3 * i * MiB // 2 + 8192)
+                await random_read(3 * i * MiB // 2 + 8192 + 4096)  # the same block again
+            assert not count("sweeps")
+            await random_read(30 * MiB + 3 * PIECE)  # one more block
+            assert count("sweeps") == int(sweeps)
+            with trio.fail_after(30):
+                while obj.digest in cache._sweeping:
+                    await trio.sleep(0.01)
+        cache.attach(None)
+        await trio.to_thread.run_sync(disk.flush)
+        cached = await cache.cached_bytes(obj)
+        if not sweeps:
+            assert cached < len(data) // 2  # pieces and a few filled blocks
+            return
+        assert cached == len(data)
+        # every other block now comes from the disk tier, and no block was fetched twice
+        assert count("backend_read_bytes") <= len(data) + 2 * SWEEP_AFTER_BLOCKS * PIECE
+        reads = count("backend_reads")
+        for i in range(blocks):
+            await random_read(i * MiB + 5 * PIECE + 100)
+        assert count("backend_reads") == reads
 
     try:
         trio.run(main)

@@ -47,6 +47,17 @@ PIECE = 64 << 10
 # of the pieces still to come (2,000 reads over a 1 GiB file: 1,829 piece requests instead of about 500 and
 # 256 block reads, 0.75x the reads per second on a loopback server, and more on a store far away).
 FILL_AFTER_PIECES = 2
+# Random reads that have taken pieces of this many blocks of one object (and at least 1/SWEEP_SPREAD of its
+# blocks) are reading it all over, as an epoch over an indexed format (LMDB, HDF5, TFRecord with an index)
+# does: the rest of the object is then fetched in order behind them, a few big requests at a time, into the
+# disk tier (`_sweep`), instead of a round trip per piece and a block per fill. A reader of a few records
+# of a big file touches few of its blocks and never starts one.
+SWEEP_AFTER_BLOCKS = 8
+SWEEP_SPREAD = 32
+SWEEP_DISK_SHARE = 0.25  # only objects this small against the disk tier's size: a sweep never churns it
+SWEEP_REQUESTS = 4  # ranged requests of `fetch_blocks` blocks in flight for one sweep
+SWEEP_MEMORY_SHARE = 0.25  # the most of the memory budget one request of a sweep holds
+MAX_SPREAD_OBJECTS = 1024  # objects whose random readers' blocks are counted (least recently first out)
 MAX_OBJECTS = 65536  # versions whose cache identity is kept made
 MAX_FILLS = 2  # blocks fetched at once behind such reads: the rest of the backend's threads serve readers
 TOUCHED_BLOCKS = 65536  # blocks whose pieces fetched are counted (least recently counted first out)
@@ -142,6 +153,8 @@ class BlockCache:
         self._room = trio.Event()  # set whenever in-flight bytes are released
         self._fills = 0  # whole blocks being fetched behind small random reads
         self._touched: OrderedDict[str, int] = OrderedDict()  # block key -> pieces fetched (TOUCHED_BLOCKS)
+        self._spread: OrderedDict[str, set[int]] = OrderedDict()  # object digest -> blocks pieces came from
+        self._sweeping: set[str] = set()  # objects fetched whole behind their random readers
         self._objects: dict[tuple[str, str, str, int], CachedObject] = {}
         self._streams: dict[Stream, float] = {}  # sequential streams reading now, by when they last read
         self._written: _Written | None = None  # blocks the disk tier's writer holds, given back once written
@@ -250,7 +263,10 @@ class BlockCache:
         pieces = self._pieces(obj, index, lo, hi)
         start, end = pieces[0][1], pieces[-1][1] + pieces[-1][2]
         count = self._touched.pop(key, 0) + len(pieces)
-        if count >= FILL_AFTER_PIECES and self._fills < MAX_FILLS:
+        self._spread_to(obj, index, open_reader)
+        if obj.digest in self._sweeping:
+            pass  # the sweep brings the whole block
+        elif count >= FILL_AFTER_PIECES and self._fills < MAX_FILLS:
             self._schedule(obj, index, 1, open_reader, fill=True)
         else:
             self._touched[key] = count
@@ -273,6 +289,58 @@ class BlockCache:
                 elif not self._store_on_disk(piece_key, piece):
                     self.memory.written(piece_key)
         return data[lo - start : hi - start]
+
+    def _spread_to(self, obj: CachedObject, index: int, open_reader: OpenReader) -> None:
+        """Random reads took pieces of block `index` of `obj`: once they have spread over enough of its
+        blocks, the rest of it is fetched behind them (see SWEEP_AFTER_BLOCKS)."""
+        digest = obj.digest
+        if digest in self._sweeping or self._nursery is None or self.disk is None:
+            return
+        bs = self.config.block_size
+        if obj.size > self.disk.size_limit * SWEEP_DISK_SHARE or bs > self.memory.limit * SWEEP_MEMORY_SHARE:
+            return
+        blocks = self._spread.pop(digest, set())
+        blocks.add(index)
+        if len(blocks) < max(SWEEP_AFTER_BLOCKS, -(-obj.size // bs) // SWEEP_SPREAD):
+            self._spread[digest] = blocks
+            if len(self._spread) > MAX_SPREAD_OBJECTS:
+                self._spread.popitem(last=False)
+            return
+        self._sweeping.add(digest)
+        self._nursery.start_soon(self._sweep, obj, open_reader)
+
+    async def _sweep(self, obj: CachedObject, open_reader: OpenReader) -> None:
+        """Fetch every block of `obj` not cached yet into the disk tier, in order, SWEEP_REQUESTS ranged
+        requests at a time, each within the memory budget's room for optional work."""
+        bs = self.config.block_size
+        step = max(1, min(self.config.fetch_blocks, int(self.memory.limit * SWEEP_MEMORY_SHARE) // bs))
+        blocks = -(-obj.size // bs)
+        self.stats.add("sweeps", 1)
+        limit = trio.CapacityLimiter(SWEEP_REQUESTS)
+
+        async def one(first: int) -> None:
+            async with limit:
+                count = min(step, blocks - first)
+                present = await self._present([obj.key(i) for i in range(first, first + count)])
+                for run_first, run_count in _runs([first + i for i, here in enumerate(present) if not here]):
+                    span = self._span(obj, run_first, run_count)
+                    while not self.memory.try_reserve(span):  # readers come first (it fits: see step)
+                        await self._room.wait()
+                    try:
+                        reader = await open_reader()
+                        await self._fetch(reader, obj, run_first, run_count, store=True)
+                    finally:
+                        self._release(span)
+                    self.stats.add("sweep_blocks", run_count)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for first in range(0, blocks, step):
+                    nursery.start_soon(one, first)
+        except Exception as exc:  # the readers fetch what they need themselves, and report
+            log.debug("fetching %s behind its random readers failed: %s", obj.path, exc)
+        finally:
+            self._sweeping.discard(obj.digest)
 
     def prefetch_whole(self, obj: CachedObject, open_reader: OpenReader) -> None:
         """Start fetching a small file's only block as it is opened: its first read is right behind."""
