@@ -1,8 +1,8 @@
 """What a measurement needs from the system: page-cache drops, timers, a daemon's CPU time and peak RSS, the
-S3 server's CPU time and bytes read, and the whole machine's CPU time.
+S3 server's CPU time and bytes sent, and the whole machine's CPU time.
 
 Daemon and server figures come from /proc/PID (CPU = utime + stime of all its threads and reaped children;
-peak RSS = VmHWM, reset before each measurement by writing 5 to /proc/PID/clear_refs; bytes read = rchar
+peak RSS = VmHWM, reset before each measurement by writing 5 to /proc/PID/clear_refs; bytes sent = wchar
 of /proc/PID/io); the machine's from
 /proc/stat (every core's time not idle or waiting for I/O, kernel threads included; and the time the
 host took from them). This module only reads
@@ -46,12 +46,13 @@ def machine_cpu_seconds() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
 
 
-def read_bytes(pid: int) -> int:
-    """Bytes process `pid` has read through read(2) and its kind, files and sockets alike (rchar): for an S3
-    server serving GETs from a directory, about what it sent."""
+def written_bytes(pid: int) -> int:
+    """Bytes process `pid` has written through write(2) and its kind, files and sockets alike (wchar): for an
+    S3 server answering GETs, what it sent. (Not what it read: `rclone serve s3` reads a file many times over
+    for the MD5 of its ETag, 1.2 GiB read for one GET of 64 MiB here.)"""
     with open(f"/proc/{pid}/io") as f:
         for line in f:
-            if line.startswith("rchar:"):
+            if line.startswith("wchar:"):
                 return int(line.split()[1])
     return 0
 
@@ -97,7 +98,7 @@ class Usage:
     daemon_cpu_s: float | None
     daemon_peak_rss: int | None
     server_cpu_s: float | None  # the S3 server's, serving this phase's requests
-    server_read_bytes: int | None  # what the S3 server read: the bytes a client fetched, cache misses and all
+    server_sent_bytes: int | None  # what the S3 server sent: the bytes a client fetched, cache misses and all
     machine_cpu_s: float  # every process's and the kernel's on all cores: this phase's whole cost
     stolen_cpu_s: float  # taken from this VM's cores by the host: what makes runs on a busy host slower
 
@@ -117,7 +118,7 @@ class Meter:
             self._daemon_cpu = cpu_seconds(self.pid)
         if self.server_pid:
             self._server_cpu = cpu_seconds(self.server_pid)
-            self._server_read = read_bytes(self.server_pid)
+            self._server_sent = written_bytes(self.server_pid)
         self._machine_cpu, self._stolen_cpu = machine_cpu_seconds()
         self._cpu = time.process_time()
         self._start = time.perf_counter()
@@ -129,11 +130,11 @@ class Meter:
         machine_cpu, stolen_cpu = machine_cpu_seconds()
         machine_cpu, stolen_cpu = machine_cpu - self._machine_cpu, stolen_cpu - self._stolen_cpu
         daemon_cpu = cpu_seconds(self.pid) - self._daemon_cpu if self.pid else None
-        server_cpu = server_read = None
+        server_cpu = server_sent = None
         if self.server_pid:
             server_cpu = cpu_seconds(self.server_pid) - self._server_cpu
-            server_read = read_bytes(self.server_pid) - self._server_read
+            server_sent = written_bytes(self.server_pid) - self._server_sent
         peak = peak_rss_bytes(self.pid) if self.pid else None
         self.usage = Usage(
-            seconds, reader_cpu, daemon_cpu, peak, server_cpu, server_read, machine_cpu, stolen_cpu
+            seconds, reader_cpu, daemon_cpu, peak, server_cpu, server_sent, machine_cpu, stolen_cpu
         )

@@ -169,17 +169,17 @@ def machine_table(results: list[Result], cores: int) -> str:
 
 
 def fetched_table(results: list[Result]) -> str:
-    """Bytes the S3 server read for each byte a client read, in every read phase: what a client fetched
+    """Bytes the S3 server sent for each byte a client read, in every read phase: what a client fetched
     that its reader did not ask for (a block or a window around a small read), or fetched again."""
     rows = _rows(results)
-    measured = [r.client for row in rows.values() for r in row.values() if r.server_read_bytes is not None]
+    measured = [r.client for row in rows.values() for r in row.values() if r.server_sent_bytes is not None]
     present = [c for c in COLUMNS if c in measured and c not in ("local", "floor", "floor-noopen")]
     lines = [
         "| " + " | ".join(["scenario", "phase", *present]) + " |",
         "| " + " | ".join(["---"] * 2 + ["---:"] * len(present)) + " |",
     ]
     for (scenario, _, phase), row in rows.items():
-        if not phase or not any(r.server_read_bytes is not None for r in row.values()):
+        if not phase or not any(r.server_sent_bytes is not None for r in row.values()):
             continue  # read scenarios only
         cells = [LABELS.get(scenario, scenario), phase]
         cells += [_fetched_per(row.get(c)) for c in present]
@@ -188,9 +188,9 @@ def fetched_table(results: list[Result]) -> str:
 
 
 def _fetched_per(r: Result | None) -> str:
-    if r is None or r.server_read_bytes is None or not r.bytes:
+    if r is None or r.server_sent_bytes is None or not r.bytes:
         return ""
-    return f"{r.server_read_bytes / r.bytes:.2f}"
+    return f"{r.server_sent_bytes / r.bytes:.2f}"
 
 
 def _machine_per(r: Result | None, cores: int) -> str:
@@ -326,8 +326,9 @@ def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
     cores = meta.get("cores", 2)  # runs recorded before the field: this project's 2-core machines
     fetched_rows = fetched_table(results)
     fetched = [
-        "Bytes the S3 server read for each byte the client's readers read (1.00: exactly what was asked;",
-        "0: served from the client's cache; local disk and the floor read no server):",
+        "Bytes the S3 server sent for each byte the client's readers read (1.00: exactly what was",
+        "asked, and the answers' headers; 0: served from the client's cache; local disk and the floor",
+        "use no server):",
         "",
         fetched_rows,
         "",

@@ -22,7 +22,7 @@ class Result:
     daemon_cpu_s: float | None = None
     daemon_peak_rss_mib: float | None = None
     server_cpu_s: float | None = None
-    server_read_bytes: int | None = None
+    server_sent_bytes: int | None = None
     machine_cpu_s: float | None = None
     stolen_cpu_s: float | None = None
     extra: dict = field(default_factory=dict)

@@ -109,7 +109,7 @@ def _result(scenario: str, metric: str, phase: str, client: str, value: float, m
     rss = usage.daemon_peak_rss / MiB if usage.daemon_peak_rss is not None else None
     return Result(scenario, metric, phase, client, value, higher, usage.seconds, ops, nbytes,
                   usage.reader_cpu_s, usage.daemon_cpu_s, rss, usage.server_cpu_s,
-                  usage.server_read_bytes, usage.machine_cpu_s, usage.stolen_cpu_s, dict(extra))  # fmt: skip
+                  usage.server_sent_bytes, usage.machine_cpu_s, usage.stolen_cpu_s, dict(extra))  # fmt: skip
 
 
 def _measure_read(ctx: Context, work: ReadWork, client: Client, phase: str) -> list[Result]:

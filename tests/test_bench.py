@@ -88,9 +88,9 @@ def test_quick_run_numbers_are_sane(quick_run):
             assert r["daemon_cpu_s"] >= 0, where
         # The whole machine's share and the server's, for every client (local ones leave the server idle).
         assert r["machine_cpu_s"] >= 0 and r["stolen_cpu_s"] >= 0, where
-        assert r["server_cpu_s"] >= 0 and r["server_read_bytes"] >= 0, where
+        assert r["server_cpu_s"] >= 0 and r["server_sent_bytes"] >= 0, where
         if (r["scenario"], r["phase"], r["client"]) == ("seq-1", "cold", "raw"):
-            assert r["server_read_bytes"] >= r["bytes"], where  # a direct read: every byte from the server
+            assert r["server_sent_bytes"] >= r["bytes"], where  # a direct read: every byte from the server
         if r["metric"] == "read MiB/s":
             expected = data["meta"]["sizes"]["big_file"] if r["scenario"].startswith("seq") else 0
             assert r["bytes"] >= expected, where
@@ -106,7 +106,7 @@ def test_quick_run_report_and_charts(quick_run):
     )
     assert "| big file written >= 1.0x floor (pyfuse3 and raw's stream) |" in report
     assert "floor-noopen ms/op" in report
-    assert "(machine ms / server ms / busy)" in report and "Bytes the S3 server read" in report
+    assert "(machine ms / server ms / busy)" in report and "Bytes the S3 server sent" in report
     for scenario in SCENARIOS:
         if scenario == "loader" and not loader.available():
             continue
