@@ -138,11 +138,12 @@ def cpu_table(results: list[Result]) -> str:
         "| " + " | ".join(head) + " |",
         "| " + " | ".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + " |",
     ]
-    for (scenario, _, phase), row in _rows(results).items():
+    for (scenario, metric, phase), row in _rows(results).items():
         if not phase or not any(row.get(c) and row[c].daemon_cpu_s is not None for c in daemons):
             continue  # read scenarios only: one row per phase
         cells = [LABELS.get(scenario, scenario), phase]
-        cells += [_cpu_per(row.get(c), "op") for c in daemons]
+        per_op = "MiB" not in metric  # a big file's operation is the whole file: its per-MiB figure says it
+        cells += [_cpu_per(row.get(c), "op") if per_op else "" for c in daemons]
         cells += [_cpu_per(row.get(c), "MiB") for c in daemons]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
