@@ -1,5 +1,5 @@
 """`ObjectGetter`: signed GETs of object byte ranges (with the ETag and size each answer carries), and a
-small object written in one signed PUT, over the standard library's HTTP client.
+small object written in one signed PUT, over a kept HTTP/1.1 connection per thread (`http1`).
 
 pyarrow's Python API opens an object with a HEAD (its size and metadata) before the first ranged GET, and
 cannot be given the size a listing already told. A cold small file then costs two round trips. A GET's
@@ -29,9 +29,7 @@ import calendar
 import email.utils
 import hashlib
 import hmac
-import http.client
 import os
-import socket
 import ssl
 import threading
 import time
@@ -40,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from pfs.backends.arrow.http1 import Connection, Disconnected
 from pfs.errors import BackendError, NotFound, PermissionDenied, Stale, Transient
 
 _UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -51,7 +50,6 @@ Body = bytes | memoryview  # what a request sends
 # Seconds a store not yet known to answer `Expect: 100-continue` gets to do so; one that answers is then
 # given the whole request timeout, one that ignores it is asked with a HEAD before each PUT instead.
 FIRST_CONTINUE_WAIT = 1.0
-_MAX_LINE = 65536
 
 
 class _NoContinue(Exception):
@@ -143,14 +141,15 @@ class ObjectGetter:
 
         The body's MD5 goes with the headers (`Content-MD5`), which every store checks: SeaweedFS, given
         the headers of a PUT whose connection then closed before any body (a caller that gave up, a
-        daemon killed), stores an empty object under the key, over the file that was there."""
+        daemon killed), stores an empty object under the key, over the file that was there. Signed with
+        the headers, it also protects the body on the way, so the body's SHA-256 is not computed too."""
         host, path = self._where(bucket, key)
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
         headers = {"host": host, "content-length": str(len(data)), "content-md5": md5}
         what = f"put {bucket}/{key}"
         if self._continues is not False:
             try:
-                self._ask("PUT", host, path, dict(headers), what, data, go_ahead=before_body)
+                self._ask("PUT", host, path, dict(headers), what, data, sign_body=False, go_ahead=before_body)
                 return
             except _NoContinue:
                 pass  # silent so far: asked with a HEAD, as a store that ignores the expectation is
@@ -159,7 +158,7 @@ class ObjectGetter:
         if self._continues is None and time.monotonic() - asked < FIRST_CONTINUE_WAIT:
             self._continues = False  # and quick: it ignores the expectation
         before_body()
-        self._ask("PUT", host, path, headers, what, data)
+        self._ask("PUT", host, path, headers, what, data, sign_body=False)
 
     def create_upload(self, bucket: str, key: str) -> str:
         """Start a multipart upload of `bucket/key`; its upload id."""
@@ -241,7 +240,7 @@ class ObjectGetter:
         target = f"{path}?{canonical_query}" if canonical_query else path
         try:
             status, reason, answer, body = self._request(method, host, target, headers, data, go_ahead, into)
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             raise Transient(f"{what}: {type(exc).__name__}: {exc}") from None
         if status in (200, 204, 206):
             return status, answer, body
@@ -269,43 +268,48 @@ class ObjectGetter:
         """One request on this thread's kept connection; a connection the server closed while idle is
         replaced once at once (that is no outage). A ranged answer of exactly the length of the views
         `into` is read into them (its body None; the caller checks where its range starts)."""
+        conns: dict[str, Connection] = self._local.__dict__.setdefault("conns", {})
         for fresh in (False, True):
-            conn = self._connection(host, fresh)
+            conn = conns.get(host)
+            if conn is None or fresh:
+                if conn is not None:
+                    conn.close()
+                conn = conns[host] = self._connect(host)
             try:
                 if go_ahead is None:
-                    conn.request(method, path, body=data, headers=headers)
+                    conn.send(method, path, headers, data)
                 else:
                     assert data is not None
                     early = self._send_when_asked(conn, method, path, headers, data, go_ahead)
                     if early is not None:  # the server answered the headers: it may not read on
                         conn.close()
-                        self._local.conns.pop(host, None)
+                        del conns[host]
                         return early
-                response = conn.getresponse()
-                if into is not None and _fits(response, into):
-                    _read_into(response, into)
+                status, reason, answer = conn.read_head(method)
+                if into is not None and _fits(status, answer, conn.body_length(), into):
+                    conn.read_into(into)
                     body = None
                 else:
-                    body = response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                conn.close()
+                    body = conn.read_body()
+            except (Disconnected, BrokenPipeError, ConnectionResetError):
                 if fresh:
+                    conn.close()
+                    del conns[host]
                     raise
                 continue
             except BaseException:
                 conn.close()
-                self._local.conns.pop(host, None)
+                del conns[host]
                 raise
-            answer = {k.lower(): v for k, v in response.getheaders()}
-            if response.will_close:
+            if conn.will_close:
                 conn.close()
-                self._local.conns.pop(host, None)
-            return response.status, response.reason, answer, body
+                del conns[host]
+            return status, reason, answer, body
         raise AssertionError("unreachable")
 
     def _send_when_asked(
         self,
-        conn: http.client.HTTPConnection,
+        conn: Connection,
         method: str,
         path: str,
         headers: dict[str, str],
@@ -315,50 +319,26 @@ class ObjectGetter:
         """Send the request's headers with `Expect: 100-continue`, and its body right after `go_ahead()`
         once the server asks for it; the server's final answer (its body unread) if it gave one instead.
         Raises _NoContinue if a store not yet known to answer the expectation stays silent."""
-        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        for name, value in headers.items():
-            conn.putheader(name, value)
-        conn.putheader("expect", "100-continue")  # not signed, as the AWS SDKs leave it
-        conn.endheaders()
-        sock = conn.sock
+        conn.send(method, path, {**headers, "expect": "100-continue"})  # not signed, as the AWS SDKs leave it
         if not self._continues:
-            sock.settimeout(min(self._timeout, FIRST_CONTINUE_WAIT))
-        with sock.makefile("rb") as reader:  # nothing more comes until the body is sent: no read-ahead lost
-            try:
-                line = reader.readline(_MAX_LINE)
-            except TimeoutError:
-                if self._continues:
-                    raise
-                raise _NoContinue from None
-            sock.settimeout(self._timeout)
-            if not line:
-                raise http.client.RemoteDisconnected("the server closed the connection before answering")
-            version, _, rest = line.decode("iso-8859-1").strip().partition(" ")
-            code, _, reason = rest.partition(" ")
-            if not version.startswith("HTTP/") or not code.isdigit():
-                raise http.client.BadStatusLine(line.decode("iso-8859-1"))
-            answer = http.client.parse_headers(reader)
-        if int(code) != 100:
-            return int(code), reason, {k.lower(): v for k, v in answer.items()}, b""
+            conn.settimeout(min(self._timeout, FIRST_CONTINUE_WAIT))
+        try:
+            status, reason, answer = conn.read_head(method, interim=True)
+        except TimeoutError:
+            if self._continues:
+                raise
+            raise _NoContinue from None
+        conn.settimeout(self._timeout)
+        if status != 100:
+            return status, reason, answer, b""
         self._continues = True
         go_ahead()
-        conn.send(data)
+        conn.send_body(data)
         return None
 
-    def _connection(self, host: str, fresh: bool) -> http.client.HTTPConnection:
-        conns: dict[str, http.client.HTTPConnection] = getattr(self._local, "conns", None) or {}
-        self._local.conns = conns
-        conn = conns.get(host)
-        if conn is None or fresh:
-            if self._scheme == "https":
-                conn = http.client.HTTPSConnection(host, timeout=self._timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(host, timeout=self._timeout)
-            conns[host] = conn
-        if conn.sock is None:
-            conn.connect()
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
+    def _connect(self, host: str) -> Connection:
+        name, port = _host_port(host, 443 if self._scheme == "https" else 80)
+        return Connection(name, port, self._timeout, self._ssl if self._scheme == "https" else None)
 
     def _sign(self, method: str, path: str, headers: dict[str, str], payload: str, query: str = "") -> None:
         """Add AWS Signature Version 4 headers to `headers`; `payload`: the body's SHA-256 (hex), or
@@ -439,25 +419,18 @@ def _modified_s(answer: dict[str, str]) -> int | None:
     return None if when is None else calendar.timegm(when)
 
 
-def _fits(response: http.client.HTTPResponse, views: list[memoryview]) -> bool:
-    """Whether the answer is a range (206, or a 200 with a Content-Range, as some servers send) exactly as
-    long as `views` together."""
-    return (
-        response.status in (200, 206)
-        and response.getheader("content-range") is not None
-        and response.length is not None
-        and response.length == sum(map(len, views))
-    )
+def _fits(status: int, answer: dict[str, str], length: int | None, views: list[memoryview]) -> bool:
+    """Whether the answer is a range (206, or a 200 with a Content-Range, as some servers send) of a body
+    exactly as long as `views` together."""
+    return status in (200, 206) and "content-range" in answer and length == sum(map(len, views))
 
 
-def _read_into(response: http.client.HTTPResponse, views: list[memoryview]) -> None:
-    for view in views:
-        got = 0
-        while got < len(view):
-            n = response.readinto(view[got:])
-            if not n:
-                raise http.client.IncompleteRead(b"", len(view) - got)
-            got += n
+def _host_port(host: str, default: int) -> tuple[str, int]:
+    """The name (an IPv6 address without its brackets) and port of `host` ("name", "name:port")."""
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (not name.startswith("[") or name.endswith("]")):
+        return name.strip("[]"), int(port)
+    return host.strip("[]"), default
 
 
 def _range_start(answer: dict[str, str]) -> int | None:

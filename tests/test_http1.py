@@ -1,0 +1,143 @@
+"""`http1.Connection` against a socket in this process that sends exactly the bytes a test gives: the ways
+an answer's body can be framed, answers read back to back on one kept connection, and the ways a server
+can end one early."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from pfs.backends.arrow.http1 import Connection, Disconnected, ProtocolError
+
+
+class _Server:
+    """Accepts one connection; answers each request (read up to its blank line, and `body_of` bytes more)
+    with the next canned answer; closes the connection after the last one."""
+
+    def __init__(self, answers: list[bytes], body_of: int = 0) -> None:
+        self.answers = answers
+        self.body_of = body_of
+        self.requests: list[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        with conn:
+            pending = b""
+            for answer in self.answers:
+                while b"\r\n\r\n" not in pending:
+                    pending += conn.recv(65536)
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                while len(pending) < self.body_of:
+                    pending += conn.recv(65536)
+                self.requests.append(head + b"\r\n\r\n" + pending[: self.body_of])
+                pending = pending[self.body_of :]
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        self._thread.join(5)
+        self._listener.close()
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    servers: list[_Server] = []
+
+    def start(answers: list[bytes], body_of: int = 0) -> Connection:
+        server = _Server(answers, body_of)
+        servers.append(server)
+        return Connection("127.0.0.1", server.port, 5.0)
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _ask(conn: Connection, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    conn.send(method, "/bucket/key", {"host": "example"})
+    status, _, headers = conn.read_head(method)
+    return status, headers, conn.read_body()
+
+
+def test_answers_framed_every_way_are_read_back_to_back_on_one_connection(serve) -> None:
+    conn = serve(
+        [
+            b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: "e1"\r\n\r\nhello',
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",  # a HEAD: a length, but no body
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nX-Folded: a\r\n b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end",
+        ]
+    )
+    assert _ask(conn) == (200, {"content-length": "5", "etag": '"e1"'}, b"hello")
+    assert _ask(conn)[::2] == (200, b"abcde")
+    assert _ask(conn, "HEAD") == (200, {"content-length": "3"}, b"")
+    assert _ask(conn, "DELETE") == (204, {"x-folded": "a b"}, b"")
+    assert not conn.will_close
+    assert _ask(conn)[::2] == (200, b"to the end")
+    assert conn.will_close
+    conn.close()
+
+
+def test_a_body_is_read_into_the_callers_buffers(serve) -> None:
+    body = bytes(range(256)) * 1024
+    conn = serve([b"HTTP/1.1 206 Partial Content\r\nContent-Length: 262144\r\n\r\n" + body])
+    conn.send("GET", "/bucket/key", {"host": "example"})
+    assert conn.read_head("GET")[0] == 206
+    assert conn.body_length() == len(body)
+    buffers = [bytearray(100_000), bytearray(len(body) - 100_000)]
+    conn.read_into([memoryview(b) for b in buffers])
+    assert b"".join(buffers) == body
+    conn.close()
+
+
+def test_a_body_and_its_headers_go_out_in_order(serve) -> None:
+    conn = serve([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"] * 2, body_of=70_000)
+    big = b"x" * 70_000
+    conn.send("PUT", "/bucket/a", {"host": "example", "content-length": str(len(big))}, big)
+    assert conn.read_head("PUT")[0] == 200 and conn.read_body() == b""
+    conn.send("PUT", "/bucket/b", {"host": "example", "content-length": str(len(big))})
+    conn.send_body(memoryview(big))
+    assert conn.read_head("PUT")[0] == 200
+    conn.close()
+
+
+def test_a_100_continue_is_handed_over_when_asked_for(serve) -> None:
+    conn = serve([b"HTTP/1.1 100 Continue\r\n\r\n"])
+    conn.send("PUT", "/bucket/key", {"host": "example", "expect": "100-continue"})
+    assert conn.read_head("PUT", interim=True)[0] == 100
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "answer, error, message",
+    [
+        (b"", Disconnected, "before answering"),
+        (b"HTTP/1.1 200 OK\r\nContent-Len", ProtocolError, "in the middle of an answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", ProtocolError, "5 bytes early"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", ProtocolError, "not an HTTP/1.1 status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", ProtocolError, "not a header line"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", ProtocolError, "not a chunk size"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", ProtocolError, "not a length"),
+    ],
+    ids=["closed", "head cut", "body cut", "not http", "bad header", "bad chunk", "bad length"],
+)
+def test_an_answer_that_ends_early_or_is_not_http_is_an_error(serve, answer, error, message) -> None:
+    conn = serve([answer])
+    with pytest.raises(error, match=message):
+        _ask(conn)
+    conn.close()
+
+
+def test_a_head_without_end_is_refused(serve) -> None:
+    conn = serve([b"HTTP/1.1 200 OK\r\n" + b"X-Long: " + b"a" * 70_000])
+    with pytest.raises(ProtocolError, match="too long"):
+        _ask(conn)
+    conn.close()
