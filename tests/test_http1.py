@@ -1,24 +1,30 @@
 """`http1.Connection` against a socket in this process that sends exactly the bytes a test gives: the ways
-an answer's body can be framed, answers read back to back on one kept connection, and the ways a server
-can end one early."""
+an answer's body can be framed, answers read back to back on one kept connection, the ways a server can
+end one early, and TLS with the server's name checked (the https path of real stores)."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pfs.backends.arrow.http1 import Connection, Disconnected, ProtocolError
+from pfs.backends.arrow.s3get import ObjectGetter
 
 
 class _Server:
     """Accepts one connection; answers each request (read up to its blank line, and `body_of` bytes more)
     with the next canned answer; closes the connection after the last one."""
 
-    def __init__(self, answers: list[bytes], body_of: int = 0) -> None:
+    def __init__(self, answers: list[bytes], body_of: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.answers = answers
+        self.tls = tls
         self.body_of = body_of
         self.requests: list[bytes] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -28,6 +34,12 @@ class _Server:
 
     def _serve(self) -> None:
         conn, _ = self._listener.accept()
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):  # a client that refused the certificate
+                conn.close()
+                return
         with conn:
             pending = b""
             for answer in self.answers:
@@ -141,3 +153,76 @@ def test_a_head_without_end_is_refused(serve) -> None:
     with pytest.raises(ProtocolError, match="too long"):
         _ask(conn)
     conn.close()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+def _tls_server(certificate: tuple[Path, Path], answers: list[bytes]) -> _Server:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return _Server(answers, tls=context)
+
+
+def test_answers_come_over_tls_once_the_certificate_names_the_host(certificate) -> None:
+    """The path of every store reached over https (AWS S3, BOS): the handshake checks the server's name."""
+    server = _tls_server(certificate, [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    trusting = ssl.create_default_context(cafile=str(certificate[0]))
+    conn = Connection("localhost", server.port, 5.0, trusting)
+    assert _ask(conn)[::2] == (200, b"ok")
+    conn.close()
+    server.close()
+
+    server = _tls_server(certificate, [b""])
+    with pytest.raises(ssl.SSLCertVerificationError):
+        Connection("localhost", server.port, 5.0, ssl.create_default_context())  # the system's CAs only
+    server.close()
+
+
+def test_the_object_getter_reads_a_range_over_https(certificate) -> None:
+    body = b"0123456789"
+    server = _tls_server(
+        certificate,
+        [
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\nContent-Range: bytes 2-5/10\r\n"
+            b'ETag: "v1"\r\n\r\n' + body[2:6]
+        ],
+    )
+    getter = ObjectGetter(
+        f"localhost:{server.port}", "https", "us-east-1", None, 5.0, ca_file=str(certificate[0])
+    )
+    part = getter.get("bucket", "key", 2, 4)
+    assert (part.data, part.etag, part.size) == (b"2345", "v1", 10)
+    server.close()

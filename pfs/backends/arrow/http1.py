@@ -37,8 +37,15 @@ Body = bytes | memoryview
 class Connection:
     def __init__(self, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None) -> None:
         sock = socket.create_connection((host, port), timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock: socket.socket = tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # The handshake checks the certificate against `host` (its name, or its address).
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock: socket.socket = sock
         self._buf = bytearray()
         self._framing: tuple[str, int] = ("none", 0)  # how the body of the answer being read ends
         self.will_close = False  # the server closes the connection after the current answer
