@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -118,12 +119,27 @@ def stage_and_publish(
 
 def unpublish_and_unstage(plugin: Plugin, volume_id: str, staging: str, targets: list[str]) -> None:
     for target in targets:
-        plugin.node.NodeUnpublishVolume(
-            csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target)
+        _as_kubelet(
+            plugin.node.NodeUnpublishVolume,
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=target),
         )
-    plugin.node.NodeUnstageVolume(
-        csi_pb2.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging)
+    _as_kubelet(
+        plugin.node.NodeUnstageVolume,
+        csi_pb2.NodeUnstageVolumeRequest(volume_id=volume_id, staging_target_path=staging),
     )
+
+
+def _as_kubelet(call, request, patience: float = 30.0):
+    """`call(request)`, called again while it answers ABORTED (another operation on the volume, such as the
+    plugin's recovery of a mount that went away, is in progress), as the kubelet does."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return call(request)
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.ABORTED or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def cleanup_mounts(root: str) -> None:
