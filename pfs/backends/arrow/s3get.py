@@ -272,8 +272,7 @@ class ObjectGetter:
         for fresh in (False, True):
             conn = conns.get(host)
             if conn is None or fresh:
-                if conn is not None:
-                    conn.close()
+                _drop(conns, host)
                 conn = conns[host] = self._connect(host)
             try:
                 if go_ahead is None:
@@ -282,8 +281,7 @@ class ObjectGetter:
                     assert data is not None
                     early = self._send_when_asked(conn, method, path, headers, data, go_ahead)
                     if early is not None:  # the server answered the headers: it may not read on
-                        conn.close()
-                        del conns[host]
+                        _drop(conns, host)
                         return early
                 status, reason, answer = conn.read_head(method)
                 if into is not None and _fits(status, answer, conn.body_length(), into):
@@ -293,17 +291,14 @@ class ObjectGetter:
                     body = conn.read_body()
             except (Disconnected, BrokenPipeError, ConnectionResetError):
                 if fresh:
-                    conn.close()
-                    del conns[host]
+                    _drop(conns, host)
                     raise
                 continue
             except BaseException:
-                conn.close()
-                del conns[host]
+                _drop(conns, host)
                 raise
             if conn.will_close:
-                conn.close()
-                del conns[host]
+                _drop(conns, host)
             return status, reason, answer, body
         raise AssertionError("unreachable")
 
@@ -423,6 +418,13 @@ def _fits(status: int, answer: dict[str, str], length: int | None, views: list[m
     """Whether the answer is a range (206, or a 200 with a Content-Range, as some servers send) of a body
     exactly as long as `views` together."""
     return status in (200, 206) and "content-range" in answer and length == sum(map(len, views))
+
+
+def _drop(conns: dict[str, Connection], host: str) -> None:
+    """Close and forget this thread's connection to `host`, if it has one."""
+    conn = conns.pop(host, None)
+    if conn is not None:
+        conn.close()
 
 
 def _host_port(host: str, default: int) -> tuple[str, int]:
