@@ -148,6 +148,40 @@ def test_random_reads_spread_over_a_file_fetch_the_rest_of_it_behind_them(tmp_pa
         backend.close()
 
 
+def test_random_reads_of_a_block_in_the_page_cache_take_no_worker_thread(tmp_path):
+    """The disk tier's first read of a block keeps its file open; the next ones are read on the loop from
+    the page cache (a worker thread hand-off costs more than the read)."""
+    data, backend, stats, disk, _, obj = _one_big_file(tmp_path, 4 * MiB)
+    for index in range(4):
+        disk.put(obj.key(index), data[index * MiB : (index + 1) * MiB])
+    assert disk.flush(10)
+    handed: list[Callable] = []
+
+    async def run_disk(fn: Callable, *args: Any) -> Any:
+        handed.append(fn)
+        return await _in_thread(fn, *args)
+
+    cache = BlockCache(CacheConfig(block_size=MiB), disk, stats, _in_thread, run_disk)
+
+    async def opener():
+        raise AssertionError("every block is in the disk tier")
+
+    async def main() -> None:
+        for offset in (100_000, 300_000, 700_000):
+            for index in range(4):
+                at = index * MiB + offset
+                got = await cache.read(obj, at, 4096, opener, Stream())
+                assert bytes(got) == data[at : at + 4096]
+
+    try:
+        trio.run(main)
+    finally:
+        disk.close()
+        backend.close()
+    assert len(handed) == 4  # the first read of each block
+    assert stats.snapshot()["cache_hits_disk_inline"] == 8
+
+
 def test_a_damaged_piece_is_dropped_and_fetched_again(tmp_path):
     data, backend, stats, disk, cache, obj = _one_big_file(tmp_path, 2 * MiB)
     offset = MiB + 3 * PIECE + 512

@@ -22,6 +22,7 @@ from pfs.cache.disk import (
     Seen,
     _Check,
     _Index,
+    _OpenFiles,
     _Queue,
     _sums,
     _Where,
@@ -255,6 +256,87 @@ def test_a_known_block_replaced_by_a_link_is_not_followed(tier, tmp_path):
     os.symlink(tmp_path / "same", path)
     assert tier.get("b|x|0") is None
     assert tier.corrupt_blocks == 1
+
+
+# ---- reads without a worker thread ---------------------------------------------------------------------
+
+
+def test_a_block_read_at_random_is_read_again_from_the_page_cache_without_waiting(tier, monkeypatch):
+    tier.put("b|x|0", BLOCK)
+    assert tier.flush(10)
+    assert tier.read_now("b|x|0", 0, 4096) is None  # no ranged read kept its file open yet
+    assert tier.get_range("b|x|0", 0, 4096) == BLOCK[:4096]
+    flags: list[int] = []
+    preadv = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, at, f=0: flags.append(f) or preadv(fd, bufs, at, f))
+    assert tier.read_now("b|x|0", 70_000, 74_096) == BLOCK[70_000:74_096]
+    assert flags == [os.RWF_NOWAIT]  # never waits for the disk: the trio loop calls it
+    assert tier.read_now("b|x|0", 0, 1 << 17) is None  # more than a small read: a worker's job
+
+
+def test_reading_now_never_waits_for_the_disk(tier):
+    tier.put("b|x|0", BLOCK)
+    path = only_block_file(tier)
+    assert tier.get_range("b|x|0", 0, 4096) == BLOCK[:4096]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # its pages leave the page cache
+    finally:
+        os.close(fd)
+    assert tier.read_now("b|x|0", 500_000, 504_096) is None
+    assert tier.get_range("b|x|0", 500_000, 504_096) == BLOCK[500_000:504_096]
+
+
+def test_a_block_read_twice_at_random_is_read_ahead_whole_once(tier, monkeypatch):
+    tier.put("b|x|0", BLOCK)
+    assert tier.flush(10)
+    advised: list[tuple[int, int, int]] = []
+    fadvise = os.posix_fadvise
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, at, n, a: advised.append((at, n, a)) or fadvise(fd, at, n, a)
+    )
+    for at in (0, 300_000, 600_000, 900_000):
+        assert tier.get_range("b|x|0", at, at + 100) == BLOCK[at : at + 100]
+    assert advised == [(0, 0, os.POSIX_FADV_WILLNEED)]  # at the second read, and only then
+
+
+def test_reading_now_leaves_damage_and_eviction_to_the_checked_read(tier):
+    tier.put("b|x|0", BLOCK)
+    path = only_block_file(tier)
+    assert tier.get_range("b|x|0", 0, 100) == BLOCK[:100]
+    with open(path, "r+b") as f:
+        f.seek(300_000)
+        f.write(b"\xff" * 8)
+    assert tier.read_now("b|x|0", 300_000, 300_100) is None
+    assert tier.corrupt_blocks == 0  # the worker's read decides, and drops it
+    assert tier.get_range("b|x|0", 300_000, 300_100) is None and tier.corrupt_blocks == 1
+    tier.put("b|y|0", BLOCK)
+    assert tier.flush(10) and tier.get_range("b|y|0", 0, 100) == BLOCK[:100]
+    other = DiskTier(tier.directory, 64 * MiB, max_block=MiB)
+    try:
+        other.delete("b|y|0")  # evicted by another process: its file is unlinked, still open here
+    finally:
+        other.close()
+    assert tier.read_now("b|y|0", 0, 100) is None
+    assert tier.get_range("b|y|0", 0, 100) is None and tier.corrupt_blocks == 1
+
+
+def test_kept_files_are_bounded_and_closed_only_once_no_read_holds_them(tmp_path):
+    files = _OpenFiles(limit=2)
+    fds = [os.open(tmp_path, os.O_RDONLY) for _ in range(3)]
+    held = files.add("a", fds[0])
+    files.give(files.add("b", fds[1]))
+    files.give(files.add("c", fds[2]))  # over the limit: "a" goes, but a read holds it
+    assert files.take("a") is None
+    os.fstat(fds[0])  # still open
+    files.give(held)
+    with pytest.raises(OSError):
+        os.fstat(fds[0])
+    files.clear()
+    for fd in fds[1:]:
+        with pytest.raises(OSError):
+            os.fstat(fd)
 
 
 def test_queued_writes_are_read_from_the_queue_and_written_by_close(tmp_path):

@@ -246,8 +246,12 @@ class BlockCache:
         key = obj.key(index)
         if self._known(key) or self.disk is None:
             return None
-        pieces = self._pieces(obj, index, lo, hi) if small else []
-        part = await self._run_disk(_read_part, self.disk, key, pieces, lo, hi)
+        part = self.disk.read_now(key, lo, hi)  # in the page cache: no worker thread
+        if part is not None:
+            self.stats.add("cache_hits_disk_inline", 1)
+        else:
+            pieces = self._pieces(obj, index, lo, hi) if small else []
+            part = await self._run_disk(_read_part, self.disk, key, pieces, lo, hi)
         if part is not None:
             self.stats.add("cache_hits_disk", 1)
         return part
