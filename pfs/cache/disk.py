@@ -707,7 +707,9 @@ class DiskTier:
             if where is _INLINE:
                 return self._read_inline(key, start, end)
             try:
-                return self._read_file(key, where, start, where.size if end is None else end, buffers)
+                if end is None:  # a whole block: read once, its file not kept open
+                    return self._read_file(key, where, 0, where.size, buffers, keep_open=False)
+                return self._read_file(key, where, start, end)
             except FileNotFoundError:  # evicted (by another process, or by this one's own writes)
                 self._index.discard(key)
             except OSError as exc:
@@ -739,15 +741,21 @@ class DiskTier:
         return where
 
     def _read_file(
-        self, key: str, where: _Where, start: int, end: int, buffers: BufferPool | None = None
+        self,
+        key: str,
+        where: _Where,
+        start: int,
+        end: int,
+        buffers: BufferPool | None = None,
+        keep_open: bool = True,
     ) -> Block | None:
         chunk = where.check.chunk
         first, last = start // chunk, (end - 1) // chunk
         offset, length = first * chunk, (last + 1 - first) * chunk
-        if buffers is None:
+        if keep_open:
             data = self._read_kept_open(key, where, offset, length)
         else:
-            data = self._read_into_buffer(key, where, offset, length, buffers)
+            data = self._read_once(key, where, offset, length, buffers)
         if data is None:
             return None
         if not where.check.intact(data, first, last):
@@ -783,11 +791,11 @@ class DiskTier:
         finally:
             self._open_files.give(held)
 
-    def _read_into_buffer(
-        self, key: str, where: _Where, offset: int, length: int, buffers: BufferPool
+    def _read_once(
+        self, key: str, where: _Where, offset: int, length: int, buffers: BufferPool | None
     ) -> Block | None:
-        """A read into a pool buffer: a big block's file bypasses the page cache (its own descriptor, as
-        it is switched to O_DIRECT)."""
+        """A read through a descriptor of its own, into a pool buffer where `buffers` has one (a big
+        block's file then bypasses the page cache: the descriptor is switched to O_DIRECT)."""
         opened = _open_value_fd(self.directory, where.filename, self._max_block)
         if opened is None:
             return self._drop_corrupt(key)
@@ -795,7 +803,7 @@ class DiskTier:
         try:
             if size != where.size:
                 return self._drop_corrupt(key)
-            buffer = buffers.take(length)
+            buffer = buffers.take(length) if buffers is not None else None
             direct = buffer is not None and size >= DROP_BEHIND_BYTES
             if length > where.check.chunk and not direct:
                 os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
