@@ -37,10 +37,20 @@ class Mount:
         self.disk = DiskTier(cache_dir, 1 << 30)
         self.cache = BlockCache(CacheConfig(block_size=1 << 20), self.disk, self.stats, _inline, _inline)
         self.replaced: list[int] = []
+        self.handoffs = 0  # worker calls `Versions` made
         self.versions = Versions(
-            backend, self.cache, self.stats, _inline, _inline, lambda inode: self.replaced.append(inode.ino)
+            backend,
+            self.cache,
+            self.stats,
+            self._run,
+            self._run,
+            lambda inode: self.replaced.append(inode.ino),
         )
         self.inodes = InodeTable(root_mtime_ns=0)
+
+    async def _run(self, fn: Callable, *args: Any) -> Any:
+        self.handoffs += 1
+        return await _inline(fn, *args)
 
     def inode(self, path: str) -> Inode:
         return self.inodes.add(path, self.backend.stat(path))
@@ -152,6 +162,19 @@ def test_an_object_etag_is_fetched_once_then_trusted_from_memory_and_after_a_rem
     again = new_mount()  # a remount on the same node: the book and the block are on disk
     trio.run(twice, again, again.inode("old"))
     assert again.opens() == 0
+
+
+def test_an_open_asks_the_book_and_the_store_in_one_worker_call(s3):
+    case, new_mount = s3
+    case.raw.put("old", b"settled")
+    time.sleep(TRUST_MARGIN_S + 0.2)
+    first = new_mount()
+    assert trio.run(first.read_all, first.inode("old")) == b"settled"
+    assert (first.handoffs, first.opens()) == (1, 1)  # nothing in the book: the GET in the same call
+    first.disk.flush()
+    again = new_mount()
+    assert trio.run(again.read_all, again.inode("old")) == b"settled"
+    assert (again.handoffs, again.opens()) == (1, 0)  # the book's ETag and the block, no request
 
 
 def test_a_fresh_object_etag_is_not_trusted_across_a_remount(s3):

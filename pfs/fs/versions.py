@@ -122,9 +122,11 @@ class Versions:
         if self.backend.known_version(inode.path, inode.size, inode.mtime_ns) is not None:
             await self._made_ready(inode)  # its first block may be on its way: not fetched twice
         else:
-            etag = await self._made_ready(inode) or await self.trusted_etag(inode)
+            etag = await self._made_ready(inode)
             if etag is None and first_block and not inode.detached:
-                etag = await self._read_first_now(inode)
+                etag = await self._booked_else_first(inode)
+            elif etag is None:
+                etag = await self.trusted_etag(inode)
             if etag is None:
                 reader = await self.open_reader(inode)  # may refresh the attributes of a replaced object
                 # No token at all (a file just changed on HDFS): what this open reads is its own version.
@@ -152,13 +154,45 @@ class Versions:
         self.stats.add("prefetch_files_used", 1)
         return ahead.etag
 
-    async def _read_first_now(self, inode: Inode) -> str | None:
-        """The ETag from one GET of the first block (which goes to the cache); None where the store cannot
-        answer both at once, or the object changed since it was listed (the open then looks again)."""
+    async def _booked_else_first(self, inode: Inode) -> str | None:
+        """The ETag the version book trusts (memory, else the disk tier's, with a small file's block), else
+        the one of a GET of the first block (which goes to the cache): the book and the GET in one worker
+        call, as a file the node never read has nothing in the book and a hand-off costs the loop more than
+        the look. None where the store cannot answer both at once, or the object changed since it was
+        listed (the open then looks again)."""
+        want = Want(inode.path, inode.size, inode.mtime_ns)
+        key = _object_key(self.backend.id, inode.path)
+        seen = self._seen.get(key)
+        if seen is not None or self.cache.disk is None:
+            etag = _trusted_etag(seen, want)
+            if etag is not None:
+                return etag
+            try:
+                return await self._read_first(want)
+            except Stale:
+                return None
         try:
-            return await self._read_first(Want(inode.path, inode.size, inode.mtime_ns))
+            seen, block, got = await self._run(self._booked_else_read_first, key, want)
         except Stale:
             return None
+        if seen is not None:
+            self._remember(key, seen)
+        if got is None:
+            if block is not None:
+                self.stats.add("cache_hits_disk", 1)
+                self.cache.keep_in_memory(self._object_for(want, seen.etag), 0, block)
+            return _trusted_etag(seen, want)
+        return await self._took_first(want, got)
+
+    def _booked_else_read_first(
+        self, key: str, want: Want
+    ) -> tuple[Seen | None, Block | None, tuple[Block, str] | None]:
+        """In a worker thread: (the disk tier's book entry, a small file's block from the disk tier where
+        that entry is trusted, else the backend's answer to a GET of the first block)."""
+        seen, block = self._recall(key, want, 0 < want.size <= self.cache.config.block_size)
+        if _trusted_etag(seen, want) is not None or want.size <= 0:
+            return seen, block, None
+        return seen, None, self.backend.read_first(want.path, want.size, self.cache.config.block_size)
 
     async def _read_first(self, want: Want, pinned: str | None = None) -> str | None:
         """`pinned`: the version a snapshot pinned, which the backend checks the answer against; it is not
@@ -166,6 +200,12 @@ class Versions:
         if want.size <= 0:
             return None
         got = await self._run(self.backend.read_first, want.path, want.size, self.cache.config.block_size)
+        return await self._took_first(want, got, pinned)
+
+    async def _took_first(
+        self, want: Want, got: tuple[Block, str] | None, pinned: str | None = None
+    ) -> str | None:
+        """Keep what a GET of the first block brought: its bytes in the cache, its ETag in the book."""
         if got is None or not got[1]:
             return None
         data, etag = got
