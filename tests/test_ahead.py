@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pfs.backends import Entry, Kind
-from pfs.fs.ahead import RAMP, ReadAhead
+from pfs.fs.ahead import PROVEN, RAMP, ReadAhead
 from pfs.fs.names import Listing
 
 BLOCK = 1 << 20
@@ -70,6 +70,19 @@ def test_an_open_that_lands_just_after_another_now_and_then_starts_nothing():
     for i in (50, 51, 7, 93, 8, 61, 30, 94, 62):  # shuffled readers: single coincidences of order
         ahead.opened(f"f{i:03d}", listing)
     assert start.started == []
+
+
+def test_while_files_made_ready_go_unopened_only_a_reader_proven_in_order_starts_more():
+    listing, start = _listing(100), Recorder()
+    ahead = ReadAhead(start, BLOCK, window=4, pays=lambda: False)
+    for i in (50, 51, 52, 53, 7, 30, 55, 80, 57):  # chance order, and opens landing ahead of it
+        ahead.opened(f"f{i:03d}", listing)
+    assert start.started == []
+    for i in range(10, 10 + PROVEN):
+        ahead.opened(f"f{i:03d}", listing)
+    assert start.started == []  # PROVEN - 1 opens in a row after the first
+    ahead.opened(f"f{10 + PROVEN:03d}", listing)
+    assert start.started == [f"f{i:03d}" for i in range(11 + PROVEN, 15 + PROVEN)]
 
 
 def test_readers_of_one_directory_are_followed_apart():

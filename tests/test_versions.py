@@ -289,6 +289,29 @@ def test_files_made_ready_and_never_opened_are_dropped(s3, monkeypatch):
     assert mount.cache.memory.cached == 2 * 1000  # the dropped file's block left memory
 
 
+def test_making_files_ready_stops_paying_once_most_are_dropped_unopened(s3, monkeypatch):
+    case, new_mount = s3
+    monkeypatch.setattr(versions_module, "MAX_AHEAD", 2)
+    monkeypatch.setattr(versions_module, "AHEAD_SLACK", 2)
+    names = [f"x/f{i:02d}" for i in range(12)]
+    for name in names:
+        case.raw.put(name, b"y" * 1000)
+    mount = new_mount()
+    wants = _wants(mount, names)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            mount.versions.attach(nursery)
+            await _ready(mount, wants[:5])  # three dropped unopened
+            assert not mount.versions.ahead_pays()
+            for want in wants[5:]:  # each opened, as by a reader in order (the two left dropped)
+                await _ready(mount, [want])
+                await mount.read_all(mount.inode(want.path))
+            assert mount.versions.ahead_pays()
+
+    trio.run(main)
+
+
 def test_a_file_changed_after_it_was_made_ready_is_read_as_it_is_now(s3):
     case, new_mount = s3
     case.raw.put("c", b"old")

@@ -172,7 +172,9 @@ class Operations(pyfuse3.Operations):
         self.names = NameCache(options.metadata_ttl)
         # Files of a directory read in order are made ready ahead where an open asks the store anything.
         self._ahead = (
-            None if backend.cheap_open else ReadAhead(self._prefetch_file, self.cache.config.block_size)
+            None
+            if backend.cheap_open
+            else ReadAhead(self._prefetch_file, self.cache.config.block_size, pays=self.versions.ahead_pays)
         )
         self._nursery: trio.Nursery | None = None
         self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same

@@ -63,6 +63,10 @@ MAX_SEEN_IN_MEMORY = 100_000  # versions seen by this mount kept in memory (all 
 MAX_IDLE_READERS = 64  # kept readers beyond this many are closed once idle (no-open mode has no release)
 IDLE_S = 30.0  # far longer than any one ranged read of a fetch that may still use the reader
 MAX_AHEAD = 256  # files made ready ahead and not opened yet; the oldest are dropped beyond this
+# Files made ready ahead lately that were opened, and that were dropped unopened, are counted (both halved
+# once they add up to this) to tell whether making files ready pays (see `ahead_pays`).
+AHEAD_MEMORY = 1024
+AHEAD_SLACK = 32  # dropped files that never make it not pay (a reader that stopped early)
 
 
 class Want(NamedTuple):
@@ -104,6 +108,7 @@ class Versions:
         self._kept: OrderedDict[int, tuple[CachedObject, Reader, float]] = OrderedDict()  # by inode
         self._ahead: OrderedDict[str, _Ahead] = OrderedDict()  # by path: files made ready ahead of their open
         self._batch: list[_Ahead] = []  # started ahead since the loop last ran the task that looks them up
+        self._ahead_used = self._ahead_dropped = 0  # lately (see AHEAD_MEMORY)
         self._fresh_s = fresh_s  # how long a look made ahead stands for an open (the metadata TTL)
         self._nursery: trio.Nursery | None = None
 
@@ -152,7 +157,20 @@ class Versions:
         if time.monotonic() - ahead.at >= self._fresh_s:
             return None
         self.stats.add("prefetch_files_used", 1)
+        self._count_ahead(used=1)
         return ahead.etag
+
+    def ahead_pays(self) -> bool:
+        """Whether files made ready ahead of their open are being opened: not once more of them were
+        dropped unopened than were opened, lately (a shuffled reader's chance order of names made them)."""
+        return self._ahead_dropped <= max(self._ahead_used, AHEAD_SLACK)
+
+    def _count_ahead(self, used: int = 0, dropped: int = 0) -> None:
+        self._ahead_used += used
+        self._ahead_dropped += dropped
+        if self._ahead_used + self._ahead_dropped > AHEAD_MEMORY:
+            self._ahead_used //= 2
+            self._ahead_dropped //= 2
 
     async def _booked_else_first(self, inode: Inode) -> str | None:
         """The ETag the version book trusts (memory, else the disk tier's, with a small file's block), else
@@ -320,6 +338,7 @@ class Versions:
     def _drop(self, path: str) -> None:
         """Forget a file made ready that was not opened; its block leaves memory (it stays on disk)."""
         ahead = self._ahead.pop(path)
+        self._count_ahead(dropped=1)
         if ahead.etag is not None:
             self.cache.memory.discard(self._object_for(ahead.want, ahead.etag).key(0))
             self.stats.add("prefetch_files_dropped", 1)
