@@ -268,14 +268,19 @@ def test_prefetch_stays_within_the_memory_budget(s3):
     trio.run(main)
 
 
-def test_files_made_ready_and_never_opened_are_dropped(s3, monkeypatch):
+def _small_files(s3, count: int) -> tuple[Mount, list[str], list[Want]]:
+    """`count` objects of 1,000 bytes under x/, and a mount that knows them."""
     case, new_mount = s3
-    monkeypatch.setattr(versions_module, "MAX_AHEAD", 2)
-    names = [f"x/f{i}" for i in range(3)]
+    names = [f"x/f{i:02d}" for i in range(count)]
     for name in names:
         case.raw.put(name, b"y" * 1000)
     mount = new_mount()
-    wants = _wants(mount, names)
+    return mount, names, _wants(mount, names)
+
+
+def test_files_made_ready_and_never_opened_are_dropped(s3, monkeypatch):
+    monkeypatch.setattr(versions_module, "MAX_AHEAD", 2)
+    mount, names, wants = _small_files(s3, 3)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -290,14 +295,9 @@ def test_files_made_ready_and_never_opened_are_dropped(s3, monkeypatch):
 
 
 def test_making_files_ready_stops_paying_once_most_are_dropped_unopened(s3, monkeypatch):
-    case, new_mount = s3
     monkeypatch.setattr(versions_module, "MAX_AHEAD", 2)
     monkeypatch.setattr(versions_module, "AHEAD_SLACK", 2)
-    names = [f"x/f{i:02d}" for i in range(12)]
-    for name in names:
-        case.raw.put(name, b"y" * 1000)
-    mount = new_mount()
-    wants = _wants(mount, names)
+    mount, _, wants = _small_files(s3, 12)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
