@@ -267,6 +267,11 @@ class _OpenFiles:
                 self._close(self._files.popitem(last=False)[1])
             return held
 
+    def hold(self, held: _Open) -> None:
+        """One more holder of a descriptor already held (given back with `give`)."""
+        with self._lock:
+            held.users += 1
+
     def give(self, held: _Open) -> None:
         with self._lock:
             held.users -= 1
@@ -684,10 +689,7 @@ class DiskTier:
         read = functools.partial(self._read, start=0, end=None, buffers=buffers)
         if len(keys) < 2:
             return [read(key) for key in keys]
-        with self._threads_lock:
-            if self._readers is None:
-                self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="pfs-disk-reader")
-        return list(self._readers.map(read, keys))
+        return list(self._pool().map(read, keys))
 
     def get_range(self, key: str, start: int, end: int, piece: bool = False) -> Block | None:
         """Bytes [start, end) of a block, reading and checking only the chunks that hold them; `piece`: a
@@ -781,15 +783,32 @@ class DiskTier:
             if os.fstat(held.fd).st_nlink == 0:  # evicted since it was opened (by any process)
                 self._open_files.drop(where.filename)
                 raise FileNotFoundError(errno.ENOENT, "evicted from the cache", where.filename)
+            if length > where.check.chunk:  # all at once: the kernel would read it ahead piece by piece
+                os.posix_fadvise(held.fd, offset, length, os.POSIX_FADV_WILLNEED)
+            data = os.pread(held.fd, length, offset)
             if held.reads == 1:
                 # A block read at random twice is likely read again: the kernel reads it all ahead, so
-                # its next reads find their bytes in the page cache (`read_now`, without a thread).
-                os.posix_fadvise(held.fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            elif length > where.check.chunk:  # all at once: the kernel would read it ahead piece by piece
-                os.posix_fadvise(held.fd, offset, length, os.POSIX_FADV_WILLNEED)
-            return os.pread(held.fd, length, offset)
+                # its next reads find their bytes in the page cache (`read_now`, without a thread). The
+                # advice waits for the disk to take the requests (0.4-0.8 ms for 4 MiB here): not this read.
+                self._open_files.hold(held)
+                self._pool().submit(self._read_ahead_whole, held)
+            return data
         finally:
             self._open_files.give(held)
+
+    def _read_ahead_whole(self, held: _Open) -> None:
+        try:
+            os.posix_fadvise(held.fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # only advice
+        finally:
+            self._open_files.give(held)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._threads_lock:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="pfs-disk-reader")
+            return self._readers
 
     def _read_once(
         self, key: str, where: _Where, offset: int, length: int, buffers: BufferPool | None
