@@ -581,7 +581,10 @@ def _open_value_fd(directory: str, filename: str, limit: int) -> tuple[int, int]
         fds.append(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         for part in parts[:-1]:
             fds.append(os.open(part, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
-        fds.append(os.open(parts[-1], flags, dir_fd=fds[-1]))
+        try:  # no access time to write: a read from the page cache then never waits for the journal
+            fds.append(os.open(parts[-1], flags | os.O_NOATIME, dir_fd=fds[-1]))
+        except PermissionError:  # a file another user's mount stored: only its owner may ask that
+            fds.append(os.open(parts[-1], flags, dir_fd=fds[-1]))
         info = os.fstat(fds[-1])
         if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
             log.warning("ignored %s in the cache: not a regular file of at most %d bytes", shown, limit)
