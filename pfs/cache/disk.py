@@ -774,13 +774,9 @@ class DiskTier:
         if there is none). FileNotFoundError when the file was deleted."""
         held = self._open_files.take(where.filename)
         if held is None:
-            opened = _open_value_fd(self.directory, where.filename, self._max_block)
-            if opened is None:
-                return self._drop_corrupt(key)
-            fd, size = opened
-            if size != where.size:
-                os.close(fd)
-                return self._drop_corrupt(key)
+            fd = self._open_checked(key, where)
+            if fd is None:
+                return None
             held = self._open_files.add(where.filename, fd)
         try:
             if os.fstat(held.fd).st_nlink == 0:  # evicted since it was opened (by any process)
@@ -813,20 +809,29 @@ class DiskTier:
                 self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="pfs-disk-reader")
             return self._readers
 
+    def _open_checked(self, key: str, where: _Where) -> int | None:
+        """A descriptor of the block's file, or None (the block dropped as corrupt) unless it is what
+        diskcache made, of the size the index knows. FileNotFoundError when it is gone."""
+        opened = _open_value_fd(self.directory, where.filename, self._max_block)
+        if opened is None:
+            return self._drop_corrupt(key)
+        fd, size = opened
+        if size != where.size:
+            os.close(fd)
+            return self._drop_corrupt(key)
+        return fd
+
     def _read_once(
         self, key: str, where: _Where, offset: int, length: int, buffers: BufferPool | None
     ) -> Block | None:
         """A read through a descriptor of its own, into a pool buffer where `buffers` has one (a big
         block's file then bypasses the page cache: the descriptor is switched to O_DIRECT)."""
-        opened = _open_value_fd(self.directory, where.filename, self._max_block)
-        if opened is None:
-            return self._drop_corrupt(key)
-        fd, size = opened
+        fd = self._open_checked(key, where)
+        if fd is None:
+            return None
         try:
-            if size != where.size:
-                return self._drop_corrupt(key)
             buffer = buffers.take(length) if buffers is not None else None
-            direct = buffer is not None and size >= DROP_BEHIND_BYTES
+            direct = buffer is not None and where.size >= DROP_BEHIND_BYTES
             if length > where.check.chunk and not direct:
                 os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
             if buffer is None:
