@@ -15,6 +15,7 @@ from pfs.backends import BackendOptions, open_backend
 from pfs.cache import BlockCache, CacheConfig, DiskTier, Stream
 from pfs.cache.blocks import (
     AHEAD_SHARE,
+    DENSE_READS,
     FILL_AFTER_PIECES,
     PIECE,
     SWEEP_AFTER_BLOCKS,
@@ -148,17 +149,19 @@ def test_random_reads_spread_over_a_file_fetch_the_rest_of_it_behind_them(tmp_pa
         backend.close()
 
 
-def test_random_reads_of_a_block_in_the_page_cache_take_no_worker_thread(tmp_path):
-    """The disk tier's first read of a block keeps its file open; the next ones are read on the loop from
-    the page cache (a worker thread hand-off costs more than the read)."""
+def _random_reads_from_disk(
+    tmp_path, offsets: list[int], before: Callable[[DiskTier], None] = lambda d: None
+):
+    """Random 4 KiB reads at `offsets` of a 4 MiB file whose four blocks are all in the disk tier (`before`
+    each); (the arguments of every worker call for the disk tier, the stats)."""
     data, backend, stats, disk, _, obj = _one_big_file(tmp_path, 4 * MiB)
     for index in range(4):
         disk.put(obj.key(index), data[index * MiB : (index + 1) * MiB])
     assert disk.flush(10)
-    handed: list[Callable] = []
+    handed: list[tuple] = []
 
     async def run_disk(fn: Callable, *args: Any) -> Any:
-        handed.append(fn)
+        handed.append(args)
         return await _in_thread(fn, *args)
 
     cache = BlockCache(CacheConfig(block_size=MiB), disk, stats, _in_thread, run_disk)
@@ -167,19 +170,35 @@ def test_random_reads_of_a_block_in_the_page_cache_take_no_worker_thread(tmp_pat
         raise AssertionError("every block is in the disk tier")
 
     async def main() -> None:
-        for offset in (100_000, 300_000, 700_000):
-            for index in range(4):
-                at = index * MiB + offset
-                got = await cache.read(obj, at, 4096, opener, Stream())
-                assert bytes(got) == data[at : at + 4096]
+        for at in offsets:
+            before(disk)
+            got = await cache.read(obj, at, 4096, opener, Stream())
+            assert bytes(got) == data[at : at + 4096]
 
     try:
         trio.run(main)
     finally:
         disk.close()
         backend.close()
+    return handed, stats
+
+
+def test_random_reads_of_a_block_in_the_page_cache_take_no_worker_thread(tmp_path):
+    """The disk tier's first read of a block keeps its file open; the next ones are read on the loop from
+    the page cache (a worker thread hand-off costs more than the read)."""
+    offsets = [index * MiB + offset for offset in (100_000, 300_000, 700_000) for index in range(4)]
+    handed, stats = _random_reads_from_disk(tmp_path, offsets)
     assert len(handed) == 4  # the first read of each block
     assert stats.snapshot()["cache_hits_disk_inline"] == 8
+
+
+def test_blocks_are_read_ahead_whole_only_for_an_object_read_densely(tmp_path):
+    """A reader sampling a file sparsely reads only its chunks from the disk tier; once the file had
+    DENSE_READS random reads per block, a block read again is read ahead whole."""
+    offsets = [(n % 4) * MiB + 4096 + (n * 20_011) % (MiB - 8192) for n in range(DENSE_READS * 4 + 1)]
+    # Every read goes to a worker, as after the page cache was dropped.
+    handed, _ = _random_reads_from_disk(tmp_path, offsets, lambda disk: disk._open_files.clear())
+    assert [args[-1] for args in handed] == [False] * (DENSE_READS * 4 - 1) + [True, True]  # `dense`
 
 
 def test_a_damaged_piece_is_dropped_and_fetched_again(tmp_path):

@@ -298,11 +298,27 @@ def test_a_block_read_twice_at_random_is_read_ahead_whole_once(tier, monkeypatch
         os, "posix_fadvise", lambda fd, at, n, a: advised.append((at, n, a)) or fadvise(fd, at, n, a)
     )
     for at in (0, 300_000, 600_000, 900_000):
-        assert tier.get_range("b|x|0", at, at + 100) == BLOCK[at : at + 100]
+        assert tier.get_range("b|x|0", at, at + 100, read_ahead=True) == BLOCK[at : at + 100]
     deadline = time.monotonic() + 10
     while not advised and time.monotonic() < deadline:  # advised in the background
         time.sleep(0.01)
     assert advised == [(0, 0, os.POSIX_FADV_WILLNEED)]  # after the second read, and only then
+
+
+def test_a_block_read_at_random_is_read_ahead_whole_only_when_asked(tier, monkeypatch):
+    tier.put("b|x|0", BLOCK)
+    assert tier.flush(10)
+    advised: list[int] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, at, n, a: advised.append(a))
+    for at in (0, 300_000, 600_000):
+        assert tier.get_range("b|x|0", at, at + 100) == BLOCK[at : at + 100]
+    time.sleep(0.1)
+    assert not advised  # a reader sampling an object sparsely: only the chunks it reads
+    assert tier.get_range("b|x|0", 900_000, 900_100, read_ahead=True) == BLOCK[900_000:900_100]
+    deadline = time.monotonic() + 10
+    while not advised and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert advised == [os.POSIX_FADV_WILLNEED]  # read before: asked now, read ahead at once
 
 
 def test_reading_now_leaves_damage_and_eviction_to_the_checked_read(tier):

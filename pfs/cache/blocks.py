@@ -57,6 +57,12 @@ SWEEP_SPREAD = 32
 SWEEP_DISK_SHARE = 0.25  # only objects this small against the disk tier's size: a sweep never churns it
 SWEEP_REQUESTS = 4  # ranged requests of `fetch_blocks` blocks in flight for one sweep
 SWEEP_MEMORY_SHARE = 0.25  # the most of the memory budget one request of a sweep holds
+# A block read at random twice from the disk tier is read ahead whole (`DiskTier.get_range`) only once its
+# object had this many random reads per block: it pays where reads come back to a block many times, as an
+# epoch over an indexed format does (4 KiB records: a thousand reads a block), not for a reader sampling an
+# object sparsely, for which it reads most of the object from disk for a few reads a block (2,000 reads
+# over a 1 GiB file: 1,850 reads/s with it, 2,900-3,100 without; 5,000 reads: 3,600-4,100 with it).
+DENSE_READS = 8
 MAX_SPREAD_OBJECTS = 1024  # objects whose random readers' blocks are counted (least recently first out)
 MAX_OBJECTS = 65536  # versions whose cache identity is kept made
 MAX_FILLS = 2  # blocks fetched at once behind such reads: the rest of the backend's threads serve readers
@@ -155,6 +161,7 @@ class BlockCache:
         self._touched: OrderedDict[str, int] = OrderedDict()  # block key -> pieces fetched (TOUCHED_BLOCKS)
         self._spread: OrderedDict[str, set[int]] = OrderedDict()  # object digest -> blocks pieces came from
         self._sweeping: set[str] = set()  # objects fetched whole behind their random readers
+        self._random_reads: OrderedDict[str, int] = OrderedDict()  # object digest -> reads from the disk
         self._objects: dict[tuple[str, str, str, int], CachedObject] = {}
         self._streams: dict[Stream, float] = {}  # sequential streams reading now, by when they last read
         self._written: _Written | None = None  # blocks the disk tier's writer holds, given back once written
@@ -247,11 +254,16 @@ class BlockCache:
         if self._known(key) or self.disk is None:
             return None
         part = self.disk.read_now(key, lo, hi)  # in the page cache: no worker thread
+        reads = self._random_reads.pop(obj.digest, 0) + 1
+        self._random_reads[obj.digest] = reads
+        if len(self._random_reads) > MAX_SPREAD_OBJECTS:
+            self._random_reads.popitem(last=False)
         if part is not None:
             self.stats.add("cache_hits_disk_inline", 1)
         else:
             pieces = self._pieces(obj, index, lo, hi) if small else []
-            part = await self._run_disk(_read_part, self.disk, key, pieces, lo, hi)
+            dense = reads >= DENSE_READS * -(-obj.size // self.config.block_size)
+            part = await self._run_disk(_read_part, self.disk, key, pieces, lo, hi, dense)
         if part is not None:
             self.stats.add("cache_hits_disk", 1)
         return part
@@ -678,10 +690,10 @@ class _Written:
 
 
 def _read_part(
-    disk: DiskTier, key: str, pieces: list[tuple[str, int, int]], lo: int, hi: int
+    disk: DiskTier, key: str, pieces: list[tuple[str, int, int]], lo: int, hi: int, dense: bool
 ) -> Block | None:
     """Bytes [lo, hi) of block `key` from the disk tier: from the cached `pieces` that hold them, else
-    from the block itself."""
+    from the block itself (read ahead whole where the object is read `dense`ly, see DENSE_READS)."""
     found = []
     for piece_key, start, length in pieces:
         got = disk.get_range(piece_key, max(lo, start) - start, min(hi, start + length) - start, piece=True)
@@ -691,7 +703,7 @@ def _read_part(
     else:
         if found:
             return found[0] if len(found) == 1 else b"".join(found)
-    return disk.get_range(key, lo, hi)
+    return disk.get_range(key, lo, hi, read_ahead=dense)
 
 
 def _read_blocks(disk: DiskTier, keys: list[str], first: int, buffers: BufferPool) -> dict[int, Block]:

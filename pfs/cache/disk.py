@@ -230,6 +230,7 @@ class _Open:
     fd: int
     users: int = 1
     reads: int = 0
+    read_whole: bool = False  # its whole file was read ahead
     closing: bool = False
 
 
@@ -694,13 +695,22 @@ class DiskTier:
             return [read(key) for key in keys]
         return list(self._pool().map(read, keys))
 
-    def get_range(self, key: str, start: int, end: int, piece: bool = False) -> Block | None:
+    def get_range(
+        self, key: str, start: int, end: int, piece: bool = False, read_ahead: bool = False
+    ) -> Block | None:
         """Bytes [start, end) of a block, reading and checking only the chunks that hold them; `piece`: a
-        part of a block, which the database is not asked for again for ABSENT_S once it had none."""
-        return self._read(key, start, end, piece)
+        part of a block, which the database is not asked for again for ABSENT_S once it had none;
+        `read_ahead`: a block read at random before is read ahead whole (see `_read_kept_open`)."""
+        return self._read(key, start, end, piece, read_ahead=read_ahead)
 
     def _read(
-        self, key: str, start: int, end: int | None, piece: bool = False, buffers: BufferPool | None = None
+        self,
+        key: str,
+        start: int,
+        end: int | None,
+        piece: bool = False,
+        buffers: BufferPool | None = None,
+        read_ahead: bool = False,
     ) -> Block | None:
         queued = self._queue.get(key)
         if queued is not None:
@@ -714,7 +724,7 @@ class DiskTier:
             try:
                 if end is None:  # a whole block: read once, its file not kept open
                     return self._read_file(key, where, 0, where.size, buffers, keep_open=False)
-                return self._read_file(key, where, start, end)
+                return self._read_file(key, where, start, end, read_ahead=read_ahead)
             except FileNotFoundError:  # evicted (by another process, or by this one's own writes)
                 self._index.discard(key)
             except OSError as exc:
@@ -753,12 +763,13 @@ class DiskTier:
         end: int,
         buffers: BufferPool | None = None,
         keep_open: bool = True,
+        read_ahead: bool = False,
     ) -> Block | None:
         chunk = where.check.chunk
         first, last = start // chunk, (end - 1) // chunk
         offset, length = first * chunk, (last + 1 - first) * chunk
         if keep_open:
-            data = self._read_kept_open(key, where, offset, length)
+            data = self._read_kept_open(key, where, offset, length, read_ahead)
         else:
             data = self._read_once(key, where, offset, length, buffers)
         if data is None:
@@ -769,9 +780,12 @@ class DiskTier:
             return data
         return memoryview(data)[start - offset : end - offset]
 
-    def _read_kept_open(self, key: str, where: _Where, offset: int, length: int) -> bytes | None:
+    def _read_kept_open(
+        self, key: str, where: _Where, offset: int, length: int, read_ahead: bool
+    ) -> bytes | None:
         """A ranged read, through the descriptor kept open for the block's file (opened and checked first
-        if there is none). FileNotFoundError when the file was deleted."""
+        if there is none); with `read_ahead`, a block read before is read ahead whole. FileNotFoundError
+        when the file was deleted."""
         held = self._open_files.take(where.filename)
         if held is None:
             fd = self._open_checked(key, where)
@@ -785,10 +799,11 @@ class DiskTier:
             if length > where.check.chunk:  # all at once: the kernel would read it ahead piece by piece
                 os.posix_fadvise(held.fd, offset, length, os.POSIX_FADV_WILLNEED)
             data = os.pread(held.fd, length, offset)
-            if held.reads == 1:
+            if read_ahead and held.reads and not held.read_whole:
                 # A block read at random twice is likely read again: the kernel reads it all ahead, so
                 # its next reads find their bytes in the page cache (`read_now`, without a thread). The
                 # advice waits for the disk to take the requests (0.4-0.8 ms for 4 MiB here): not this read.
+                held.read_whole = True
                 self._open_files.hold(held)
                 self._pool().submit(self._read_ahead_whole, held)
             return data
