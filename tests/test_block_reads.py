@@ -189,6 +189,7 @@ def test_random_reads_of_a_block_in_the_page_cache_take_no_worker_thread(tmp_pat
     offsets = [index * MiB + offset for offset in (100_000, 300_000, 700_000) for index in range(4)]
     handed, stats = _random_reads_from_disk(tmp_path, offsets)
     assert len(handed) == 4  # the first read of each block
+    assert not any(args[2] for args in handed)  # blocks the tier knows: their pieces not looked for
     assert stats.snapshot()["cache_hits_disk_inline"] == 8
 
 

@@ -261,7 +261,8 @@ class BlockCache:
         if part is not None:
             self.stats.add("cache_hits_disk_inline", 1)
         else:
-            pieces = self._pieces(obj, index, lo, hi) if small else []
+            # A block the disk tier knows is read whole: its pieces are not looked for (a query each).
+            pieces = self._pieces(obj, index, lo, hi) if small and not self.disk.knows(key) else []
             dense = reads >= DENSE_READS * -(-obj.size // self.config.block_size)
             part = await self._run_disk(_read_part, self.disk, key, pieces, lo, hi, dense)
         if part is not None:

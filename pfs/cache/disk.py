@@ -695,6 +695,10 @@ class DiskTier:
             return [read(key) for key in keys]
         return list(self._pool().map(read, keys))
 
+    def knows(self, key: str) -> bool:
+        """Whether the index says which file holds `key`'s block (it may have been evicted since)."""
+        return self._index.get(key) is not None
+
     def get_range(
         self, key: str, start: int, end: int, piece: bool = False, read_ahead: bool = False
     ) -> Block | None:
