@@ -255,9 +255,7 @@ class BlockCache:
             return None
         part = self.disk.read_now(key, lo, hi)  # in the page cache: no worker thread
         reads = self._random_reads.pop(obj.digest, 0) + 1
-        self._random_reads[obj.digest] = reads
-        if len(self._random_reads) > MAX_SPREAD_OBJECTS:
-            self._random_reads.popitem(last=False)
+        _keep_newest(self._random_reads, obj.digest, reads, MAX_SPREAD_OBJECTS)
         if part is not None:
             self.stats.add("cache_hits_disk_inline", 1)
         else:
@@ -286,9 +284,7 @@ class BlockCache:
         elif count >= FILL_AFTER_PIECES and self._fills < MAX_FILLS:
             self._schedule(obj, index, 1, open_reader, fill=True)
         else:
-            self._touched[key] = count
-            if len(self._touched) > TOUCHED_BLOCKS:
-                self._touched.popitem(last=False)
+            _keep_newest(self._touched, key, count, TOUCHED_BLOCKS)
         started = time.perf_counter()
         bs = self.config.block_size
         data = memoryview(await self._run_backend(reader.read, index * bs + start, end - start))
@@ -319,9 +315,7 @@ class BlockCache:
         blocks = self._spread.pop(digest, set())
         blocks.add(index)
         if len(blocks) < max(SWEEP_AFTER_BLOCKS, -(-obj.size // bs) // SWEEP_SPREAD):
-            self._spread[digest] = blocks
-            if len(self._spread) > MAX_SPREAD_OBJECTS:
-                self._spread.popitem(last=False)
+            _keep_newest(self._spread, digest, blocks, MAX_SPREAD_OBJECTS)
             return
         self._sweeping.add(digest)
         self._nursery.start_soon(self._sweep, obj, open_reader)
@@ -688,6 +682,13 @@ class _Written:
         with self._lock:
             keys, self._pending, self._asked = self._pending, [], False
         self._give_back_keys(keys)
+
+
+def _keep_newest(entries: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Put `key` last in `entries` (popped by the caller), dropping the oldest beyond `limit`."""
+    entries[key] = value
+    if len(entries) > limit:
+        entries.popitem(last=False)
 
 
 def _read_part(
