@@ -20,7 +20,7 @@ import trio
 
 from pfs import metrics, mounter, options
 from pfs.backends import Backend, BackendOptions, leftovers, open_backend
-from pfs.errors import PfsError
+from pfs.errors import PfsError, ungrouped
 from pfs.fs import fuse_loop, fuse_table, journal
 from pfs.fs.operations import Operations
 from pfs.options import MountOptions
@@ -94,14 +94,15 @@ def _fuse_options(fsname: str, mount: MountOptions) -> set[str]:
 
 
 async def _run(operations: Operations, mountpoint: str, on_ready: Callable[[], None]) -> None:
-    async with trio.open_nursery() as nursery:
-        operations.attach(nursery)
-        if operations.options.metrics_port:
-            nursery.start_soon(metrics.serve, operations.options.metrics_port, operations.counters)
-        nursery.start_soon(_stop_on_signal, operations)
-        nursery.start_soon(_when_answering, operations, mountpoint, on_ready)
-        await pyfuse3.main(min_tasks=4, max_tasks=max(8, operations.options.threads * 2))
-        nursery.cancel_scope.cancel()
+    with ungrouped():  # a failure is reported as itself, in one line
+        async with trio.open_nursery() as nursery:
+            operations.attach(nursery)
+            if operations.options.metrics_port:
+                nursery.start_soon(metrics.serve, operations.options.metrics_port, operations.counters)
+            nursery.start_soon(_stop_on_signal, operations)
+            nursery.start_soon(_when_answering, operations, mountpoint, on_ready)
+            await pyfuse3.main(min_tasks=4, max_tasks=max(8, operations.options.threads * 2))
+            nursery.cancel_scope.cancel()
 
 
 async def _when_answering(operations: Operations, mountpoint: str, on_ready: Callable[[], None]) -> None:

@@ -6,7 +6,9 @@ Backends raise these (never raw pyarrow exceptions); the FUSE layer turns them i
 
 from __future__ import annotations
 
+import contextlib
 import errno
+from collections.abc import Iterator
 
 
 class PfsError(Exception):
@@ -123,3 +125,27 @@ def errno_of(exc: BaseException) -> int:
         if cls in _ERRNO:
             return _ERRNO[cls]
     return errno.EIO
+
+
+@contextlib.contextmanager
+def ungrouped() -> Iterator[None]:
+    """Raise a trio nursery's failure as the error itself.
+
+    trio wraps even a single failure of a nursery in an ExceptionGroup; the callers of pfs's concurrent
+    work map `PfsError` subclasses to errno and print them as one line, so they get the failure itself:
+    the first one that is not a cancellation, when several tasks failed at once."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        import trio  # only code that runs trio gets here: the CLI's commands start without it
+
+        leaves = list(_leaves(group))
+        raise next((exc for exc in leaves if not isinstance(exc, trio.Cancelled)), leaves[0]) from None
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -29,6 +29,7 @@ from pfs.backends import Reader
 from pfs.cache.buffers import BufferPool
 from pfs.cache.disk import READERS, Block, DiskTier
 from pfs.cache.memory import MemoryTier
+from pfs.errors import ungrouped
 from pfs.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -620,9 +621,10 @@ class BlockCache:
                         for index, data in fetched.items():
                             self.memory.put(obj.key(index), data)
 
-        async with trio.open_nursery() as nursery:
-            for first in range(0, blocks, step):
-                nursery.start_soon(one, first)
+        with ungrouped():
+            async with trio.open_nursery() as nursery:
+                for first in range(0, blocks, step):
+                    nursery.start_soon(one, first)
         return await self.cached_bytes(obj)
 
     async def cached_bytes(self, obj: CachedObject) -> int:

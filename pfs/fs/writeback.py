@@ -48,6 +48,7 @@ from pfs.errors import (
     TooLarge,
     Transient,
     Unsupported,
+    ungrouped,
 )
 from pfs.fs.inodes import Inode
 from pfs.fs.journal import Journal
@@ -464,10 +465,11 @@ class WriteBack:
         stall = self._backend.timeout
         with trio.CancelScope() as abandoned:
             if self._nursery is None:  # not attached (no loop of its own): a watch of its own
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_watch, guard, stall, abandoned)
-                    result = await wait()
-                    nursery.cancel_scope.cancel()
+                with ungrouped():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_watch, guard, stall, abandoned)
+                        result = await wait()
+                        nursery.cancel_scope.cancel()
                 return result
             self._watching[guard] = abandoned
             try:

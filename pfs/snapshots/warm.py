@@ -15,7 +15,7 @@ import trio
 
 from pfs.backends import Backend, Kind, Reader
 from pfs.cache import BlockCache, CacheConfig, DiskTier
-from pfs.errors import PfsError
+from pfs.errors import PfsError, ungrouped
 from pfs.options import MountOptions
 from pfs.partition import Share
 from pfs.snapshots.backend import SnapshotBackend
@@ -81,6 +81,7 @@ async def _warm_all(
                 for reader in readers:
                     await run(reader.close)
 
-    async with trio.open_nursery() as nursery:
-        for path, size in files:
-            nursery.start_soon(one, path, size)
+    with ungrouped():
+        async with trio.open_nursery() as nursery:
+            for path, size in files:
+                nursery.start_soon(one, path, size)
