@@ -51,8 +51,9 @@ def test_warming_a_file_gone_from_the_backend_fails_with_not_found(tmp_path):
     async def in_thread(fn, *args):
         return await trio.to_thread.run_sync(fn, *args)
 
-    cache = BlockCache(CacheConfig(block_size=1 << 20), disk, Stats(), in_thread, in_thread)
-    obj = cache.object(backend.id, "gone", "v1", 3 << 20)  # three blocks: fetched by concurrent tasks
+    config = CacheConfig(block_size=1 << 20, fetch_blocks=1)  # a task per block: three fail at once
+    cache = BlockCache(config, disk, Stats(), in_thread, in_thread)
+    obj = cache.object(backend.id, "gone", "v1", 3 << 20)
 
     async def opener():
         return await in_thread(backend.open_reader, "gone", obj.size)
