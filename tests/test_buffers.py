@@ -20,7 +20,7 @@ from pfs.cache.memory import MemoryTier
 from pfs.stats import Stats
 from pfs.testserver import start_s3_server
 from tests.conftest import s3_case
-from tests.test_staging import resident_bytes
+from tests.pagecache import drop_pages, resident_bytes
 
 MiB = 1 << 20
 
@@ -151,15 +151,6 @@ def stored_block(disk: DiskTier, key: str, data: bytes) -> str:
     assert disk.flush(10)
     (path,) = [os.path.join(d, f) for d, _, fs in os.walk(disk.directory) for f in fs if f.endswith(".val")]
     return path
-
-
-def drop_pages(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("server", ["seaweedfs", "rclone"])  # a 206, and a 200 with Content-Range

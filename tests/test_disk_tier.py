@@ -28,8 +28,8 @@ from pfs.cache.disk import (
     _sums,
     _Where,
 )
+from tests.pagecache import drop_pages, resident_bytes
 from tests.test_cache_faults import fill
-from tests.test_staging import resident_bytes
 
 MiB = 1 << 20
 BLOCK = os.urandom(MiB)
@@ -279,12 +279,7 @@ def test_reading_now_never_waits_for_the_disk(tier):
     tier.put("b|x|0", BLOCK)
     path = only_block_file(tier)
     assert tier.get_range("b|x|0", 0, 4096) == BLOCK[:4096]
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # its pages leave the page cache
-    finally:
-        os.close(fd)
+    drop_pages(path)
     assert tier.read_now("b|x|0", 500_000, 504_096) is None
     assert tier.get_range("b|x|0", 500_000, 504_096) == BLOCK[500_000:504_096]
 

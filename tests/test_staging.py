@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import threading
 import time
@@ -13,6 +11,7 @@ import pytest
 from pfs.backends import BackendOptions, open_backend
 from pfs.fs import staging
 from pfs.fs.staging import StagedFile
+from tests.pagecache import resident_bytes
 
 MiB = 1 << 20
 
@@ -151,30 +150,6 @@ def test_a_writer_waits_for_the_stream_while_it_reads_on(tmp_path, monkeypatch):
     rest = reader.read(8 * MiB)
     assert rest == block * 4 and reader.read(8 * MiB) == b""
     staged.close()
-
-
-def resident_bytes(fd: int, length: int) -> int:
-    """How much of the first `length` bytes of the file `fd` is in the page cache (mincore on a mapping)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = (
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_long,
-    )
-    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
-    address = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    assert address not in (None, ctypes.c_void_p(-1).value)
-    try:
-        pages = ctypes.create_string_buffer(-(-length // mmap.PAGESIZE))
-        assert libc.mincore(address, length, pages) == 0
-        return sum(byte & 1 for byte in pages.raw) * mmap.PAGESIZE
-    finally:
-        libc.munmap(address, length)
 
 
 def test_what_the_stream_has_read_leaves_memory_and_stays_readable(tmp_path, monkeypatch):
