@@ -53,7 +53,7 @@ def serve(
         log.info("kernel no-open mode: %s", "on" if operations.no_open else "unavailable")
     if not operations.no_open and not fuse_table.skip_flush_of_reads():
         log.info("closing a file read here costs a FLUSH request (libfuse's table was not found)")
-    fuse_loop.read_queued_requests_at_once()
+    fuse_loop.adapt_request_loop()
     unmounted = False
     try:
         trio.run(_run, operations, mountpoint, on_ready)
