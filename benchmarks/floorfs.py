@@ -1,11 +1,17 @@
 """The floor: the least a pyfuse3 filesystem can do to serve the benchmark data, as a separate process.
 
-`python -m benchmarks.floorfs ROOT MOUNTPOINT [--no-open] [--s3 ENDPOINT BUCKET | --stage DIR]` serves
-the directory ROOT (the bucket's bytes on local disk) with nothing but lookup, getattr, readdir, open and
-read: files up to SMALL bytes are kept in memory from their first read on, bigger ones are read with pread
-from ROOT. The difference between pfs and this, measured in the same run, is pfs's own cost. With
+`python -m benchmarks.floorfs ROOT MOUNTPOINT [--no-open] [--s3 ENDPOINT BUCKET [--read-s3] | --stage DIR]`
+serves the directory ROOT (the bucket's bytes on local disk) with nothing but lookup, getattr, readdir, open
+and read: files up to SMALL bytes are kept in memory from their first read on, bigger ones are read with
+pread from ROOT. The difference between pfs and this, measured in the same run, is pfs's own cost. With
 --no-open, open and flush answer ENOSYS: the kernel then never sends OPEN, FLUSH or RELEASE again, keeps
 every file's pages, and reads carry fh 0.
+
+With --read-s3 the bytes come from BUCKET on the S3 server instead, the way a trivial filesystem reads a
+store: in a worker thread per request, one pyarrow GET of a whole file up to SMALL bytes at its first read
+(kept in memory after), one ranged read per request of a bigger one. Names and sizes still come from ROOT,
+as pfs's come from listings it keeps. Its cold phases are the least a pyfuse3 client of this server
+spends: pyfuse3, pyarrow's requests and the server's answers, without any cache.
 
 With --s3 it also takes new files (create, write, flush) and streams each one's bytes to BUCKET on the S3
 server at ENDPOINT exactly as the `raw` client does (one pyarrow output stream per file, credentials from
@@ -57,11 +63,16 @@ class LocalSink:
 
 
 class FloorFS(pyfuse3.Operations):
-    def __init__(self, root: str, no_open: bool, new_file: Callable[[str], Sink] | None = None) -> None:
+    def __init__(
+        self, root: str, no_open: bool, new_file: Callable[[str], Sink] | None = None,
+        server: tuple[pafs.FileSystem, str] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.root = root
         self.no_open = no_open
         self.new_file = new_file  # where a new file's bytes go, by its path under ROOT
+        self.server = server  # (S3 filesystem, bucket) that reads come from, instead of ROOT
+        self.objects: dict[int, pafs.NativeFile] = {}  # inode of a big file -> its object, open for reads
         self.paths = {pyfuse3.ROOT_INODE: root}
         self.inos = {root: pyfuse3.ROOT_INODE}
         self.data: dict[int, bytes] = {}
@@ -129,6 +140,8 @@ class FloorFS(pyfuse3.Operations):
     async def read(self, fh, off, size):
         ino = fh or fuse_table.current  # no-open: fh 0, the inode comes from the request itself
         data = self.data.get(ino)
+        if data is None and self.server is not None:
+            return await self._read_server(ino, off, size)
         if data is None:
             fd = self.fds.get(ino)
             if fd is None:
@@ -141,6 +154,19 @@ class FloorFS(pyfuse3.Operations):
             if data is None:
                 return os.pread(fd, size, off)
         return memoryview(data)[off : off + size]
+
+    async def _read_server(self, ino: int, off: int, size: int) -> bytes | memoryview:
+        assert self.server is not None
+        s3, bucket = self.server
+        path = self.paths[ino]
+        key = f"{bucket}/{os.path.relpath(path, self.root)}"
+        if os.path.getsize(path) <= SMALL:
+            data = self.data[ino] = await trio.to_thread.run_sync(lambda: s3.open_input_stream(key).read())
+            return memoryview(data)[off : off + size]
+        obj = self.objects.get(ino)
+        if obj is None:
+            obj = self.objects[ino] = await trio.to_thread.run_sync(s3.open_input_file, key)
+        return await trio.to_thread.run_sync(obj.read_at, size, off)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         if self.new_file is None:
@@ -179,15 +205,20 @@ def main() -> None:
     sinks = parser.add_mutually_exclusive_group()
     sinks.add_argument("--s3", nargs=2, metavar=("ENDPOINT", "BUCKET"), help="upload new files to BUCKET")
     sinks.add_argument("--stage", metavar="DIR", help="keep new files in DIR, fsynced at close")
+    parser.add_argument("--read-s3", action="store_true", help="read files from the --s3 bucket")
     args = parser.parse_args()
+    if args.read_s3 and not args.s3:
+        parser.error("--read-s3 needs --s3")
     new_file: Callable[[str], Sink] | None = None
+    server: tuple[pafs.FileSystem, str] | None = None
     if args.s3:
         endpoint, bucket = args.s3
         s3 = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", region="us-east-1")
         new_file = lambda rel: s3.open_output_stream(f"{bucket}/{rel}")  # noqa: E731
+        server = (s3, bucket) if args.read_s3 else None
     elif args.stage:
         new_file = lambda rel: LocalSink(args.stage)  # noqa: E731
-    fs = FloorFS(os.path.abspath(args.root), args.no_open, new_file)
+    fs = FloorFS(os.path.abspath(args.root), args.no_open, new_file, server)
     options = {"fsname=floor", "subtype=floor", "default_permissions", "rw" if new_file else "ro"}
     pyfuse3.init(fs, args.mountpoint, options)
     if args.no_open and not fuse_table.record_read_inodes():

@@ -1,5 +1,5 @@
 """One adapter per client the benchmarks compare: pfs, rclone mount, s3fs, the raw backend, the local disk,
-and the floor (the least a pyfuse3 filesystem costs: reading, in two modes, and writing).
+and the floor (the least a pyfuse3 filesystem costs: reading, in two modes and from the server, and writing).
 
 Each adapter knows how to mount and unmount its client on the shared bucket, empty its cache, name its
 daemon's pid, and hands the scenarios an `IO` (benchmarks.io) to run the workload through.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from benchmarks.clients.base import Client, Env
 from benchmarks.clients.direct import LocalClient, RawClient
-from benchmarks.clients.floor import FloorClient, FloorNoOpenClient, FloorWriteBackClient
+from benchmarks.clients.floor import FloorClient, FloorNoOpenClient, FloorS3Client, FloorWriteBackClient
 from benchmarks.clients.pfs import PfsClient, PfsReadOnlyClient, PfsSnapshotClient, PfsWriteBackClient
 from benchmarks.clients.rclone import RcloneClient
 from benchmarks.clients.s3fs import S3fsClient
@@ -24,6 +24,7 @@ ADAPTERS: dict[str, type[Client]] = {
     "raw": RawClient,
     "local": LocalClient,
     "floor": FloorClient,
+    "floor-s3": FloorS3Client,
     "floor-noopen": FloorNoOpenClient,
     "floor-wb": FloorWriteBackClient,
 }

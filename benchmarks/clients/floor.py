@@ -8,6 +8,10 @@ daemon holds nothing across remounts, so its cold and warm phases read the local
 cache was dropped) and hot is served by the kernel's page cache or the daemon's memory. The kernel
 readahead is raised as pfs raises its own.
 
+`floor-s3` is `floor` reading every file from the S3 server instead (floorfs --read-s3: a GET per small
+file, a ranged read per request of a big one, no cache): the least a pyfuse3 client of the server spends in
+a cold phase, beside pfs's cold phases.
+
 New files written through `floor` stream to the S3 server as the raw client's writes do (floorfs --s3), so
 the write scenarios show pfs beside pyfuse3 plus raw pyarrow; `floor-wb` keeps them in a staging directory,
 fsynced at close (floorfs --stage), beside `pfs-wb`; `floor-noopen` stays read-only.
@@ -45,6 +49,14 @@ class FloorClient(ChildMountClient):
         super().mount()
         os.stat(self.mountpoint)  # answered once the kernel's INIT is done, which would reset readahead
         mounter.set_readahead(str(self.mountpoint), READAHEAD_KB)
+
+
+class FloorS3Client(FloorClient):
+    name = "floor-s3"
+    writes = False  # writes go as `floor`'s do
+
+    def flags(self) -> tuple[str, ...]:
+        return (*super().flags(), "--read-s3")
 
 
 class FloorNoOpenClient(FloorClient):
