@@ -158,13 +158,13 @@ class FloorFS(pyfuse3.Operations):
     async def _read_server(self, ino: int, off: int, size: int) -> bytes | memoryview:
         assert self.server is not None
         s3, bucket = self.server
-        path = self.paths[ino]
-        key = f"{bucket}/{os.path.relpath(path, self.root)}"
-        if os.path.getsize(path) <= SMALL:
-            data = self.data[ino] = await trio.to_thread.run_sync(lambda: s3.open_input_stream(key).read())
-            return memoryview(data)[off : off + size]
         obj = self.objects.get(ino)
         if obj is None:
+            path = self.paths[ino]
+            key = f"{bucket}/{os.path.relpath(path, self.root)}"
+            if os.path.getsize(path) <= SMALL:
+                data = self.data[ino] = await trio.to_thread.run_sync(_get_whole, s3, key)
+                return memoryview(data)[off : off + size]
             obj = self.objects[ino] = await trio.to_thread.run_sync(s3.open_input_file, key)
         return await trio.to_thread.run_sync(obj.read_at, size, off)
 
@@ -195,6 +195,11 @@ class FloorFS(pyfuse3.Operations):
 
     async def release(self, fh):
         await self._finish(fh)  # a handle closed without a flush (a writer that died)
+
+
+def _get_whole(s3: pafs.FileSystem, key: str) -> bytes:
+    with s3.open_input_stream(key) as stream:
+        return stream.read()
 
 
 def main() -> None:
