@@ -21,7 +21,7 @@ SCENARIOS = (
 READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader")
 CLIENTS = (
     "pfs", "pfs-ro", "pfs-snap", "pfs-wb", "rclone", "s3fs", "raw", "local",
-    "floor", "floor-s3", "floor-noopen", "floor-wb",
+    "floor", "floor-s3", "floor-threads", "floor-noopen", "floor-wb",
 )  # fmt: skip
 PEERS = ("rclone", "s3fs")
 PHASES = ("cold", "warm", "hot")

@@ -1,11 +1,13 @@
 """The floor: the least a pyfuse3 filesystem can do to serve the benchmark data, as a separate process.
 
-`python -m benchmarks.floorfs ROOT MOUNTPOINT [--no-open] [--s3 ENDPOINT BUCKET [--read-s3] | --stage DIR]`
+`python -m benchmarks.floorfs ROOT MOUNTPOINT [--no-open] [--thread-reads]
+[--s3 ENDPOINT BUCKET [--read-s3] | --stage DIR]`
 serves the directory ROOT (the bucket's bytes on local disk) with nothing but lookup, getattr, readdir, open
 and read: files up to SMALL bytes are kept in memory from their first read on, bigger ones are read with
 pread from ROOT. The difference between pfs and this, measured in the same run, is pfs's own cost. With
 --no-open, open and flush answer ENOSYS: the kernel then never sends OPEN, FLUSH or RELEASE again, keeps
-every file's pages, and reads carry fh 0.
+every file's pages, and reads carry fh 0. With --thread-reads, ROOT is read in trio's worker threads, never
+on the loop: the least a filesystem that keeps answering while its disk reads spends.
 
 With --read-s3 the bytes come from BUCKET on the S3 server instead, the way a trivial filesystem reads a
 store: in a worker thread per request, one pyarrow GET of a whole file up to SMALL bytes at its first read
@@ -65,13 +67,14 @@ class LocalSink:
 class FloorFS(pyfuse3.Operations):
     def __init__(
         self, root: str, no_open: bool, new_file: Callable[[str], Sink] | None = None,
-        server: tuple[pafs.FileSystem, str] | None = None,
+        server: tuple[pafs.FileSystem, str] | None = None, thread_reads: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         self.root = root
         self.no_open = no_open
         self.new_file = new_file  # where a new file's bytes go, by its path under ROOT
         self.server = server  # (S3 filesystem, bucket) that reads come from, instead of ROOT
+        self.thread_reads = thread_reads  # ROOT's files read in a worker thread, never on the loop
         self.objects: dict[int, pafs.NativeFile] = {}  # inode of a big file -> its object, open for reads
         self.paths = {pyfuse3.ROOT_INODE: root}
         self.inos = {root: pyfuse3.ROOT_INODE}
@@ -142,18 +145,26 @@ class FloorFS(pyfuse3.Operations):
         data = self.data.get(ino)
         if data is None and self.server is not None:
             return await self._read_server(ino, off, size)
+        if data is None and self.thread_reads:
+            return await trio.to_thread.run_sync(self._read_local, ino, off, size)
         if data is None:
-            fd = self.fds.get(ino)
-            if fd is None:
-                fd = os.open(self.paths[ino], os.O_RDONLY)
-                if os.fstat(fd).st_size <= SMALL:
-                    data = self.data[ino] = os.pread(fd, SMALL, 0)
-                    os.close(fd)
-                else:
-                    self.fds[ino] = fd
-            if data is None:
-                return os.pread(fd, size, off)
+            return self._read_local(ino, off, size)
         return memoryview(data)[off : off + size]
+
+    def _read_local(self, ino: int, off: int, size: int) -> bytes | memoryview:
+        """Bytes of file `ino` from ROOT: a small one read whole and kept, a big one read per request."""
+        fd = self.fds.get(ino)
+        if fd is None:
+            fd = os.open(self.paths[ino], os.O_RDONLY)
+            if os.fstat(fd).st_size <= SMALL:
+                data = self.data[ino] = os.pread(fd, SMALL, 0)
+                os.close(fd)
+                return memoryview(data)[off : off + size]
+            kept = self.fds.setdefault(ino, fd)  # another thread may have opened it meanwhile
+            if kept != fd:
+                os.close(fd)
+                fd = kept
+        return os.pread(fd, size, off)
 
     async def _read_server(self, ino: int, off: int, size: int) -> bytes | memoryview:
         assert self.server is not None
@@ -211,6 +222,7 @@ def main() -> None:
     sinks.add_argument("--s3", nargs=2, metavar=("ENDPOINT", "BUCKET"), help="upload new files to BUCKET")
     sinks.add_argument("--stage", metavar="DIR", help="keep new files in DIR, fsynced at close")
     parser.add_argument("--read-s3", action="store_true", help="read files from the --s3 bucket")
+    parser.add_argument("--thread-reads", action="store_true", help="read ROOT in worker threads")
     args = parser.parse_args()
     if args.read_s3 and not args.s3:
         parser.error("--read-s3 needs --s3")
@@ -223,7 +235,7 @@ def main() -> None:
         server = (s3, bucket) if args.read_s3 else None
     elif args.stage:
         new_file = lambda rel: LocalSink(args.stage)  # noqa: E731
-    fs = FloorFS(os.path.abspath(args.root), args.no_open, new_file, server)
+    fs = FloorFS(os.path.abspath(args.root), args.no_open, new_file, server, args.thread_reads)
     options = {"fsname=floor", "subtype=floor", "default_permissions", "rw" if new_file else "ro"}
     pyfuse3.init(fs, args.mountpoint, options)
     if args.no_open and not fuse_table.record_read_inodes():

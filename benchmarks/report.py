@@ -19,6 +19,7 @@ COLUMNS = (
     "pfs",
     "floor",
     "floor-s3",
+    "floor-threads",
     "pfs-ro",
     "pfs-snap",
     "pfs-wb",
@@ -31,7 +32,8 @@ COLUMNS = (
     "local",
 )
 DAEMONS = (
-    "pfs", "pfs-ro", "pfs-snap", "pfs-wb", "floor", "floor-s3", "floor-noopen", "floor-wb", "rclone", "s3fs",
+    "pfs", "pfs-ro", "pfs-snap", "pfs-wb", "floor", "floor-s3", "floor-threads", "floor-noopen", "floor-wb",
+    "rclone", "s3fs",
 )  # fmt: skip
 LABELS = {
     "seq-1": "big file, sequential, 1 reader",
@@ -94,8 +96,8 @@ def _best_peer(row: dict[str, Result]) -> Result | None:
 def table(results: list[Result]) -> str:
     rows = _rows(results)
     present = [c for c in COLUMNS if any(c in row for row in rows.values())]
-    head = ["scenario", "figure", "phase", *present, "pfs / floor", "pfs / floor-s3", "pfs-ro / floor-noopen"]
-    head += ["pfs-snap / floor-noopen", "pfs-wb / floor-wb"]
+    head = ["scenario", "figure", "phase", *present, "pfs / floor", "pfs / floor-s3", "pfs / floor-threads"]
+    head += ["pfs-ro / floor-noopen", "pfs-snap / floor-noopen", "pfs-wb / floor-wb"]
     head += ["pfs / best peer", "pfs / raw", "pfs / local"]
     lines = [
         "| " + " | ".join(head) + " |",
@@ -107,7 +109,7 @@ def table(results: list[Result]) -> str:
         pfs = row.get("pfs")
         noopen = row.get("floor-noopen")
         cells += [_ratio(pfs, row.get("floor")), _ratio(pfs, row.get("floor-s3"))]
-        cells += [_ratio(row.get("pfs-ro"), noopen)]
+        cells += [_ratio(pfs, row.get("floor-threads")), _ratio(row.get("pfs-ro"), noopen)]
         cells += [_ratio(row.get("pfs-snap"), noopen), _ratio(row.get("pfs-wb"), row.get("floor-wb"))]
         cells += [_ratio(pfs, _best_peer(row)), _ratio(pfs, row.get("raw")), _ratio(pfs, row.get("local"))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -357,7 +359,9 @@ def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
         "serving the same files from memory (up to 1 MiB) or local disk; pfs / floor is pfs's own cost.",
         "floor-s3 = the same floor reading the files from the server (a pyarrow GET per small file,",
         "a ranged read per request of a big one, in worker threads, no cache): its cold phases are the",
-        "least a pyfuse3 client of this server spends.",
+        "least a pyfuse3 client of this server spends. floor-threads = the floor reading the local disk",
+        "in worker threads (trio's), as a filesystem that never blocks its request loop must: the floor",
+        "itself reads there on its loop, which serves one reader at a time.",
         "Written through the floor, a new file streams to the server as raw's do (floor-wb: it is fsynced",
         "in a local directory at close instead, the floor of pfs-wb's close).",
         "",

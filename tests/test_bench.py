@@ -34,6 +34,7 @@ DAEMON_CLIENTS = (
     "s3fs",
     "floor",
     "floor-s3",
+    "floor-threads",
     "floor-noopen",
     "floor-wb",
 )
@@ -102,7 +103,8 @@ def test_quick_run_report_and_charts(quick_run):
     assert data["meta"]["quick"] is True and data["meta"]["versions"]["pfs"]
     report = open(os.path.join(out, "results.md")).read()
     assert (
-        "| pfs / floor | pfs / floor-s3 | pfs-ro / floor-noopen | pfs-snap / floor-noopen | pfs-wb / floor-wb"
+        "| pfs / floor | pfs / floor-s3 | pfs / floor-threads | pfs-ro / floor-noopen"
+        " | pfs-snap / floor-noopen | pfs-wb / floor-wb"
         " | pfs / best" in report
     )
     assert "| big file written >= 1.0x floor (pyfuse3 and raw's stream) |" in report

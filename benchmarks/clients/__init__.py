@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from benchmarks.clients.base import Client, Env
 from benchmarks.clients.direct import LocalClient, RawClient
-from benchmarks.clients.floor import FloorClient, FloorNoOpenClient, FloorS3Client, FloorWriteBackClient
+from benchmarks.clients.floor import (
+    FloorClient,
+    FloorNoOpenClient,
+    FloorS3Client,
+    FloorThreadsClient,
+    FloorWriteBackClient,
+)
 from benchmarks.clients.pfs import PfsClient, PfsReadOnlyClient, PfsSnapshotClient, PfsWriteBackClient
 from benchmarks.clients.rclone import RcloneClient
 from benchmarks.clients.s3fs import S3fsClient
@@ -26,6 +32,7 @@ ADAPTERS: dict[str, type[Client]] = {
     "floor": FloorClient,
     "floor-s3": FloorS3Client,
     "floor-noopen": FloorNoOpenClient,
+    "floor-threads": FloorThreadsClient,
     "floor-wb": FloorWriteBackClient,
 }
 

@@ -10,7 +10,9 @@ readahead is raised as pfs raises its own.
 
 `floor-s3` is `floor` reading every file from the S3 server instead (floorfs --read-s3: a GET per small
 file, a ranged read per request of a big one, no cache): the least a pyfuse3 client of the server spends in
-a cold phase, beside pfs's cold phases.
+a cold phase, beside pfs's cold phases. `floor-threads` is `floor` reading the local disk in trio's worker
+threads (floorfs --thread-reads), as a filesystem that must not stop answering while the disk reads: the
+floor itself reads on its request loop, which costs nothing with one reader and stalls every other.
 
 New files written through `floor` stream to the S3 server as the raw client's writes do (floorfs --s3), so
 the write scenarios show pfs beside pyfuse3 plus raw pyarrow; `floor-wb` keeps them in a staging directory,
@@ -57,6 +59,14 @@ class FloorS3Client(FloorClient):
 
     def flags(self) -> tuple[str, ...]:
         return (*super().flags(), "--read-s3")
+
+
+class FloorThreadsClient(FloorClient):
+    name = "floor-threads"
+    writes = False
+
+    def flags(self) -> tuple[str, ...]:
+        return (*super().flags(), "--thread-reads")
 
 
 class FloorNoOpenClient(FloorClient):
