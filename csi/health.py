@@ -64,16 +64,19 @@ class _Answer:
 class _Probe:
     """One statvfs (and counters read) of a mount, in a daemon thread; abandoned if it never returns."""
 
-    def __init__(self, path: str, with_counters: bool) -> None:
+    def __init__(self, path: str) -> None:
         self.started = time.monotonic()
         self.done = threading.Event()
         self.answer = _Answer()
-        threading.Thread(target=self._run, args=(path, with_counters), name="csi-probe", daemon=True).start()
+        threading.Thread(target=self._run, args=(path,), name="csi-probe", daemon=True).start()
 
-    def _run(self, path: str, with_counters: bool) -> None:
+    def _run(self, path: str) -> None:
+        # Always with the counters: a probe is shared by every caller asking about the path meanwhile, so
+        # one without them (the recovery loop's) answered a volume-stats call "healthy" while its backend
+        # was failing.
         try:
             usage = os.statvfs(path)  # unlike stat, never answered from the kernel's attribute cache
-            self.answer = _Answer(usage, _counters(path) if with_counters else None)
+            self.answer = _Answer(usage, _counters(path))
         except OSError as exc:
             self.answer = _Answer(error=exc)
         finally:
@@ -97,7 +100,7 @@ class Prober:
         self._probes: dict[str, _Probe] = {}  # the latest probe of each path, finished or not
         self._lock = threading.Lock()
 
-    def check(self, path: str, with_counters: bool = True) -> Health:
+    def check(self, path: str) -> Health:
         """The health of the mount at `path`, within `timeout` seconds. A probe of `path` still running
         (another caller's) is waited for, not repeated: a hung mount never gets a second thread."""
         if mount_table.mount_at(path) is None:
@@ -108,7 +111,7 @@ class Prober:
         with self._lock:
             probe = self._probes.get(path)
             if probe is None or probe.done.is_set():
-                probe = self._probes[path] = _Probe(path, with_counters)
+                probe = self._probes[path] = _Probe(path)
         if not probe.done.wait(max(0.0, probe.started + self.timeout - time.monotonic())):
             waited = time.monotonic() - probe.started
             message = f"the pfs daemon serving {path} has not answered for {waited:.0f}s (stopped or stuck)"

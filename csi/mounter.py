@@ -70,10 +70,10 @@ class Mounter:
 
     def is_stale(self, path: str) -> bool:
         """A mount whose daemon is gone (a hung one is not: it may still answer)."""
-        return self.prober.check(path, with_counters=False).state is State.DEAD
+        return self.prober.check(path).state is State.DEAD
 
-    def health(self, path: str, with_counters: bool = True) -> Health:
-        return self.prober.check(path, with_counters)
+    def health(self, path: str) -> Health:
+        return self.prober.check(path)
 
     @staticmethod
     def wait_ready(path: str, timeout: float) -> bool:

@@ -159,7 +159,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} is not mounted at {path}")
         # The condition is the staging mount's (its daemon and backend); the usage is the asked path's.
         health = self.mounter.health(record.staging_path)
-        asked = health if path == record.staging_path else self.mounter.health(path, with_counters=False)
+        asked = health if path == record.staging_path else self.mounter.health(path)
         if asked.state is State.MISSING and not os.path.exists(path):
             context.abort(grpc.StatusCode.NOT_FOUND, f"{path} does not exist")
         if not health.abnormal and asked.abnormal:

@@ -52,7 +52,7 @@ class Recovery:
                 self.locks.release(volume.volume_id)
 
     def _all_healthy(self, volume: StagedVolume) -> bool:
-        staging = self.mounter.health(volume.staging_path, with_counters=False)
+        staging = self.mounter.health(volume.staging_path)
         if staging.state is State.HUNG:
             if volume.volume_id not in self._hung:
                 log.warning("volume %s: %s; leaving it alone", volume.volume_id, staging.message)
@@ -64,7 +64,7 @@ class Recovery:
         return staging.state not in REPAIRABLE and all(map(self._healthy, volume.targets))
 
     def _healthy(self, path: str) -> bool:
-        return self.mounter.health(path, with_counters=False).state not in REPAIRABLE
+        return self.mounter.health(path).state not in REPAIRABLE
 
     def _repair(self, volume: StagedVolume) -> None:
         if not self._healthy(volume.staging_path):

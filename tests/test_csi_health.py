@@ -153,6 +153,11 @@ def test_a_failing_backend_makes_the_volume_abnormal(plugin, paths):
         assert not readable(f"{target}/a", timeout=30)  # the read fails (EIO) once the retries give up
         failing, _ = condition(plugin, volume_id, target)
         assert failing.volume_condition.abnormal, failing.volume_condition.message
+        # Every answer, also one that shares a probe the recovery loop (every second) started meanwhile.
+        deadline = time.monotonic() + 3 * plugin.recovery_interval
+        while time.monotonic() < deadline:
+            again, _ = condition(plugin, volume_id, target)
+            assert again.volume_condition.abnormal, again.volume_condition.message
         assert "is failing" in failing.volume_condition.message
         assert server.secret_key not in failing.volume_condition.message
         subprocess.run(["umount", "-l", staging], check=True)  # its writes are lost anyway: the store is gone
