@@ -143,13 +143,13 @@ class FloorFS(pyfuse3.Operations):
     async def read(self, fh, off, size):
         ino = fh or fuse_table.current  # no-open: fh 0, the inode comes from the request itself
         data = self.data.get(ino)
-        if data is None and self.server is not None:
+        if data is not None:
+            return memoryview(data)[off : off + size]
+        if self.server is not None:
             return await self._read_server(ino, off, size)
-        if data is None and self.thread_reads:
+        if self.thread_reads:
             return await trio.to_thread.run_sync(self._read_local, ino, off, size)
-        if data is None:
-            return self._read_local(ino, off, size)
-        return memoryview(data)[off : off + size]
+        return self._read_local(ino, off, size)
 
     def _read_local(self, ino: int, off: int, size: int) -> bytes | memoryview:
         """Bytes of file `ino` from ROOT: a small one read whole and kept, a big one read per request."""

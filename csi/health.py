@@ -71,9 +71,8 @@ class _Probe:
         threading.Thread(target=self._run, args=(path,), name="csi-probe", daemon=True).start()
 
     def _run(self, path: str) -> None:
-        # Always with the counters: a probe is shared by every caller asking about the path meanwhile, so
-        # one without them (the recovery loop's) answered a volume-stats call "healthy" while its backend
-        # was failing.
+        # Always with the counters: a probe answers every caller asking about the path while it runs, and
+        # a volume's condition needs them (a failing backend leaves statvfs answering).
         try:
             usage = os.statvfs(path)  # unlike stat, never answered from the kernel's attribute cache
             self.answer = _Answer(usage, _counters(path))
