@@ -20,6 +20,7 @@ COMMANDS = {
     "umount": "pfs.cli.mount",
     "stats": "pfs.cli.stats",
     "warmup": "pfs.cli.warmup",
+    "prefetch": "pfs.cli.prefetch",
     "cache": "pfs.cli.cache",
     "snapshot": "pfs.cli.snapshot",
     "sync": "pfs.cli.sync",

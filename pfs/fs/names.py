@@ -41,6 +41,10 @@ class NameCache:
         listed = self._listings.get(directory)
         return listed if listed is not None and now - listed.at < self.ttl else None
 
+    def kept_listing(self, directory: str) -> Listing | None:
+        """The last listing of `directory` kept, however old."""
+        return self._listings.get(directory)
+
     def worth_relisting(self, directory: str, now: float) -> bool:
         """A small directory listed before whose listing expired: one listing answers for all its names
         (a dataset being walked again), where asking for each would cost a request per file."""

@@ -50,6 +50,7 @@ from pfs.fs import fuse_table
 from pfs.fs.ahead import ReadAhead
 from pfs.fs.flights import Flights
 from pfs.fs.held import HOLD_S, HeldNames
+from pfs.fs.hints import Hints
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.journal import Journal
 from pfs.fs.names import NameCache
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 RESERVED_ROOT_NAME = ".pfs"  # the backend's own area (snapshots, temporary and detached objects)
 DISK_THREADS = 4  # disk-tier reads at once: more only queue in the disk
+MAX_HINTED_DIRECTORIES = 64  # listings kept for hinted files (a dataset's class directories)
 DISK_FLUSH_S = 10.0  # a flush waits at most this long for the disk tier: a slow cache disk must not hang it
 
 
@@ -176,6 +178,16 @@ class Operations(pyfuse3.Operations):
             if backend.cheap_open
             else ReadAhead(self._prefetch_file, self.cache.config.block_size, pays=self.versions.ahead_pays)
         )
+        # Files a reader said it opens next (pfs/fs/hints.py), fetched inside the sequential prefetch window.
+        self._hints = Hints(
+            options.prefetch,
+            options.block_size,
+            self.stats,
+            self._hinted_entry,
+            lambda path, entry: self._prefetch_file(path, entry, hinted=True),
+            self.versions.drop_hinted,
+        )
+        self._hint_listings: dict[str, dict[str, Entry]] = {}  # directories of hinted files, listed once
         self._nursery: trio.Nursery | None = None
         self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same
         self._handles: dict[int, Handle | DirHandle] = {}
@@ -217,6 +229,7 @@ class Operations(pyfuse3.Operations):
         self.cache.attach(nursery)
         self.versions.attach(nursery)
         self.writes.attach(nursery)
+        nursery.start_soon(self._hints.run)
         if self._held is not None:
             nursery.start_soon(self._follow_held_names)
 
@@ -797,6 +810,7 @@ class Operations(pyfuse3.Operations):
         node = self.inodes[inode]
         if node.kind is Kind.DIR:
             raise IsADirectory(node.path)
+        hinted = self._hints.opened(node.path)
         node = await self._refresh(node)
         writable = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if writable:
@@ -819,7 +833,8 @@ class Operations(pyfuse3.Operations):
         info = self._file_info(node, self._new_fh(handle))
         if handle.obj is not None and not info.keep_cache:  # kept pages need no block, nor files ahead
             self.cache.prefetch_whole(handle.obj, opener)
-            self._read_ahead(node)
+            if not hinted:  # the reader said what comes next: no guessing from the directory's order
+                self._read_ahead(node)
         handle.kept_pages = info.keep_cache
         return info
 
@@ -830,11 +845,29 @@ class Operations(pyfuse3.Operations):
             if listed is not None:
                 self._ahead.opened(inode.path, listed)
 
-    def _prefetch_file(self, path: str, entry: Entry) -> bool:
+    def _prefetch_file(self, path: str, entry: Entry, hinted: bool = False) -> bool:
         inode = self.inodes.at(path)
         if inode is not None and (inode.staged is not None or inode.detached):
             return True  # its bytes are here: nothing to fetch
-        return self.versions.prefetch(Want(path, entry.size, entry.mtime_ns))
+        return self.versions.prefetch(Want(path, entry.size, entry.mtime_ns), hinted)
+
+    async def _hinted_entry(self, path: str) -> Entry | None:
+        """What a listing of its directory says of a file a reader named, to fetch it ahead. A listing of
+        any age does (the open checks what was fetched against the file's attributes), each directory
+        listed once for as long as it has names hinted; None where no such file is listed."""
+        directory, _, name = path.rpartition("/")
+        entries = self._hint_listings.get(directory)
+        if entries is None:
+            kept = self.names.kept_listing(directory)
+            try:
+                entries = kept.entries if kept is not None else await self._list_backend(directory)
+            except (NotFound, NotADirectory):
+                entries = {}
+            if len(self._hint_listings) >= MAX_HINTED_DIRECTORIES:
+                self._hint_listings.pop(next(iter(self._hint_listings)))
+            self._hint_listings[directory] = entries
+        entry = entries.get(name)
+        return entry if entry is not None and entry.kind is Kind.FILE else None
 
     def _forget_in_kernel(self, ino: int) -> None:
         """Make the kernel drop its attributes and pages of `ino`, once the current request is answered:
@@ -869,7 +902,13 @@ class Operations(pyfuse3.Operations):
     @handler
     async def read(self, fh: int, off: int, size: int):
         # No-open mode: fh 0, the inode's own handle (taken before any await: see pfs/fs/fuse_table.py).
-        handle = self._file_handle(fh) if fh else await self._kernel_handle(fuse_table.current)
+        if fh:
+            handle = self._file_handle(fh)
+        else:
+            ino = fuse_table.current
+            # No OPEN comes: the read of a file's start tells the hints instead.
+            hinted = off == 0 and self._hints.posted and self._hints.opened(self.inodes[ino].path)
+            handle = await self._kernel_handle(ino, read_ahead=not hinted)
         inode = handle.inode
         if inode.staged is not None and inode.staged.in_memory:
             data = inode.staged.read(off, size)  # in memory, never a base object: nothing blocks
@@ -920,14 +959,15 @@ class Operations(pyfuse3.Operations):
             # would cost every next new name there a request again.
             self._parent_changed(inode.path)
 
-    async def _kernel_handle(self, ino: int) -> Handle:
+    async def _kernel_handle(self, ino: int, read_ahead: bool = True) -> Handle:
         """The one handle of inode `ino` in no-open mode, made on its first read: the version chosen then
         is the inode's for good (a changed object gets a new inode: see `InodeTable.per_version`)."""
         handle = self._kernel_handles.get(ino)
         if handle is None:
             inode = self.inodes[ino]
             obj, _ = await self.versions.choose(inode)
-            self._read_ahead(inode)
+            if read_ahead:
+                self._read_ahead(inode)
             handle = self._kernel_handles.setdefault(ino, Handle(inode, writable=False, obj=obj))
         return handle
 
@@ -973,6 +1013,8 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def _getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext):
+        if name.startswith(control.HINTS):
+            return self._hint(self.inodes[inode], name, ctx.pid)
         if inode == pyfuse3.ROOT_INODE:
             if name == control.PID:
                 return str(os.getpid()).encode()
@@ -983,6 +1025,20 @@ class Operations(pyfuse3.Operations):
         elif name in control.FILE_COMMANDS:
             return await self._file_command(self.inodes[inode], name)
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # a control name asked where it does not apply
+
+    def _hint(self, directory: Inode, name: bytes, poster: int) -> bytes:
+        """A post of paths (relative to `directory`) its poster opens next: answers how many were taken."""
+        if directory.kind is not Kind.DIR:
+            raise NotADirectory(directory.path)
+        hint = control.parse_hint(name)
+        if hint is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        restart, paths, not_plain = hint  # paths with '.', '..' or empty parts: taken, never fetched
+        prefix = f"{directory.path}/" if directory.path else ""
+        if restart:
+            self._hint_listings.clear()  # a new epoch: names may have come or gone since
+        taken = self._hints.post(poster, [prefix + p for p in paths], restart)
+        return str(taken + not_plain if taken == len(paths) else taken).encode()
 
     async def _file_command(self, node: Inode, name: bytes) -> bytes:
         """warmup / cached / evict on one file, answered as 'CACHED_BYTES SIZE'."""

@@ -107,6 +107,7 @@ class Versions:
         self._seen: dict[str, Seen] = {}  # the version book's in-memory part
         self._kept: OrderedDict[int, tuple[CachedObject, Reader, float]] = OrderedDict()  # by inode
         self._ahead: OrderedDict[str, _Ahead] = OrderedDict()  # by path: files made ready ahead of their open
+        self._hinted: dict[str, _Ahead] = {}  # the same for files a reader named (bounded by pfs/fs/hints.py)
         self._batch: list[_Ahead] = []  # started ahead since the loop last ran the task that looks them up
         self._ahead_used = self._ahead_dropped = 0  # lately (see AHEAD_MEMORY)
         self._fresh_s = fresh_s  # how long a look made ahead stands for an open (the metadata TTL)
@@ -149,6 +150,9 @@ class Versions:
     async def _made_ready(self, inode: Inode) -> str | None:
         """The ETag a prefetch of this very file found, while it still stands for an open."""
         ahead = self._ahead.pop(inode.path, None) if self._ahead else None
+        hinted = ahead is None and bool(self._hinted)
+        if hinted:
+            ahead = self._hinted.pop(inode.path, None)
         if ahead is None or inode.detached:
             return None
         await ahead.done.wait()
@@ -157,7 +161,8 @@ class Versions:
         if time.monotonic() - ahead.at >= self._fresh_s:
             return None
         self.stats.add("prefetch_files_used", 1)
-        self._count_ahead(used=1)
+        if not hinted:
+            self._count_ahead(used=1)
         return ahead.etag
 
     def ahead_pays(self) -> bool:
@@ -217,8 +222,20 @@ class Versions:
         an ETag seen, so the ETag book is left alone."""
         if want.size <= 0:
             return None
-        got = await self._run(self.backend.read_first, want.path, want.size, self.cache.config.block_size)
+        length = self.cache.config.block_size
+        if pinned is not None and not self.backend.reads_first:  # a file system: a reader's first read
+            got = await self._run(self._first_by_reader, want, length, pinned)
+        else:
+            got = await self._run(self.backend.read_first, want.path, want.size, length)
         return await self._took_first(want, got, pinned)
+
+    def _first_by_reader(self, want: Want, length: int, version: str) -> tuple[Block, str]:
+        """In a worker thread: the first `length` bytes of a file whose version its attributes tell."""
+        reader = self.backend.open_reader(want.path, want.size)
+        try:
+            return reader.read(0, min(length, want.size)), version
+        finally:
+            reader.close()
 
     async def _took_first(
         self, want: Want, got: tuple[Block, str] | None, pinned: str | None = None
@@ -235,24 +252,29 @@ class Versions:
 
     # ---- ahead of opens ---------------------------------------------------------------------------------
 
-    def prefetch(self, want: Want) -> bool:
+    def prefetch(self, want: Want, hinted: bool = False) -> bool:
         """Start making `want`'s version and first block ready for its open, in the background; False when
-        the memory budget has no room for it (the caller stops asking for more)."""
-        if self._nursery is None or want.size <= 0 or want.path in self._ahead:
+        the memory budget has no room for it (the caller stops asking for more). `hinted`: a reader named
+        the file (pfs/fs/hints.py), which bounds these and drops them itself (`drop_hinted`)."""
+        if self._nursery is None or want.size <= 0 or want.path in self._ahead or want.path in self._hinted:
             return True
         etag = self.backend.known_version(*want)  # pinned (a snapshot): only its first block to fetch
         if etag is None:
             etag = _trusted_etag(self._seen.get(_object_key(self.backend.id, want.path)), want)
-        elif not self.backend.reads_first:
+        elif not self.backend.reads_first and not hinted:
             return True  # a reader checks the version at the first read: nothing to do ahead
         if etag is not None and self._object_for(want, etag).key(0) in self.cache.memory:
             return True
         nbytes = min(want.size, self.cache.config.block_size)
         if not self.cache.try_room(nbytes):
             return False
-        ahead = self._ahead[want.path] = _Ahead(want, time.monotonic(), nbytes)
-        while len(self._ahead) > MAX_AHEAD:
-            self._drop(next(iter(self._ahead)))
+        ahead = _Ahead(want, time.monotonic(), nbytes)
+        if hinted:
+            self._hinted[want.path] = ahead
+        else:
+            self._ahead[want.path] = ahead
+            while len(self._ahead) > MAX_AHEAD:
+                self._drop(next(iter(self._ahead)))
         self.stats.add("prefetch_files", 1)
         if not self._batch:
             self._nursery.start_soon(self._make_ready)
@@ -342,6 +364,12 @@ class Versions:
         if ahead.etag is not None:
             self.cache.memory.discard(self._object_for(ahead.want, ahead.etag).key(0))
             self.stats.add("prefetch_files_dropped", 1)
+
+    def drop_hinted(self, path: str) -> None:
+        """A file a reader named was not opened after all: its block leaves memory (it stays on disk)."""
+        ahead = self._hinted.pop(path, None)
+        if ahead is not None and ahead.etag is not None:
+            self.cache.memory.discard(self._object_for(ahead.want, ahead.etag).key(0))
 
     # ---- the version book ------------------------------------------------------------------------------
 
