@@ -15,10 +15,10 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 SCENARIOS = (
-    "seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader",
+    "seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader", "loader-hints",
     "meta", "write-big", "write-small", "write-ckpt",
 )  # fmt: skip
-READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader")
+READ_SCENARIOS = ("seq-1", "seq-4", "rand-1m", "rand-4k", "small-1", "small-8", "loader", "loader-hints")
 CLIENTS = (
     "pfs", "pfs-ro", "pfs-snap", "pfs-wb", "rclone", "s3fs", "raw", "local",
     "floor", "floor-s3", "floor-threads", "floor-noopen", "floor-wb",

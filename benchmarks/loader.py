@@ -1,5 +1,6 @@
-"""The DataLoader scenario: one epoch of a PyTorch `DataLoader` (worker processes, shuffled) whose samples
-are the raw bytes of one file each, which is what a training job's input pipeline asks of a filesystem.
+"""The DataLoader scenarios: one epoch of a PyTorch `DataLoader` (worker processes, shuffled) whose samples
+are the raw bytes of one file each, which is what a training job's input pipeline asks of a filesystem;
+`loader-hints` wraps its sampler in pfs's `HintedSampler`, which tells a pfs mount the epoch's order.
 
 Needs torch (CPU build; the `bench` extra, installed by scripts/setup.sh); without it the scenario is
 skipped with one line saying so. Only directories can be read this way (mounted clients and local disk).
@@ -32,17 +33,28 @@ class _Files:
             return f.read()
 
 
-def epoch(root: str, files: list[str], workers: int, seed: int) -> tuple[int, int]:
-    """Run one shuffled epoch; returns (samples, bytes)."""
+def order(count: int, seed: int) -> list[int]:
+    """The epoch's order of samples: what `epoch`'s sampler draws."""
     import torch
-    from torch.utils.data import DataLoader
+
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def epoch(root: str, files: list[str], workers: int, seed: int, hints: bool = False) -> tuple[int, int]:
+    """Run one shuffled epoch, telling pfs its order first with `hints` (pfs.torch); returns (samples,
+    bytes)."""
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from pfs.torch import HintedSampler
 
     # torch advises no more workers than cores; a training job's loader uses 8 anyway (I/O bound).
     warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-    loader = DataLoader(
-        _Files(root, files), batch_size=None, shuffle=True, num_workers=workers,
-        generator=torch.Generator().manual_seed(seed), prefetch_factor=4,
-    )  # fmt: skip
+    dataset = _Files(root, files)
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    if hints:
+        sampler = HintedSampler(sampler, dataset.paths.__getitem__)
+    loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers, prefetch_factor=4)
     samples = nbytes = 0
     for sample in loader:
         samples += 1

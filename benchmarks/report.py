@@ -43,6 +43,7 @@ LABELS = {
     "small-1": "small files, 1 reader",
     "small-8": "small files, 8 readers",
     "loader": "PyTorch DataLoader epoch, 8 workers",
+    "loader-hints": "the same epoch, its order hinted to pfs (pfs.torch.HintedSampler)",
     "meta": "metadata",
     "write-big": "big file write (until on the server)",
     "write-small": "small file writes (until on the server)",
@@ -301,6 +302,14 @@ def targets(results: list[Result]) -> str:
         check(text, hot.value if hot else None, 20000, f"{_fmt(hot.value)} files/s" if hot else "")
     peer = _peer(results, "loader", "warm")
     ratio("loader", "warm", peer, 1.5, "DataLoader epoch warm >= 1.5x faster peer", "samples/s")
+    unhinted = _find(results, "loader", "cold", "pfs")
+    text = "shuffled epoch cold, hinted >= 3x pfs without hints"
+    ratio("loader-hints", "cold", unhinted, 3.0, text, "samples/s")
+    peer = _peer(results, "loader", "cold")
+    ratio("loader-hints", "cold", peer, 3.0, "shuffled epoch cold, hinted >= 3x faster peer", "samples/s")
+    parallel = _find(results, "loader-hints", "cold", "raw-parallel")
+    text = "shuffled epoch cold, hinted >= 0.8x raw parallel GETs in its order"
+    ratio("loader-hints", "cold", parallel, 0.8, text, "samples/s")
     absolute("meta", "", 30000, "metadata >= 30,000 stat/s after one listing", "stat/s", "stat")
     peaks = [r.daemon_peak_rss_mib for r in results if r.scenario == "seq-4" and r.client == "pfs"]
     rss = max((p for p in peaks if p is not None), default=None)

@@ -29,6 +29,7 @@ from benchmarks.results import Result
 from benchmarks.servers import Store
 
 VISIBLE_TIMEOUT = 600.0
+RAW_THREADS = 32  # pfs's `threads` option: GETs in flight at once
 CKPT_THREADS = 8  # a training job's checkpoint: one writer thread per rank's shards
 
 
@@ -74,9 +75,10 @@ class ReadWork:
     def run(self, ctx: Context, io: IO) -> tuple[int, int]:
         """Do the work once; returns (operations, bytes)."""
         files = self.files(ctx)
-        if self.kind == "loader":
+        if self.kind.startswith("loader"):
             assert isinstance(io, FileIO)
-            return loader.epoch(io.root, files, self.readers, ctx.sizes.seed)
+            hints = self.kind == "loader-hints"
+            return loader.epoch(io.root, files, self.readers, ctx.sizes.seed, hints=hints)
         if self.kind == "random":
             offsets = self.offsets(ctx)
             return len(offsets), io.read_ranges(files[0], offsets, self.read_size)
@@ -98,6 +100,7 @@ READS = {
         ReadWork("small-1", "files/s", lambda c: c.dataset.small_set("a"), 1, "small"),
         ReadWork("small-8", "files/s", lambda c: c.dataset.small_set("b"), 8, "small"),
         ReadWork("loader", "samples/s", lambda c: c.dataset.small_set("a"), 8, "loader"),
+        ReadWork("loader-hints", "samples/s", lambda c: c.dataset.small_set("a"), 8, "loader-hints"),
     )
 }
 
@@ -132,7 +135,22 @@ def _measure_read(ctx: Context, work: ReadWork, client: Client, phase: str) -> l
         results.append(
             _result(work.scenario, work.metric, phase, "raw-parallel", value, par, len(files), nbytes)
         )
+    if work.kind == "loader-hints" and phase == "cold" and client.name == "pfs":
+        results.append(_raw_in_order(ctx, work))
     return results
+
+
+def _raw_in_order(ctx: Context, work: ReadWork) -> Result:
+    """The bandwidth limit of a cold epoch: the loader's files in its order, as whole-object GETs from
+    RAW_THREADS threads straight to the store (as many as a pfs mount has backend calls in flight)."""
+    files = work.files(ctx)
+    ordered = [files[i] for i in loader.order(len(files), ctx.sizes.seed)]
+    raw_io = ArrowIO(ctx.raw_fs, ctx.bucket)
+    with Meter(None, ctx.server_pid) as meter, ThreadPoolExecutor(RAW_THREADS) as pool:
+        nbytes = sum(pool.map(raw_io.read_whole, ordered))
+    assert meter.usage is not None
+    value = len(files) / meter.usage.seconds
+    return _result(work.scenario, work.metric, "cold", "raw-parallel", value, meter, len(files), nbytes)
 
 
 def prime(ctx: Context, scenario: str) -> None:
@@ -171,10 +189,12 @@ def warm_up(ctx: Context, client: Client) -> None:
 
 def runs_on(scenario: str, client: Client) -> str:
     """Why `client` skips `scenario` ('' when it runs it)."""
-    if scenario == "loader" and not loader.available():
+    if scenario.startswith("loader") and not loader.available():
         return loader.SKIP_REASON
-    if scenario == "loader" and not isinstance(client.io, FileIO):
+    if scenario.startswith("loader") and not isinstance(client.io, FileIO):
         return "the loader reads a directory"
+    if scenario == "loader-hints" and client.name not in ("pfs", "pfs-ro"):
+        return "hints are pfs's (the loader scenario is the same epoch without them)"
     if scenario not in READS and scenario != "meta" and not client.writes:
         return "read-only client"
     if (scenario in READS or scenario == "meta") and not client.reads:
