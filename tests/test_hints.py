@@ -289,3 +289,18 @@ def test_pfs_prefetch_bad_input_is_one_line(tmp_path):
     assert result.returncode != 0 and result.stderr.strip() == f"pfs: error: {tmp_path} is not a pfs mount"
     missing = run_pfs("prefetch", str(tmp_path), "--from", str(tmp_path / unique("none")))
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_on_a_file_system_backend_hinted_files_are_read_ahead_by_a_reader(tmp_path):
+    """file:// (and HDFS) name a version by size and mtime: the first block ahead comes from a reader."""
+    data = tmp_path / "data"
+    files = {f"d/f{i:03d}": os.urandom(5000 + i) for i in range(60)}
+    for name, content in files.items():
+        os.makedirs(data / "d", exist_ok=True)
+        (data / name).write_bytes(content)
+    order = random.Random(2).sample(sorted(files), len(files))
+    with Mount(f"file://{data}", str(tmp_path / "m"), args=("-o", "ro")) as m:
+        assert control.post_hints(m.path, order, restart=True) == len(files)
+        _read_in_order(m.path, order, files, readers=2)
+        stats = control.stats(m.path)
+    assert stats["hint_hits"] >= len(files) - 4 and stats["prefetch_files_used"] >= len(files) - 8

@@ -71,6 +71,7 @@ def _table(mountpoint: str, data: dict, rates: dict[str, float]) -> Table:
             f"{human(data.get('memory_in_flight', 0))} in flight "
             f"(limit {human(data.get('memory_limit', 0))})",
         ),
+        ("hints", _hints(data)),
         ("pending uploads", _pending(data)),
         ("corrupt blocks", str(data.get("cache_corrupt_blocks", 0))),
         ("top requests", ", ".join(f"{k}={v:,}" for k, v in _busiest(data["ops"]))),
@@ -78,6 +79,20 @@ def _table(mountpoint: str, data: dict, rates: dict[str, float]) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _hints(data: dict) -> str:
+    """What the files readers named ahead (pfs prefetch, pfs.torch) did: opened after their fetch started
+    (hits), opened before it (misses), fetched and never opened (dropped)."""
+    if not data.get("hint_paths"):
+        return "-"
+    counts = {k: data.get(f"hint_{k}", 0) for k in ("paths", "fetches", "hits", "misses", "dropped")}
+    opened = counts["hits"] + counts["misses"]
+    share = f" ({counts['hits'] / opened:.0%})" if opened else ""
+    return (
+        f"{counts['hits']:,} hits{share}, {counts['misses']:,} misses, {counts['dropped']:,} dropped; "
+        f"{counts['fetches']:,} fetched ahead of {counts['paths']:,} named"
+    )
 
 
 def _pending(data: dict) -> str:

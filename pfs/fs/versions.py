@@ -63,6 +63,7 @@ MAX_SEEN_IN_MEMORY = 100_000  # versions seen by this mount kept in memory (all 
 MAX_IDLE_READERS = 64  # kept readers beyond this many are closed once idle (no-open mode has no release)
 IDLE_S = 30.0  # far longer than any one ranged read of a fetch that may still use the reader
 MAX_AHEAD = 256  # files made ready ahead and not opened yet; the oldest are dropped beyond this
+MAX_HINTED = 65_536  # the same for files readers named, which pfs/fs/hints.py bounds by bytes and drops
 # Files made ready ahead lately that were opened, and that were dropped unopened, are counted (both halved
 # once they add up to this) to tell whether making files ready pays (see `ahead_pays`).
 AHEAD_MEMORY = 1024
@@ -107,7 +108,7 @@ class Versions:
         self._seen: dict[str, Seen] = {}  # the version book's in-memory part
         self._kept: OrderedDict[int, tuple[CachedObject, Reader, float]] = OrderedDict()  # by inode
         self._ahead: OrderedDict[str, _Ahead] = OrderedDict()  # by path: files made ready ahead of their open
-        self._hinted: dict[str, _Ahead] = {}  # the same for files a reader named (bounded by pfs/fs/hints.py)
+        self._hinted: OrderedDict[str, _Ahead] = OrderedDict()  # the same for files a reader named
         self._batch: list[_Ahead] = []  # started ahead since the loop last ran the task that looks them up
         self._ahead_used = self._ahead_dropped = 0  # lately (see AHEAD_MEMORY)
         self._fresh_s = fresh_s  # how long a look made ahead stands for an open (the metadata TTL)
@@ -271,6 +272,8 @@ class Versions:
         ahead = _Ahead(want, time.monotonic(), nbytes)
         if hinted:
             self._hinted[want.path] = ahead
+            while len(self._hinted) > MAX_HINTED:  # opened where no version is chosen again (kept handles)
+                self.drop_hinted(next(iter(self._hinted)))
         else:
             self._ahead[want.path] = ahead
             while len(self._ahead) > MAX_AHEAD:
