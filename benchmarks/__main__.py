@@ -33,6 +33,8 @@ def main() -> None:
     run.add_argument("--clients", type=lambda t: _names(t, CLIENTS, "client"), default=list(CLIENTS),
                      help=f"comma-separated subset of {','.join(CLIENTS)}")  # fmt: skip
     run.add_argument("--server", choices=("rclone", "seaweedfs"), default="rclone")
+    run.add_argument("--latency", type=float, default=0.0, metavar="MS",
+                     help="add MS ms to every round trip to the server, as a real store has")  # fmt: skip
     run.add_argument("--out", type=Path, help="where results.json, results.md and the charts go")
     redraw = sub.add_parser("report", help="redraw results.md and the charts from a results.json")
     redraw.add_argument("results", type=Path)
@@ -48,6 +50,7 @@ def main() -> None:
     options = runner.RunOptions(
         quick=args.quick, scenarios=args.scenarios, clients=args.clients,
         out=args.out or BASE_DIR / "results" / stamp, server=args.server, command=runner.command_line(),
+        latency_ms=args.latency,
     )  # fmt: skip
     try:
         runner.run(options)

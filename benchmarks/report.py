@@ -51,6 +51,11 @@ LABELS = {
 }
 
 
+def _delay(meta: dict) -> str:
+    latency = meta.get("latency_ms")
+    return f", {latency:g} ms added to each round trip (benchmarks/latency.py)" if latency else ""
+
+
 def _fmt(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return ""
@@ -355,7 +360,7 @@ def markdown(meta: dict, results: list[Result], charts: list[str]) -> str:
         f"- Date: {meta['date']}; run took {meta.get('seconds', 0):.0f} s.",
         f"- Machine: {meta['machine']}.",
         f"- Versions: {versions}.",
-        f"- Server: `{meta['server']}` on 127.0.0.1; command: `{meta['command']}`.",
+        f"- Server: `{meta['server']}` on 127.0.0.1{_delay(meta)}; command: `{meta['command']}`.",
         f"- Code: commit {meta.get('commit') or 'unknown'}.",
         "",
         "Ratios above 1 mean pfs did better (for latency: the other's time divided by pfs's). Cold: client",

@@ -18,10 +18,10 @@ import signal
 import subprocess
 import sys
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from benchmarks import clients, datasets, report, scenarios, servers
+from benchmarks import clients, datasets, latency, report, scenarios, servers
 from benchmarks.config import FULL, QUICK, READ_SCENARIOS, GiB
 from benchmarks.measure import can_drop_caches
 from benchmarks.results import Result, save
@@ -35,6 +35,7 @@ class RunOptions:
     out: Path
     server: str
     command: str
+    latency_ms: float = 0.0  # added to every round trip to the server (benchmarks/latency.py)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -102,8 +103,12 @@ def run(options: RunOptions) -> list[Result]:
         # rclone serve s3 leaves the emptied directories of this run's writes: removed once it has stopped.
         stack.callback(shutil.rmtree, dataset.root / "_writes" / run_id, True)
         stack.callback(server.stop)
-        raw_fs = server.raw_client()
-        env = clients.Env(server, datasets.BUCKET, dataset.root, run_dir, raw_fs)
+        reached = server  # what the clients (and the raw reads) talk to: the server, or a delay in front
+        if options.latency_ms:
+            port = stack.enter_context(latency.delayed(server.port, options.latency_ms))
+            reached = replace(server, port=port)
+        raw_fs = reached.raw_client()
+        env = clients.Env(reached, datasets.BUCKET, dataset.root, run_dir, raw_fs)
         active = []
         for name in options.clients:
             client = clients.make(name, env)
@@ -118,6 +123,7 @@ def run(options: RunOptions) -> list[Result]:
             "command": options.command,
             "commit": _commit(),
             "server": options.server,
+            "latency_ms": options.latency_ms,
             "quick": options.quick,
             "sizes": asdict(sizes),
             "scenarios": options.scenarios,

@@ -17,7 +17,7 @@ import trio.testing
 from pfs import control
 from pfs.backends import Entry, Kind
 from pfs.fs import hints as hints_module
-from pfs.fs.hints import NEAR, QUEUED, Hints
+from pfs.fs.hints import NEAR, QUEUED, TRAIL, TRIM_BATCH, Hints
 from pfs.stats import Stats
 from tests.conftest import s3_case, unique
 from tests.mounting import Mount, run_pfs
@@ -151,7 +151,7 @@ def test_interleaved_out_of_step_readers_keep_one_window():
     _run(test)
 
 
-def test_files_a_reader_skips_are_dropped_and_the_window_moves_on():
+def test_files_a_reader_skips_leave_the_window_and_are_dropped_with_the_list():
     fetcher = Fetcher()
     hints, stats = _hints(fetcher, window_files=16)
 
@@ -163,10 +163,11 @@ def test_files_a_reader_skips_are_dropped_and_the_window_moves_on():
         for path in order[::2][:150]:  # every other file is never opened
             hints.opened(path)
             await trio.testing.wait_all_tasks_blocked()
-        counters = stats.snapshot()
-        assert counters["hint_dropped"] >= 150 - NEAR
-        assert set(fetcher.dropped) <= set(order[1::2])
-        assert max(_indices(fetcher.started)) >= 298  # still ahead of the reader
+        assert max(_indices(fetcher.started)) >= 298  # what it skipped left the window: still ahead of it
+        assert fetcher.dropped == []  # kept for a late open, until the list goes
+        hints.post(1, [], restart=True)
+        assert stats.snapshot()["hint_dropped"] >= 150 - NEAR
+        assert set(fetcher.dropped) <= set(order[1::2]) | set(order[299:])  # skipped, or still ahead
 
     _run(test)
 
@@ -190,6 +191,26 @@ def test_posts_restart_bound_and_skip_what_is_missing():
         hints.post(1, [], restart=True)
         hints.post(2, [], restart=True)
         assert not hints.posted and hints.held == 0
+
+    _run(test)
+
+
+def test_a_long_list_read_to_its_end_holds_a_bounded_part_of_it():
+    fetcher = Fetcher()
+    hints, stats = _hints(fetcher, window_files=8)
+    total = QUEUED + TRAIL + 3 * TRIM_BATCH
+    order = _names(range(total))
+
+    async def test(nursery) -> None:
+        posted = hints.post(1, order, restart=True)
+        held = []
+        for i, path in enumerate(order):
+            hints.opened(path)
+            if i % 1000 == 0:
+                posted += hints.post(1, order[posted:], restart=False)
+                held.append(len(hints._streams[1].paths))
+        assert posted == total and stats.snapshot()["hint_misses"] == total
+        assert max(held) <= QUEUED + TRAIL + TRIM_BATCH + 1000
 
     _run(test)
 
@@ -238,9 +259,15 @@ def _read_in_order(root: str, order: list[str], files: dict[str, bytes], readers
     assert failures == []
 
 
+@pytest.fixture
+def case(backend_case):
+    return backend_case.subcase(unique("h"))
+
+
 @pytest.mark.parametrize("mode", ["rw", "ro"])
-def test_a_shuffled_cold_epoch_is_fetched_ahead_through_the_control_surface(request, tmp_path, mode):
-    case = s3_case(request)
+def test_a_shuffled_cold_epoch_is_fetched_ahead_through_the_control_surface(case, tmp_path, mode):
+    """Object stores fetch each file's first block with one GET; file systems (file://, HDFS), whose
+    versions their attributes tell, with a reader's first read."""
     files = _dataset(case, 300)
     order = random.Random(5).sample(sorted(files), len(files))
     args = ("-o", "metadata_ttl=30" + (",ro" if mode == "ro" else ""))
@@ -250,9 +277,13 @@ def test_a_shuffled_cold_epoch_is_fetched_ahead_through_the_control_surface(requ
         _read_in_order(m.path, order, files)
         stats = control.stats(m.path)
     assert stats["hint_paths"] == 300
-    assert stats["hint_hits"] >= 290  # the odd one a reader got to first is a miss, and still correct
+    # A file a reader got to before its fetch started is a miss, and still correct: a local disk answers
+    # so fast that readers outrun the fetches now and then.
+    assert stats["hint_hits"] >= (240 if case.name == "file" else 285)
     assert stats["hint_hits"] + stats.get("hint_misses", 0) == 300
-    assert stats["backend_first_reads"] == 300 and stats.get("backend_opens", 0) == 0  # each fetched once
+    assert stats["prefetch_files_used"] >= stats["hint_hits"] - 10  # the opens used what was fetched
+    if case.object_store:
+        assert stats["backend_first_reads"] == 300 and stats.get("backend_opens", 0) == 0  # once each
 
 
 def test_hints_on_a_file_not_a_directory_or_with_a_bad_name_are_refused(request, tmp_path):
@@ -289,18 +320,3 @@ def test_pfs_prefetch_bad_input_is_one_line(tmp_path):
     assert result.returncode != 0 and result.stderr.strip() == f"pfs: error: {tmp_path} is not a pfs mount"
     missing = run_pfs("prefetch", str(tmp_path), "--from", str(tmp_path / unique("none")))
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
-
-
-def test_on_a_file_system_backend_hinted_files_are_read_ahead_by_a_reader(tmp_path):
-    """file:// (and HDFS) name a version by size and mtime: the first block ahead comes from a reader."""
-    data = tmp_path / "data"
-    files = {f"d/f{i:03d}": os.urandom(5000 + i) for i in range(60)}
-    for name, content in files.items():
-        os.makedirs(data / "d", exist_ok=True)
-        (data / name).write_bytes(content)
-    order = random.Random(2).sample(sorted(files), len(files))
-    with Mount(f"file://{data}", str(tmp_path / "m"), args=("-o", "ro")) as m:
-        assert control.post_hints(m.path, order, restart=True) == len(files)
-        _read_in_order(m.path, order, files, readers=2)
-        stats = control.stats(m.path)
-    assert stats["hint_hits"] >= len(files) - 4 and stats["prefetch_files_used"] >= len(files) - 8

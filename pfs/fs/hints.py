@@ -16,7 +16,8 @@ own batch, and the first one followed must not take the whole window before the 
 
 Bounds: fetched files not opened yet hold at most `window` bytes (their first blocks) in all; a file a
 cursor fetched and its reader passed by NEAR (a quarter of that when the window is full) without
-opening it is dropped (`drop`); a stream keeps at
+opening it leaves the window (a reader out of step may still open it: its block stays in the memory
+tier's LRU) and is dropped (`drop`) once TRAIL behind, or with its list; a stream keeps at
 most QUEUED paths past its furthest read (a post answers how many it took: the poster sends the rest
 later) and TRAIL behind its nearest one; a stream unused for IDLE_S is let go. A list never read costs
 a share of one window.
@@ -29,6 +30,7 @@ are given; `run` is the one task that fetches, on the trio loop.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
@@ -37,11 +39,15 @@ from dataclasses import dataclass, field
 import trio
 
 from pfs.backends import Entry
+from pfs.errors import PfsError
 from pfs.stats import Stats
+
+log = logging.getLogger(__name__)
 
 MAX_STREAMS = 16  # posters followed at once (ranks of one node, scripts); the oldest is dropped beyond
 QUEUED = 32_768  # paths a stream holds past its furthest read
 TRAIL = 32_768  # paths a stream keeps behind its nearest read (opens that come late are still counted)
+TRIM_BATCH = 4096  # paths forgotten together (a list's front is cut in one go)
 CURSORS = 32  # places of one stream read at once (DataLoader workers times batches in flight)
 STEP = 8  # an open this far past a cursor continues it (a sample skipped, readers arriving out of step)
 NEAR = 64  # a cursor's fetched files this far behind its reader were skipped; opens this far behind it late
@@ -49,6 +55,7 @@ IDLE_OPENS = 256  # a cursor no open continued within this many opens of its str
 MIN_SHARE = 4  # files each cursor may fetch ahead, whatever its share of the window
 FIRST_READERS = 8  # readers a new cursor leaves room for (a DataLoader's workers start at once)
 RAMP_OPENS = 16  # a cursor's share doubles with each this many opens, up to its share of the window
+OPENED, PASSED = "opened", "passed"  # how a fetched file leaves the window
 RETRY_S = 0.05  # the memory budget had no room: look again this soon, even with no open to wake us
 IDLE_S = 60.0  # a stream nothing was posted to nor opened from for this long is let go (a job that ended)
 
@@ -67,9 +74,10 @@ class _Cursor:
 @dataclass(eq=False)
 class _Stream:
     base: int = 0  # index of paths[0]
-    paths: deque[str] = field(default_factory=deque)
+    paths: list[str] = field(default_factory=list)  # a list: fetching indexes into it anywhere
     where: dict[str, int] = field(default_factory=dict)  # index of each kept path not opened yet
     fetched: dict[int, tuple[int, _Cursor]] = field(default_factory=dict)  # index -> (bytes, its cursor)
+    passed: set[int] = field(default_factory=set)  # fetched, passed by their reader, not opened yet
     cursors: list[_Cursor] = field(default_factory=list)  # most recently moved last
     opens: int = 0
     used_at: float = field(default_factory=time.monotonic)  # last post or open
@@ -107,6 +115,11 @@ class Hints:
         """Whether any poster has paths here (opens need not be looked up otherwise)."""
         return bool(self._streams)
 
+    def queued(self, poster: int) -> int:
+        """How many paths `poster`'s list holds."""
+        stream = self._streams.get(poster)
+        return len(stream.paths) if stream is not None else 0
+
     @property
     def held(self) -> int:
         """Bytes fetched ahead that are not opened yet."""
@@ -141,7 +154,10 @@ class Hints:
 
     def _forget(self, stream: _Stream) -> None:
         for index in list(stream.fetched):
-            self._let_go(stream, index, dropped=True)
+            self._let_go(stream, index, PASSED)
+        for index in stream.passed:
+            self._dropped(stream, index)
+        stream.passed.clear()
 
     # ---- opens -----------------------------------------------------------------------------------------
 
@@ -162,7 +178,10 @@ class Hints:
         stream.used_at = time.monotonic()
         if index in stream.fetched:
             self._stats.add("hint_hits", 1)
-            self._let_go(stream, index, dropped=False)
+            self._let_go(stream, index, OPENED)
+        elif index in stream.passed:  # a late reader: what was fetched for it is still there
+            self._stats.add("hint_hits", 1)
+            stream.passed.discard(index)
         else:
             self._stats.add("hint_misses", 1)
         cursor = self._cursor_of(stream, index)
@@ -173,7 +192,7 @@ class Hints:
             cursor.opens += 1
             stream.cursors.remove(cursor)
             stream.cursors.append(cursor)
-            self._drop_passed(stream, cursor)
+            self._pass(stream, cursor)
         self._retire_idle(stream)
         self._trim(stream)
         self._wake.set()
@@ -196,13 +215,14 @@ class Hints:
             self._retire(stream, stream.cursors[0])
         return cursor
 
-    def _drop_passed(self, stream: _Stream, cursor: _Cursor) -> None:
-        """What `cursor` fetched and its reader passed by more than NEAR without opening is not wanted."""
+    def _pass(self, stream: _Stream, cursor: _Cursor) -> None:
+        """What `cursor` fetched and its reader passed by more than NEAR without opening it no longer holds
+        the window (a reader out of step may still open it)."""
         behind = NEAR if self._held < self._window else NEAR // 4  # a full window needs the room sooner
         while cursor.fetched and cursor.fetched[0] < cursor.last - behind:
             index = cursor.fetched.popleft()
             if stream.fetched.get(index, (0, None))[1] is cursor:
-                self._let_go(stream, index, dropped=True)
+                self._let_go(stream, index, PASSED)
 
     def _retire_idle(self, stream: _Stream) -> None:
         for cursor in [c for c in stream.cursors if stream.opens - c.touched > IDLE_OPENS]:
@@ -212,27 +232,40 @@ class Hints:
         stream.cursors.remove(cursor)
         for index in cursor.fetched:
             if stream.fetched.get(index, (0, None))[1] is cursor:
-                self._let_go(stream, index, dropped=True)
+                self._let_go(stream, index, PASSED)
 
-    def _let_go(self, stream: _Stream, index: int, dropped: bool) -> None:
+    def _let_go(self, stream: _Stream, index: int, how: str) -> None:
+        """A fetched file leaves the window: OPENED, or PASSED (kept for a late open until trimmed)."""
         nbytes, cursor = stream.fetched.pop(index)
         cursor.ahead -= nbytes
         cursor.files -= 1
         self._held -= nbytes
-        if dropped:
-            self._stats.add("hint_dropped", 1)
-            if stream.base <= index < stream.end:
-                self._drop(stream.paths[index - stream.base])
+        if how is PASSED:
+            stream.passed.add(index)
+
+    def _dropped(self, stream: _Stream, index: int) -> None:
+        """A fetched file that was never opened: its block goes."""
+        self._stats.add("hint_dropped", 1)
+        if stream.base <= index < stream.end:
+            self._drop(stream.paths[index - stream.base])
 
     def _trim(self, stream: _Stream) -> None:
+        """Forget the paths more than TRAIL behind the nearest cursor, TRIM_BATCH at a time."""
         nearest = min((c.last for c in stream.cursors), default=stream.end)
-        while stream.paths and stream.base < nearest - TRAIL:
-            path = stream.paths.popleft()
-            if stream.where.get(path) == stream.base:
+        cut = min(len(stream.paths), nearest - TRAIL - stream.base)
+        if cut < TRIM_BATCH and not (cut > 0 and cut == len(stream.paths)):
+            return
+        for offset, path in enumerate(stream.paths[:cut]):
+            index = stream.base + offset
+            if stream.where.get(path) == index:
                 del stream.where[path]
-            if stream.base in stream.fetched:
-                self._let_go(stream, stream.base, dropped=True)
-            stream.base += 1
+            if index in stream.fetched:
+                self._let_go(stream, index, PASSED)
+            if index in stream.passed:
+                stream.passed.discard(index)
+                self._dropped(stream, index)
+        del stream.paths[:cut]
+        stream.base += cut
 
     # ---- fetching --------------------------------------------------------------------------------------
 
@@ -268,7 +301,11 @@ class Hints:
                     path = stream.paths[index - stream.base] if index >= stream.base else None
                     if path is None or stream.where.get(path) != index or index in stream.fetched:
                         continue  # opened already, or fetched by another cursor
-                    entry = await self._resolve(path)
+                    try:
+                        entry = await self._resolve(path)
+                    except PfsError as exc:  # the backend failed: the open will ask, and report
+                        log.debug("looking up hinted %s failed: %s", path, exc)
+                        entry = None
                     if self._streams.get(poster) is not stream or stream.where.get(path) != index:
                         break  # replaced or opened meanwhile: look again from the top
                     if entry is None:

@@ -53,7 +53,7 @@ from pfs.fs.held import HOLD_S, HeldNames
 from pfs.fs.hints import Hints
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.journal import Journal
-from pfs.fs.names import NameCache
+from pfs.fs.names import MAX_LISTING_ENTRIES, NameCache
 from pfs.fs.versions import Versions, Want
 from pfs.fs.workers import Workers
 from pfs.fs.writeback import WriteBack
@@ -65,7 +65,9 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 RESERVED_ROOT_NAME = ".pfs"  # the backend's own area (snapshots, temporary and detached objects)
 DISK_THREADS = 4  # disk-tier reads at once: more only queue in the disk
-MAX_HINTED_DIRECTORIES = 64  # listings kept for hinted files (a dataset's class directories)
+MAX_HINTED_DIRECTORIES = 16  # listings of hinted files too big for the name cache, kept while hinted
+HINT_LISTINGS = 8  # directories of hinted files listed at once, ahead of the fetching
+FIRST_HINTS = 64  # paths of a new list whose directories its posts wait for
 DISK_FLUSH_S = 10.0  # a flush waits at most this long for the disk tier: a slow cache disk must not hang it
 
 
@@ -187,7 +189,9 @@ class Operations(pyfuse3.Operations):
             lambda path, entry: self._prefetch_file(path, entry, hinted=True),
             self.versions.drop_hinted,
         )
-        self._hint_listings: dict[str, dict[str, Entry]] = {}  # directories of hinted files, listed once
+        self._hint_listings: dict[str, dict[str, Entry]] = {}  # hinted directories too big for `names`
+        self._hint_listers = trio.CapacityLimiter(HINT_LISTINGS)
+        self._hint_listing: set[str] = set()  # directories being listed for hinted files
         self._nursery: trio.Nursery | None = None
         self._flights = Flights()  # stats and listings in flight, shared by everyone asking the same
         self._handles: dict[int, Handle | DirHandle] = {}
@@ -852,22 +856,41 @@ class Operations(pyfuse3.Operations):
         return self.versions.prefetch(Want(path, entry.size, entry.mtime_ns), hinted)
 
     async def _hinted_entry(self, path: str) -> Entry | None:
-        """What a listing of its directory says of a file a reader named, to fetch it ahead. A listing of
-        any age does (the open checks what was fetched against the file's attributes), each directory
-        listed once for as long as it has names hinted; None where no such file is listed."""
+        """What a listing of its directory says of a file a reader named, to fetch it ahead; None where no
+        such file is listed."""
         directory, _, name = path.rpartition("/")
+        entry = (await self._hinted_listing(directory)).get(name)
+        return entry if entry is not None and entry.kind is Kind.FILE else None
+
+    async def _hinted_listing(self, directory: str) -> dict[str, Entry]:
+        """The listing of a directory with hinted files. One of any age does (the open checks what was
+        fetched against the file's attributes); one too big for the name cache is kept here while it has
+        names hinted."""
         entries = self._hint_listings.get(directory)
-        if entries is None:
-            kept = self.names.kept_listing(directory)
-            try:
-                entries = kept.entries if kept is not None else await self._list_backend(directory)
-            except (NotFound, NotADirectory):
-                entries = {}
+        if entries is not None:
+            return entries
+        kept = self.names.kept_listing(directory)
+        if kept is not None:
+            return kept.entries
+        try:
+            async with self._hint_listers:
+                entries = await self._list_backend(directory)
+        except (NotFound, NotADirectory):
+            entries = {}
+        if len(entries) > MAX_LISTING_ENTRIES:
             if len(self._hint_listings) >= MAX_HINTED_DIRECTORIES:
                 self._hint_listings.pop(next(iter(self._hint_listings)))
             self._hint_listings[directory] = entries
-        entry = entries.get(name)
-        return entry if entry is not None and entry.kind is Kind.FILE else None
+        return entries
+
+    async def _list_for_hints(self, directory: str) -> None:
+        """List a directory of hinted files in the background, before the fetching gets to them."""
+        try:
+            await self._hinted_listing(directory)
+        except PfsError as exc:  # the fetching asks again, and a failure there only skips the file
+            log.debug("listing %s for hinted files failed: %s", directory, exc)
+        finally:
+            self._hint_listing.discard(directory)
 
     def _forget_in_kernel(self, ino: int) -> None:
         """Make the kernel drop its attributes and pages of `ino`, once the current request is answered:
@@ -1014,7 +1037,7 @@ class Operations(pyfuse3.Operations):
     @handler
     async def _getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext):
         if name.startswith(control.HINTS):
-            return self._hint(self.inodes[inode], name, ctx.pid)
+            return await self._hint(self.inodes[inode], name, ctx.pid)
         if inode == pyfuse3.ROOT_INODE:
             if name == control.PID:
                 return str(os.getpid()).encode()
@@ -1026,8 +1049,11 @@ class Operations(pyfuse3.Operations):
             return await self._file_command(self.inodes[inode], name)
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # a control name asked where it does not apply
 
-    def _hint(self, directory: Inode, name: bytes, poster: int) -> bytes:
-        """A post of paths (relative to `directory`) its poster opens next: answers how many were taken."""
+    async def _hint(self, directory: Inode, name: bytes, poster: int) -> bytes:
+        """A post of paths (relative to `directory`) its poster opens next: answers how many were taken.
+        Their directories are listed now, in parallel, not one by one as the fetching gets to them; the
+        first posts of a list wait for theirs, so that the first files are fetched before their readers
+        (who start as the post returns) ask for them."""
         if directory.kind is not Kind.DIR:
             raise NotADirectory(directory.path)
         hint = control.parse_hint(name)
@@ -1037,7 +1063,22 @@ class Operations(pyfuse3.Operations):
         prefix = f"{directory.path}/" if directory.path else ""
         if restart:
             self._hint_listings.clear()  # a new epoch: names may have come or gone since
-        taken = self._hints.post(poster, [prefix + p for p in paths], restart)
+        paths = [prefix + p for p in paths]
+        taken = self._hints.post(poster, paths, restart)
+        parents = [
+            parent
+            for parent in dict.fromkeys(p.rpartition("/")[0] for p in paths[:taken])
+            if parent not in self._hint_listings and self.names.kept_listing(parent) is None
+        ]
+        if parents and self._hints.queued(poster) <= FIRST_HINTS:
+            async with trio.open_nursery() as nursery:
+                for parent in parents:
+                    nursery.start_soon(self._list_for_hints, parent)
+        elif self._nursery is not None:
+            for parent in parents:
+                if parent not in self._hint_listing:
+                    self._hint_listing.add(parent)
+                    self._nursery.start_soon(self._list_for_hints, parent)
         return str(taken + not_plain if taken == len(paths) else taken).encode()
 
     async def _file_command(self, node: Inode, name: bytes) -> bytes:

@@ -157,7 +157,7 @@ class Versions:
         if ahead is None or inode.detached:
             return None
         await ahead.done.wait()
-        if ahead.etag is None or ahead.want != Want(inode.path, inode.size, inode.mtime_ns):
+        if ahead.etag is None or not _same(ahead.want, inode):
             return None
         if time.monotonic() - ahead.at >= self._fresh_s:
             return None
@@ -499,6 +499,12 @@ class Versions:
             await self._run(reader.close)
         except Exception as exc:
             log.warning("could not close a reader: %s", exc)
+
+
+def _same(want: Want, inode: Inode) -> bool:
+    """Whether `inode`'s attributes are those `want` was fetched for: to the second, as a listing and a
+    HEAD of one object tell its modification time to the millisecond and to the second."""
+    return want.size == inode.size and want.mtime_ns // 10**9 == inode.mtime_ns // 10**9
 
 
 def _trusted(seen: Seen, size: int, mtime_ns: int) -> bool:
