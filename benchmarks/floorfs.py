@@ -100,7 +100,7 @@ class FloorFS(pyfuse3.Operations):
             try:
                 st = os.lstat(path)
             except OSError as exc:
-                raise pyfuse3.FUSEError(exc.errno) from None
+                raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
             writable = 0o200 if self.new_file else 0
             attrs.st_mode = st.st_mode & (stat.S_IFMT(st.st_mode) | 0o555 | writable)
             attrs.st_nlink, attrs.st_size = st.st_nlink, st.st_size

@@ -114,7 +114,9 @@ def bench_sync(uri: str, fs: pafs.FileSystem, root: str, count: int, work: str) 
     for what in ("new", "unchanged"):
         result, wall = timed(lambda: pfs("sync", src, dst))
         # The command's own figure leaves out starting Python, the JVM and the HDFS client (seconds here).
-        own = float(re.search(r" in ([0-9.]+) s", result.stdout + result.stderr).group(1))
+        said = re.search(r" in ([0-9.]+) s", result.stdout + result.stderr)
+        assert said is not None, result.stdout + result.stderr
+        own = float(said.group(1))
         rows.append(
             (f"`pfs sync` {count:,} x 4 KiB, {what}", f"{count / own:,.0f}", f"{own:.2f}", f"{wall:.1f}")
         )
@@ -160,8 +162,8 @@ def main() -> None:
         if "sync" in parts:
             print("\n| work | files/s | seconds (sync) | seconds (whole command) |")
             print("| --- | ---: | ---: | ---: |")
-            for row in bench_sync(uri, fs, root, args.small_files, work):
-                print("| " + " | ".join(row) + " |", flush=True)
+            for cells in bench_sync(uri, fs, root, args.small_files, work):
+                print("| " + " | ".join(cells) + " |", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         fs.delete_dir(root)

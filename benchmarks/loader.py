@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from typing import Any
 
 SKIP_REASON = "torch is not installed (pip install -e '.[bench]'): the loader scenario is skipped"
 
@@ -50,8 +51,8 @@ def epoch(root: str, files: list[str], workers: int, seed: int, hints: bool = Fa
 
     # torch advises no more workers than cores; a training job's loader uses 8 anyway (I/O bound).
     warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-    dataset = _Files(root, files)
-    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    dataset: Any = _Files(root, files)  # map-style: what DataLoader asks of a dataset
+    sampler: Any = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     if hints:
         sampler = HintedSampler(sampler, dataset.paths.__getitem__)
     loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers, prefetch_factor=4)

@@ -16,6 +16,7 @@ cost one HEAD each for their ETag: see pfs/snapshots/backend.py). Prints a Markd
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 MiB = 1 << 20
 DAY_NS = 86400 * 10**9
@@ -38,6 +40,10 @@ def rss_mib(field: str = "VmRSS") -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _rows(manifest: Any, paths: list[str]) -> list:  # a pfs.snapshots.manifest.Manifest
+    return [manifest.row(p) for p in paths]
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -124,7 +130,7 @@ def bench_manifest(entries: int, work: str) -> list[tuple[str, str]]:
             f"train/c{random.randrange(max(1, n // 1000)):05d}/img-{random.randrange(999):06d}.jpg"
             for _ in range(20_000)
         ]
-        seconds = timed(lambda m=manifest, ps=paths: [m.row(p) for p in ps])
+        seconds = timed(functools.partial(_rows, manifest, paths))
         costs.append(f"{n:,}: {seconds / len(paths) * 1e6:.1f} us")
     rows.append(("lookup by path, per call (entries: cost)", "; ".join(costs)))
     return rows
@@ -201,7 +207,8 @@ def bench_create_and_ls(server, entries: int, work: str) -> list[tuple[str, str]
             pfs_cli("mount", uri, mnt, "--log-file", f"{work}/{label}.log", *extra, env=env)
             try:
                 argv = [command[0], mnt, *command[1:]]
-                times[label] = timed(lambda a=argv: subprocess.run(a, check=True, stdout=subprocess.DEVNULL))
+                run = functools.partial(subprocess.run, argv, check=True, stdout=subprocess.DEVNULL)
+                times[label] = timed(run)
             finally:
                 pfs_cli("umount", mnt, env=env)
         ratio = times["live"] / times["snapshot"]
@@ -309,13 +316,17 @@ def bench_upload(server, mib: int, work: str) -> list[tuple[str, str]]:
         buckets = [fresh_bucket(server, name) for name in ("up-arrow", "up-cmd", "up-lib")]
         times["arrow"].append(
             timed(
-                lambda b=buckets[0]: pafs.copy_files(
-                    f"{src}/big.bin", f"{b}/big.bin", source_filesystem=local, destination_filesystem=fs
+                functools.partial(
+                    pafs.copy_files,
+                    f"{src}/big.bin",
+                    f"{buckets[0]}/big.bin",
+                    source_filesystem=local,
+                    destination_filesystem=fs,
                 )
             )
         )
         times["command"].append(pfs_cli("sync", src, server.uri(buckets[1]), env=env))
-        times["library"].append(timed(lambda b=buckets[2]: in_process(b)))
+        times["library"].append(timed(functools.partial(in_process, buckets[2])))
         for bucket in buckets:
             empty_bucket(server, bucket)
     source.close()

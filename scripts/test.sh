@@ -7,6 +7,7 @@ export AWS_EC2_METADATA_DISABLED=true
 
 ruff check pfs csi tests scripts benchmarks
 ruff format --check pfs csi tests scripts benchmarks
+python3 -m mypy  # the files and settings are in pyproject.toml
 
 # Installation: the package alone (no test extras) in a clean venv, every command run once.
 bash scripts/check_install.sh

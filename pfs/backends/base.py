@@ -14,9 +14,27 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from pfs.errors import BackendError, Unsupported
+
+
+class Source(Protocol):
+    """What an upload reads its bytes from: a file, or a stream pfs makes (staged ranges over a base
+    object, another store's reader, a counter around either)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Upload(Source, Protocol):
+    """A source handed to a backend: one that can seek is read again from where it started when an
+    attempt is retried (one that cannot is tried once)."""
+
+    def seekable(self) -> bool: ...
+
+    def tell(self) -> int: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
 
 
 class Kind(enum.Enum):
@@ -213,7 +231,7 @@ class Backend(ABC):
     def write_file(
         self,
         path: str,
-        source: BinaryIO,
+        source: Upload,
         size: int,
         guard: UploadGuard | None = None,
         *,
@@ -232,7 +250,7 @@ class Backend(ABC):
         was published (the store's modification time may differ by under a second; the ETag identifies
         the version)."""
 
-    def stream_file(self, path: str, source: BinaryIO, guard: UploadGuard) -> Entry:
+    def stream_file(self, path: str, source: Upload, guard: UploadGuard) -> Entry:
         """Publish what `source` gives until it ends (a file still being written, size unknown) as the
         file at `path` (a plain file or free, as with `write_file(plain=True)`): parts are uploaded while
         the source still grows, and the file appears, atomically, only once the source has ended. Tried
@@ -243,7 +261,7 @@ class Backend(ABC):
         """The most memory `write_file` of `size` bytes (None: `stream_file`) holds at once."""
         return 0
 
-    def put_file(self, path: str, source: BinaryIO, size: int) -> None:
+    def put_file(self, path: str, source: Upload, size: int) -> None:
         """Publish like `write_file`, for a caller that knows from a fresh listing that `path` is free or a
         plain file (pfs sync): stores may skip looking at the name first and stat-ing the result, which
         on object stores leaves one request per small file instead of several."""

@@ -536,6 +536,7 @@ class BlockCache:
         buffers = self._buffers_for(reader, span, count)
         data = reader.read(first * bs, span) if buffers is None else reader.read_into(first * bs, buffers)
         took = int((time.perf_counter() - started) * 1e6)
+        blocks: dict[int, Block]
         if data is None:
             blocks = {first + i: buffer for i, buffer in enumerate(buffers or [])}
         else:

@@ -128,7 +128,7 @@ def _xxh3_32(chunk: memoryview) -> int:
     return xxh3_64_intdigest(chunk) & 0xFFFFFFFF
 
 
-def _sums(data: bytes | memoryview, chunk: int, digest: Digest) -> bytes:
+def _sums(data: bytes | bytearray | memoryview, chunk: int, digest: Digest) -> bytes:
     """The digest of every `chunk` bytes of `data`, packed 4 bytes each."""
     view = memoryview(data)
     return array.array("I", [digest(view[i : i + chunk]) for i in range(0, len(view), chunk)]).tobytes()
@@ -157,7 +157,7 @@ class _Check:
         old = count != -(-size // CHECK_CHUNK) and count == -(-size // _OLD_CHECK_CHUNK)
         return cls(tag, _OLD_CHECK_CHUNK if old else CHECK_CHUNK, zlib.crc32)
 
-    def intact(self, data: bytes | memoryview, first: int = 0, last: int | None = None) -> bool:
+    def intact(self, data: bytes | bytearray | memoryview, first: int = 0, last: int | None = None) -> bool:
         """Whether `data`, chunks [first, last] of the block (all of it by default), matches."""
         count = len(self.sums) // 4 - first if last is None else last + 1 - first
         expected = self.sums[first * 4 : (first + count) * 4]
@@ -334,7 +334,8 @@ class _Queue:
         with self._changed:
             while len(self._taken) == len(self._items) and not self._closed:
                 self._changed.wait()
-            batch, size = [], 0
+            batch: list[tuple[str, Block | str]] = []
+            size = 0
             for key, (value, _) in self._items.items():
                 if key not in self._taken and (not batch or size + len(value) <= max_bytes):
                     batch.append((key, value))
@@ -772,6 +773,7 @@ class DiskTier:
         chunk = where.check.chunk
         first, last = start // chunk, (end - 1) // chunk
         offset, length = first * chunk, (last + 1 - first) * chunk
+        data: Block | None
         if keep_open:
             data = self._read_kept_open(key, where, offset, length, read_ahead)
         else:
@@ -779,7 +781,8 @@ class DiskTier:
         if data is None:
             return None
         if not where.check.intact(data, first, last):
-            return self._drop_corrupt(key)
+            self._drop_corrupt(key)
+            return None
         if start == offset and end - start == len(data):
             return data
         return memoryview(data)[start - offset : end - offset]
@@ -833,11 +836,13 @@ class DiskTier:
         diskcache made, of the size the index knows. FileNotFoundError when it is gone."""
         opened = _open_value_fd(self.directory, where.filename, self._max_block)
         if opened is None:
-            return self._drop_corrupt(key)
+            self._drop_corrupt(key)
+            return None
         fd, size = opened
         if size != where.size:
             os.close(fd)
-            return self._drop_corrupt(key)
+            self._drop_corrupt(key)
+            return None
         return fd
 
     def _read_once(
@@ -903,7 +908,8 @@ class DiskTier:
         if not (
             isinstance(value, bytes) and isinstance(tag, bytes) and _Check.of(len(value), tag).intact(value)
         ):
-            return self._drop_corrupt(key)
+            self._drop_corrupt(key)
+            return None
         return value if start == 0 and end is None else memoryview(value)[start:end]
 
     def _drop_corrupt(self, key: str) -> None:

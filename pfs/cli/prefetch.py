@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
@@ -63,9 +64,10 @@ def prefetch(mountpoint: str, source) -> None:
     click.echo(f"pfs: {len(paths):,} paths posted to {mountpoint}", file=sys.stderr)
 
 
-def _relative(root: str, lines) -> tuple[list[str], list[str]]:
+def _relative(root: str, lines: Iterable[str]) -> tuple[list[str], list[str]]:
     """The paths relative to `root`, and those given outside it."""
-    paths, outside = [], []
+    paths: list[str] = []
+    outside: list[str] = []
     for line in lines:
         if not line.strip():
             continue

@@ -853,7 +853,16 @@ class Operations(pyfuse3.Operations):
         inode = self.inodes.at(path)
         if inode is not None and (inode.staged is not None or inode.detached):
             return True  # its bytes are here: nothing to fetch
+        if hinted and inode is not None and self._kernel_keeps(inode):
+            return True  # read through this mount before: the kernel has its pages, nothing to fetch
         return self.versions.prefetch(Want(path, entry.size, entry.mtime_ns), hinted)
+
+    def _kernel_keeps(self, inode: Inode) -> bool:
+        """Whether the kernel keeps the pages of `inode`'s current version (unless memory pressure took
+        them): an open grants `keep_cache` (see `_file_info`), a no-open mount read the inode before."""
+        if self.no_open:
+            return inode.ino in self._kernel_handles
+        return inode.opened_version == inode.version
 
     async def _hinted_entry(self, path: str) -> Entry | None:
         """What a listing of its directory says of a file a reader named, to fetch it ahead; None where no
@@ -933,6 +942,7 @@ class Operations(pyfuse3.Operations):
             hinted = off == 0 and self._hints.posted and self._hints.opened(self.inodes[ino].path)
             handle = await self._kernel_handle(ino, read_ahead=not hinted)
         inode = handle.inode
+        data: bytes | memoryview
         if inode.staged is not None and inode.staged.in_memory:
             data = inode.staged.read(off, size)  # in memory, never a base object: nothing blocks
         elif inode.staged is not None:

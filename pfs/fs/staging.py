@@ -28,9 +28,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import BinaryIO
 
-from pfs.backends import Reader
+from pfs.backends import Reader, Upload
 from pfs.errors import BackendError, NoSpace, PfsError, StagingFailed
 
 CHUNK_CAP = 8 << 20  # the most a read of the whole stream returns at once
@@ -338,7 +337,7 @@ class StagedFile:
                 break
             offset += sent
 
-    def stream(self) -> BinaryIO | None:
+    def stream(self) -> Upload | None:
         """A reader of the content while it is still appended to, for `Backend.stream_file`: its reads
         wait for the writer and end at `finish`; they fail once a write lands anywhere but at the end (the
         file is then uploaded whole at close). None unless every write so far appended."""
@@ -416,7 +415,7 @@ class StagedFile:
                 return count
             self._grown.wait()
 
-    def source(self) -> BinaryIO:
+    def source(self) -> Upload:
         """A sequential reader of the whole content, for `Backend.write_file`."""
         return _ComposedReader(self)
 

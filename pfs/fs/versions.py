@@ -63,6 +63,7 @@ MAX_SEEN_IN_MEMORY = 100_000  # versions seen by this mount kept in memory (all 
 MAX_IDLE_READERS = 64  # kept readers beyond this many are closed once idle (no-open mode has no release)
 IDLE_S = 30.0  # far longer than any one ranged read of a fetch that may still use the reader
 MAX_AHEAD = 256  # files made ready ahead and not opened yet; the oldest are dropped beyond this
+HINTED_CHUNK = 2  # files readers named looked up in the disk tier in one worker call (see `_make_ready`)
 MAX_HINTED = 65_536  # the same for files readers named, which pfs/fs/hints.py bounds by bytes and drops
 # Files made ready ahead lately that were opened, and that were dropped unopened, are counted (both halved
 # once they add up to this) to tell whether making files ready pays (see `ahead_pays`).
@@ -85,6 +86,7 @@ class _Ahead:
     nbytes: int  # room held in the memory budget until done
     done: trio.Event = field(default_factory=trio.Event)
     etag: str | None = None  # None until done, or when the look failed
+    hinted: bool = False  # a reader named it (pfs/fs/hints.py)
 
 
 class Versions:
@@ -269,7 +271,7 @@ class Versions:
         nbytes = min(want.size, self.cache.config.block_size)
         if not self.cache.try_room(nbytes):
             return False
-        ahead = _Ahead(want, time.monotonic(), nbytes)
+        ahead = _Ahead(want, time.monotonic(), nbytes, hinted=hinted)
         if hinted:
             self._hinted[want.path] = ahead
             while len(self._hinted) > MAX_HINTED:  # opened where no version is chosen again (kept handles)
@@ -285,12 +287,25 @@ class Versions:
         return True
 
     async def _make_ready(self) -> None:
-        """Make the files started ahead since the last pass ready: what the disk tier holds of them in one
-        worker call (a thread hand-off costs the loop more than a small file's lookups), the rest with
-        one GET each, all at once."""
+        """Make the files started ahead since the last pass ready: what the disk tier holds of them, the
+        rest with one GET each, all at once. Files made ready for a directory's order are looked up in one
+        disk-tier call (a thread hand-off costs the loop more than a small file's lookups); files readers
+        named, a few per call in backend threads, as an open's own lookup is: a window of them read one
+        after another in one call kept the first ones waiting (a warm epoch with hints went 869 files/s
+        in one call per pass, 991 in calls of 8 in backend threads, 1,107 in calls of 2, against 1,223
+        without hints)."""
         batch, self._batch = self._batch, []
+        assert self._nursery is not None
+        named = [ahead for ahead in batch if ahead.hinted]
+        for start in range(0, len(named), HINTED_CHUNK):
+            self._nursery.start_soon(self._make_chunk_ready, named[start : start + HINTED_CHUNK], self._run)
+        guessed = [ahead for ahead in batch if not ahead.hinted]
+        if guessed:
+            await self._make_chunk_ready(guessed, self._run_disk)
+
+    async def _make_chunk_ready(self, batch: list[_Ahead], run: Run) -> None:
         try:
-            recalled = await self._recall_ahead(batch)
+            recalled = await self._recall_ahead(batch, run)
         except BaseException:
             for ahead in batch:
                 self._made(ahead, None)
@@ -302,7 +317,7 @@ class Versions:
             else:
                 self._made(ahead, etag)
 
-    async def _recall_ahead(self, batch: list[_Ahead]) -> list[str | None]:
+    async def _recall_ahead(self, batch: list[_Ahead], run: Run) -> list[str | None]:
         """The trusted ETag of each file of `batch` that memory or the disk tier knows, its first block
         put in memory from the disk tier (where it is not there yet)."""
         wants = [ahead.want for ahead in batch]
@@ -312,22 +327,23 @@ class Versions:
         disk = self.cache.disk
         if disk is not None:
             try:
-                found = await self._run_disk(self._recall_many, wants, keys, known, pinned)
+                found = await run(self._recall_many, wants, keys, known, pinned)
             except Exception as exc:  # each open asks for itself and reports
                 log.debug("prefetch of %d files from the disk tier failed: %s", len(wants), exc)
                 found = [(seen, None) for seen in known]
         else:
             found = [(seen, None) for seen in known]
         etags: list[str | None] = []
-        for want, key, before, pin, (seen, block) in zip(wants, keys, known, pinned, found, strict=True):
+        for ahead, key, before, pin, (seen, block) in zip(batch, keys, known, pinned, found, strict=True):
+            want = ahead.want
             if seen is not None and before is None:
                 self._remember(key, seen)
             version = pin or _trusted_etag(seen, want)
             if version is not None and block is not None:
                 self.stats.add("cache_hits_disk", 1)
                 self.cache.keep_in_memory(self._object_for(want, version), 0, block)
-            # A pinned version not on disk is fetched ahead; a trusted ETag is ready as it is.
-            etags.append(None if pin is not None and block is None else version)
+            # A pinned or named file not on disk is fetched ahead; another trusted ETag is ready as it is.
+            etags.append(None if (pin is not None or ahead.hinted) and block is None else version)
         return etags
 
     def _recall_many(

@@ -29,11 +29,11 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
-from pfs.backends import Backend, Entry, Meta, MetaChange, Reader, UploadGuard, first_given
+from pfs.backends import Backend, Entry, Meta, MetaChange, Reader, Upload, UploadGuard, first_given
 from pfs.cache.memory import MemoryTier
 from pfs.errors import (
     AlreadyExists,
@@ -242,7 +242,7 @@ class WriteBack:
         self._streams[inode] = stream
         self._nursery.start_soon(self._stream, stream, staged, source, held)
 
-    async def _stream(self, stream: _Stream, staged: StagedFile, source: BinaryIO, held: int) -> None:
+    async def _stream(self, stream: _Stream, staged: StagedFile, source: Upload, held: int) -> None:
         upload = self._backend.stream_file
         try:
             stream.entry = await self._run(upload, stream.path, source, stream.guard, cancellable=True)

@@ -29,9 +29,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from typing import BinaryIO, NoReturn
+from typing import NoReturn
 
-from pfs.backends import Backend, Entry, Kind, Meta, Reader, SpaceInfo, UploadGuard
+from pfs.backends import Backend, Entry, Kind, Meta, Reader, SpaceInfo, Upload, UploadGuard
 from pfs.errors import BackendError, NotADirectory, NotFound, ReadOnly, Stale
 from pfs.snapshots.manifest import Manifest, mtime_token
 
@@ -191,7 +191,7 @@ class SnapshotBackend(Backend):
     def write_file(
         self,
         path: str,
-        source: BinaryIO,
+        source: Upload,
         size: int,
         guard: UploadGuard | None = None,
         *,

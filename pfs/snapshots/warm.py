@@ -10,6 +10,7 @@ cached under the snapshot's keys.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -53,7 +54,7 @@ async def _warm_all(
 ) -> None:
     limiter = trio.CapacityLimiter(max(threads, 4))
 
-    async def run(fn: Callable, *args: object) -> object:
+    async def run(fn: Callable, *args: object) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     config = CacheConfig(block_size=options.block_size, memory_limit=options.memory_limit)

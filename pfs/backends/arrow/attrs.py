@@ -105,7 +105,8 @@ class Index:
 EMPTY = Index({}, {})
 
 
-class ReadAhead(NamedTuple):
+@dataclass(frozen=True)
+class ReadAhead:
     """An index read beside its directory's listing: what it was (size, modification second) and said."""
 
     size: int
@@ -149,10 +150,11 @@ def shown_of(record: dict[str, Any] | None) -> Shown | None:
 
 def compile_records(records: Records) -> Shows:
     """Records (version 1's form, and updates') compiled for listings (see Shown)."""
-    names = [n for n, r in records.items() if r and isinstance(r, dict)]
-    stamps = [records[n].get("stamp") for n in names]
-    stamps = [s if isinstance(s, list) and len(s) == 2 else (None, None) for s in stamps]
-    columns = {f: [records[n].get(f) for n in names] for f in FIELDS}
+    kept = {n: r for n, r in records.items() if r and isinstance(r, dict)}
+    names = list(kept)
+    given = [r.get("stamp") for r in kept.values()]
+    stamps = [s if isinstance(s, list) and len(s) == 2 else (None, None) for s in given]
+    columns = {f: [r.get(f) for r in kept.values()] for f in FIELDS}
     return _compile(names, columns, [s[0] for s in stamps], [s[1] for s in stamps])
 
 
@@ -163,7 +165,8 @@ def _compile(names: list, columns: dict[str, list], sizes: list, seconds: list) 
     metas: dict[tuple, Meta | None] = {}
 
     def meta(values: tuple) -> Meta | None:
-        metas[values] = Meta(*values[:3], mtime_ns=values[3]) if _numbers(values) else None
+        mode, uid, gid, mtime_ns = values
+        metas[values] = Meta(mode, uid, gid, mtime_ns=mtime_ns) if _numbers(values) else None
         return metas[values]
 
     get = metas.get  # a Meta is never empty, so `or` makes each kind of attributes once

@@ -23,13 +23,14 @@ retried under the deadline (pfs/backends/retry.py). This module must never let a
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
@@ -43,7 +44,9 @@ from pfs.backends.base import (
     Meta,
     MetaChange,
     Reader,
+    Source,
     SpaceInfo,
+    Upload,
     UploadGuard,
     first_given,
 )
@@ -99,7 +102,7 @@ def _parent(path: str) -> str:
 class _Counting:
     """A source that counts the bytes read from it: an upload's progress, for the watchdog."""
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: Source) -> None:
         self._source = source
         self._read = 0
 
@@ -192,10 +195,10 @@ class ArrowBackend(Backend):
             return None
         bucket, _, name = key.partition("/")
         try:
-            first = getter.first(bucket, name, room)
+            first, data = getter.first(bucket, name, room)
         except Stale:
             return None
-        return attrs.Fetched(first.data, first.modified_s) if first.size <= len(first.data) else None
+        return attrs.Fetched(data, first.modified_s) if first.size <= len(data) else None
 
     def _check(self, path: str, *, creating: bool = False, stored_as: str = "") -> None:
         """Refuse paths the store cannot hold or pfs reserves. `creating`: a new name is being made;
@@ -446,7 +449,7 @@ class ArrowBackend(Backend):
             return None
         self._check(path)
         bucket, _, key = self._full(path).partition("/")
-        first = self._call(f"read {path}", lambda: getter.first(bucket, key, min(length, size)))
+        first, data = self._call(f"read {path}", lambda: getter.first(bucket, key, min(length, size)))
         if first.size != size:
             raise Stale(f"{path} changed: {first.size} bytes now, {size} when looked up")
         if mtime_ns is not None:
@@ -454,7 +457,7 @@ class ArrowBackend(Backend):
                 return None  # the caller checks the time otherwise
             if first.modified_s != mtime_ns // 1_000_000_000:
                 raise Stale(f"{path} changed: modified at {first.modified_s} s, not {mtime_ns // 10**9} s")
-        return first.data, first.etag
+        return data, first.etag
 
     def space(self) -> SpaceInfo:
         if isinstance(self._fs, pafs.LocalFileSystem):
@@ -469,10 +472,10 @@ class ArrowBackend(Backend):
         self,
         path: str,
         key: str,
-        source: BinaryIO,
+        source: Upload,
         size: int,
         guard: UploadGuard | None = None,
-        write: Callable[[BinaryIO, UploadGuard], None] | None = None,
+        write: Callable[[Source, UploadGuard], None] | None = None,
     ) -> None:
         """Write `size` bytes of `source` under `key` atomically; retried from the start if `source` can
         seek back, else tried once. `write(source, guard)`: how one attempt writes, where the store's own
@@ -538,7 +541,7 @@ class ArrowBackend(Backend):
     def write_file(
         self,
         path: str,
-        source: BinaryIO,
+        source: Upload,
         size: int,
         guard: UploadGuard | None = None,
         *,
@@ -615,7 +618,7 @@ class ArrowBackend(Backend):
         self,
         path: str,
         key: str,
-        source: BinaryIO,
+        source: Upload,
         size: int,
         guard: UploadGuard | None,
         existing: Entry | None,
@@ -624,7 +627,7 @@ class ArrowBackend(Backend):
         """The write of `write_file`, replacing `existing`; `meta` is not kept by this store."""
         self._publish(path, key, source, size, guard)
 
-    def stream_file(self, path: str, source: BinaryIO, guard: UploadGuard) -> Entry:
+    def stream_file(self, path: str, source: Upload, guard: UploadGuard) -> Entry:
         if not self._store.object_store:
             return super().stream_file(path, source, guard)
         self._check(path, creating=True)
@@ -641,7 +644,7 @@ class ArrowBackend(Backend):
         self._check_new_leaf(dst)
         self._call(f"copy {src}", lambda: self._fs.copy_file(self._full(src), self._full(dst)))
 
-    def put_file(self, path: str, source: BinaryIO, size: int) -> None:
+    def put_file(self, path: str, source: Upload, size: int) -> None:
         self._check(path, creating=True)
         self._check_new_leaf(path)
         self._publish(path, self._full(path), source, size)
@@ -808,9 +811,9 @@ class ArrowBackend(Backend):
         for info in sorted(infos, key=lambda i: i.path):
             dest = new + info.path[len(old) :]
             if info.type == _DIR:
-                self._call(f"rename {src}", lambda dest=dest: self._fs.create_dir(dest, recursive=True))
+                self._call(f"rename {src}", functools.partial(self._fs.create_dir, dest, recursive=True))
             elif info.type == _FILE:
-                self._call(f"rename {src}", lambda info=info, dest=dest: self._fs.move(info.path, dest))
+                self._call(f"rename {src}", functools.partial(self._fs.move, info.path, dest))
         with contextlib.suppress(NotFound):  # nothing left: the source was a prefix without a marker
             self._call(f"rename {src}", lambda: self._fs.delete_dir(old))
         self._remove_directory_object(src)

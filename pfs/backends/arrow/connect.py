@@ -28,6 +28,7 @@ import ctypes.util
 import math
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow.fs as pafs
 
@@ -132,7 +133,7 @@ def _s3(location: Location, options: BackendOptions) -> Store:
     )  # fmt: skip
 
 
-def _known_credentials(kwargs: dict[str, object]) -> Credentials | bool | None:
+def _known_credentials(kwargs: dict[str, object]) -> Credentials | Literal[False] | None:
     """The keys pyarrow will sign with, None for anonymous access, False when only pyarrow's default chain
     knows them (instance roles, ~/.aws profiles): then objects are opened by pyarrow alone."""
     if kwargs.get("anonymous"):

@@ -163,7 +163,7 @@ class Connection:
             self.will_close = True
 
     def _read_chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             end = self._find(b"\r\n")
             size_text = bytes(self._buf[:end]).partition(b";")[0].strip()

@@ -25,13 +25,15 @@ import os
 import stat
 import uuid
 from collections.abc import Callable
-from typing import BinaryIO, TypeVar
+from concurrent.futures import Future
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
+from pfs.backends.arrow import attrs
 from pfs.backends.arrow.backend import LINK_SUFFIX, RESERVED, ArrowBackend, _name
 from pfs.backends.arrow.transfer import CHUNK, read_source
-from pfs.backends.base import Entry, Kind, Meta, MetaChange, UploadGuard, first_given
+from pfs.backends.base import Entry, Kind, Meta, MetaChange, Source, Upload, UploadGuard, first_given
 from pfs.backends.leftovers import owner_tag
 from pfs.errors import (
     AlreadyExists,
@@ -129,7 +131,7 @@ class LocalBackend(ArrowBackend):
 
     # ---- attributes from lstat ----------------------------------------------------------------------
 
-    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind, record: dict | None = None) -> Entry:
+    def _entry(self, name: str, info: pafs.FileInfo, kind: Kind, shown: attrs.Shown | None = None) -> Entry:
         st = _stat(info.path)  # followed, as pyarrow follows a symlink made by another program
         return super()._entry(name, info, kind) if st is None else _entry_of(name, st, kind)
 
@@ -180,8 +182,10 @@ class LocalBackend(ArrowBackend):
             entries.setdefault(name, link)
         return sorted(entries.values(), key=lambda e: e.name)
 
-    def _entries(self, infos: list[pafs.FileInfo], directory: str) -> dict[str, Entry]:
-        entries = super()._entries(infos, directory)
+    def _entries(
+        self, infos: list[pafs.FileInfo], directory: str, ahead: Future[attrs.ReadAhead | None] | None = None
+    ) -> dict[str, Entry]:
+        entries = super()._entries(infos, directory, ahead)
         for info in infos:  # pyarrow lists special files as of unknown type
             if info.type == pafs.FileType.Unknown and info.base_name not in entries:
                 st = _lstat(info.path)
@@ -265,7 +269,7 @@ class LocalBackend(ArrowBackend):
         self,
         path: str,
         key: str,
-        source: BinaryIO,
+        source: Upload,
         size: int,
         guard: UploadGuard | None,
         existing: Entry | None,
@@ -281,7 +285,7 @@ class LocalBackend(ArrowBackend):
         )
         in_place = old is not None and (old.nlink or 1) > 1
 
-        def write(src: BinaryIO, attempt: UploadGuard) -> None:
+        def write(src: Source, attempt: UploadGuard) -> None:
             if in_place:
                 _os(f"write {path}", lambda: self._rewrite(key, src, size, path, attempt))
             else:
@@ -290,7 +294,7 @@ class LocalBackend(ArrowBackend):
         self._publish(path, key, source, size, guard, write)
 
     def _write_new(
-        self, full: str, source: BinaryIO, size: int, path: str, guard: UploadGuard, owner: Meta
+        self, full: str, source: Source, size: int, path: str, guard: UploadGuard, owner: Meta
     ) -> None:
         os.makedirs(self._tmp_dir, exist_ok=True)
         tmp = f"{self._tmp_dir}/{owner_tag()}{uuid.uuid4().hex}.part"  # see pfs/backends/leftovers.py
@@ -311,7 +315,7 @@ class LocalBackend(ArrowBackend):
                 os.unlink(tmp)
             raise
 
-    def _rewrite(self, full: str, source: BinaryIO, size: int, path: str, guard: UploadGuard) -> None:
+    def _rewrite(self, full: str, source: Source, size: int, path: str, guard: UploadGuard) -> None:
         fd = os.open(full, os.O_WRONLY | os.O_CLOEXEC)
         try:
             guard.commit()  # from here on the old bytes are being overwritten: no abandoning half-way
@@ -321,7 +325,7 @@ class LocalBackend(ArrowBackend):
             os.close(fd)
 
 
-def _copy(fd: int, source: BinaryIO, size: int, path: str, guard: UploadGuard) -> None:
+def _copy(fd: int, source: Source, size: int, path: str, guard: UploadGuard) -> None:
     offset = 0
     while offset < size:
         chunk = read_source(source, min(CHUNK, size - offset), path)

@@ -96,9 +96,10 @@ class ObjectGetter:
         self._sign_parts = scheme != "https"
         self._continues: bool | None = None  # does the store answer `Expect: 100-continue` (None: unknown)
 
-    def first(self, bucket: str, key: str, length: int) -> Part:
-        """Bytes [0, length) of `bucket/key` (fewer if the object is shorter), its ETag and size."""
-        return self.get(bucket, key, 0, length)
+    def first(self, bucket: str, key: str, length: int) -> tuple[Part, bytes]:
+        """Bytes [0, length) of `bucket/key` (fewer if the object is shorter), with its ETag and size."""
+        part = self.get(bucket, key, 0, length)
+        return part, part.data or b""  # asked without buffers: the body is in the answer
 
     def get(
         self, bucket: str, key: str, offset: int, length: int, into: list[memoryview] | None = None
@@ -165,7 +166,7 @@ class ObjectGetter:
         host, path = self._where(bucket, key)
         what = f"start upload of {bucket}/{key}"
         _, _, body = self._ask("POST", host, path, {"host": host}, what, query={"uploads": ""})
-        upload_id = _xml_text(body, "UploadId", what)
+        upload_id = _xml_text(body or b"", "UploadId", what)
         if not upload_id:
             raise BackendError(f"{what}: answered without an upload id")
         return upload_id
@@ -194,6 +195,7 @@ class ObjectGetter:
         what = f"complete upload of {bucket}/{key}"
         _, _, body = self._ask("POST", host, path, headers, what, data, {"uploadId": upload_id})
         # A completion can fail after its 200 status was sent: the error is then the body.
+        body = body or b""
         if _xml_root(body, what).tag.rpartition("}")[2] == "Error":
             raise BackendError(f"{what}: {_xml_text(body, 'Code', what)} {_xml_text(body, 'Message', what)}")
 
@@ -232,11 +234,9 @@ class ObjectGetter:
         """One signed request (with `data` as its body, its hash signed unless `sign_body` is false, sent
         only when the server asks for it if there is a `go_ahead`, see `_send_when_asked`); a successful
         answer, or the error its status means (204 counts as success)."""
-        signed = data is not None and sign_body
         canonical_query = _canonical_query(query or {})
-        self._sign(
-            method, path, headers, hashlib.sha256(data).hexdigest() if signed else _UNSIGNED, canonical_query
-        )
+        payload = hashlib.sha256(data).hexdigest() if data is not None and sign_body else _UNSIGNED
+        self._sign(method, path, headers, payload, canonical_query)
         target = f"{path}?{canonical_query}" if canonical_query else path
         try:
             status, reason, answer, body = self._request(method, host, target, headers, data, go_ahead, into)

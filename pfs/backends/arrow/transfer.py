@@ -23,13 +23,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow.fs as pafs
 
 from pfs.backends.arrow import replace
 from pfs.backends.arrow.s3get import Body, ObjectGetter
-from pfs.backends.base import Reader, UploadGuard
+from pfs.backends.base import Reader, Source, UploadGuard
 from pfs.backends.leftovers import owner_tag
 from pfs.errors import BackendError, PfsError, Stale
 
@@ -58,7 +58,7 @@ def upload_memory(size: int | None, object_store: bool) -> int:
     return PARTS_IN_FLIGHT + CHUNK  # pyarrow's stream holds as much between drains, plus its part buffer
 
 
-def read_source(source: BinaryIO, size: int, path: str) -> bytes:
+def read_source(source: Source, size: int, path: str) -> bytes:
     """Exactly `size` bytes from `source`; BackendError if it fails or ends early (never retried)."""
     parts: list[bytes] = []
     remaining = size
@@ -90,13 +90,13 @@ def _abandon(stream: pafs.NativeFile) -> None:
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(stream))
 
 
-Streamer = Callable[[BinaryIO, UploadGuard], int]  # `stream_parts` bound to a store and key
+Streamer = Callable[[Source, UploadGuard], int]  # `stream_parts` bound to a store and key
 
 
 def upload_object(
     fs: pafs.FileSystem,
     key: str,
-    source: BinaryIO,
+    source: Source,
     size: int,
     path: str,
     guard: UploadGuard,
@@ -128,7 +128,7 @@ def upload_object(
     stream_object(fs, key, _Exactly(source, size, path), guard)
 
 
-def stream_parts(getter: ObjectGetter, call: Call, key: str, source: BinaryIO, guard: UploadGuard) -> int:
+def stream_parts(getter: ObjectGetter, call: Call, key: str, source: Source, guard: UploadGuard) -> int:
     """Publish what `source` gives until it ends as object `key` (bucket/key), in a multipart upload of
     requests signed here: each part is sent from the buffer it was read into, up to PARTS_IN_FLIGHT bytes of
     them at once while the next is read. A source that can `readinto` fills a few buffers reused from part
@@ -182,10 +182,11 @@ def stream_parts(getter: ObjectGetter, call: Call, key: str, source: BinaryIO, g
     return total
 
 
-def _read_part(source: BinaryIO, size: int, spare: list[bytearray]) -> tuple[Body, bytearray | None]:
+def _read_part(source: Source, size: int, spare: list[bytearray]) -> tuple[Body, bytearray | None]:
     """Up to `size` bytes of `source` (fewer only at its end), and the buffer from `spare` (or new) that
     holds them, if the source could read into one."""
-    if getattr(type(source), "readinto", io.RawIOBase.readinto) is io.RawIOBase.readinto:
+    readinto = getattr(type(source), "readinto", io.RawIOBase.readinto)
+    if readinto is io.RawIOBase.readinto:
         first = source.read(size)
         if not first or len(first) == size:
             return first, None
@@ -198,12 +199,12 @@ def _read_part(source: BinaryIO, size: int, spare: list[bytearray]) -> tuple[Bod
     if len(buffer) != size:  # parts grew
         buffer = bytearray(size)
     view, got = memoryview(buffer), 0
-    while got < size and (n := source.readinto(view[got:])):
+    while got < size and (n := readinto(source, view[got:])):  # type: ignore[arg-type]  # it has one
         got += n
     return view[:got], buffer
 
 
-def stream_object(fs: pafs.FileSystem, key: str, source: BinaryIO, guard: UploadGuard) -> int:
+def stream_object(fs: pafs.FileSystem, key: str, source: Source, guard: UploadGuard) -> int:
     """Publish what `source` gives until it ends (its size unknown up front: a file still being written)
     as object `key`. Parts go up as they fill; the object appears only once the source has ended and
     every part is stored, never before: a source that fails or an abandoned upload publish nothing."""
@@ -233,7 +234,7 @@ def stream_object(fs: pafs.FileSystem, key: str, source: BinaryIO, guard: Upload
 class _Exactly(io.RawIOBase):
     """`size` bytes of `source`, then the end; BackendError if `source` ends early."""
 
-    def __init__(self, source: BinaryIO, size: int, path: str) -> None:
+    def __init__(self, source: Source, size: int, path: str) -> None:
         super().__init__()
         self._source, self._remaining, self._path = source, size, path
 
@@ -253,7 +254,7 @@ def write_via_temp(
     fs: pafs.FileSystem,
     tmp_dir: str,
     target: str,
-    source: BinaryIO,
+    source: Source,
     size: int,
     path: str,
     aside_dir: str | None,
@@ -384,7 +385,7 @@ class RangedReader(Reader):
         if offset >= self._size or length <= 0:
             return b""
         want = min(length, self._size - offset)
-        return self._get(offset, want, None)
+        return self._get(offset, want, None) or b""  # no buffers given: the bytes come back
 
     fills_buffers = True
 
