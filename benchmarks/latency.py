@@ -64,7 +64,14 @@ async def _serve(port: int, target: int, delay: float) -> None:
             client_w.close()
             server_w.close()
 
-    server = await asyncio.start_server(connection, "127.0.0.1", port, backlog=1024)
+    running: set[asyncio.Task] = set()  # asyncio holds its tasks weakly: a closed client's would be lost
+
+    def connected(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.ensure_future(connection(client_r, client_w))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    server = await asyncio.start_server(connected, "127.0.0.1", port, backlog=1024)
     async with server:
         await server.serve_forever()
 

@@ -89,7 +89,8 @@ class NameCache:
 
     def keep(self, directory: str, entries: dict[str, Entry], at: float) -> None:
         self._stats.pop(directory, None)
-        if len(entries) > MAX_LISTING_ENTRIES:
+        if len(entries) > MAX_LISTING_ENTRIES:  # too big to hold: nor is an older, smaller one kept
+            self._listings.pop(directory, None)
             return
         self._listings[directory] = Listing(at, entries)
         self._listings.move_to_end(directory)
