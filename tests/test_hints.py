@@ -270,22 +270,24 @@ def case(backend_case):
 def test_a_shuffled_cold_epoch_is_fetched_ahead_through_the_control_surface(case, tmp_path, mode):
     """Object stores fetch each file's first block with one GET; file systems (file://, HDFS), whose
     versions their attributes tell, with a reader's first read."""
-    files = _dataset(case, 300)
+    count = 100 if case.name == "hdfs" else 300  # HDFS takes 0.4 s to write each file here
+    files = _dataset(case, count)
     order = random.Random(5).sample(sorted(files), len(files))
     args = ("-o", "metadata_ttl=30" + (",ro" if mode == "ro" else ""))
     with Mount(case.uri, str(tmp_path / "m"), env=case.env, args=args) as m:
         os.listdir(f"{m.path}/train")
-        assert control.post_hints(f"{m.path}/train", [n.removeprefix("train/") for n in order], True) == 300
+        relative = [n.removeprefix("train/") for n in order]
+        assert control.post_hints(f"{m.path}/train", relative, True) == count
         _read_in_order(m.path, order, files)
         stats = control.stats(m.path)
-    assert stats["hint_paths"] == 300
+    assert stats["hint_paths"] == count
     # A file a reader got to before its fetch started is a miss, and still correct: a local disk answers
     # so fast that readers outrun the fetches now and then.
-    assert stats["hint_hits"] >= (240 if case.name == "file" else 285)
-    assert stats["hint_hits"] + stats.get("hint_misses", 0) == 300
+    assert stats["hint_hits"] >= count * (0.8 if case.name == "file" else 0.95)
+    assert stats["hint_hits"] + stats.get("hint_misses", 0) == count
     assert stats["prefetch_files_used"] >= stats["hint_hits"] - 10  # the opens used what was fetched
     if case.object_store:
-        assert stats["backend_first_reads"] == 300 and stats.get("backend_opens", 0) == 0  # once each
+        assert stats["backend_first_reads"] == count and stats.get("backend_opens", 0) == 0  # once each
 
 
 def test_hints_on_a_file_not_a_directory_or_with_a_bad_name_are_refused(request, tmp_path):
