@@ -29,7 +29,7 @@ from pathlib import Path
 from benchmarks.io import FileIO
 from benchmarks.measure import drop_caches
 from pfs.backends.arrow import attrs
-from pfs.testserver import start_s3_server
+from testservers.s3 import start_s3_server
 
 BUCKET = "bench"
 FILE_BYTES = 64

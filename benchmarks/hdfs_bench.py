@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 from benchmarks.config import MiB
 from benchmarks.io import ArrowIO, FileIO
 from benchmarks.measure import drop_caches
-from pfs import control
+from pfs.mount import control
 
 CHUNK = 64 * MiB
 

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from pfs.testserver import free_port
+from testservers.s3 import free_port
 
 CHUNK = 256 << 10
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from benchmarks.datasets import BUCKET, Dataset
-from pfs.testserver import S3Server, s3_request, start_s3_server
+from testservers.s3 import S3Server, s3_request, start_s3_server
 
 
 def start(kind: str, dataset: Dataset, run_dir: Path, log=print) -> S3Server:

@@ -8,7 +8,7 @@ create (`pfs snapshot create` entries/s next to one raw pyarrow recursive listin
 snapshot mount next to a live mount of the same bucket), sync (N small files: `pfs sync` next to
 `rclone copy` with its defaults), upload (one large file: `pfs sync` next to pyarrow's own copy_files).
 
-Everything runs against `rclone serve s3` on 127.0.0.1 (pfs.testserver); trees are written straight into
+Everything runs against `rclone serve s3` on 127.0.0.1 (testservers.s3); trees are written straight into
 its backing directory, with modification times a day old (objects modified within minutes of a snapshot
 cost one HEAD each for their ETag: see pfs/snapshots/backend.py). Prints a Markdown table.
 """
@@ -287,12 +287,12 @@ def bench_small_files(server, count: int, work: str) -> list[tuple[str, str]]:
 
 
 def bench_upload(server, mib: int, work: str) -> list[tuple[str, str]]:
-    """pyarrow's copy_files, `pfs sync` as a command (process start included) and pfs.sync in process,
-    alternating, best of 2 each, a fresh bucket every time."""
+    """pyarrow's copy_files, `pfs sync` as a command (process start included) and pfs.datasets.sync in
+    process, alternating, best of 2 each, a fresh bucket every time."""
     import pyarrow.fs as pafs
 
     from pfs.backends import BackendOptions, open_backend
-    from pfs.sync import SyncOptions, execute, plan
+    from pfs.datasets.sync import SyncOptions, execute, plan
 
     src = f"{work}/big"
     os.makedirs(src)
@@ -335,7 +335,7 @@ def bench_upload(server, mib: int, work: str) -> list[tuple[str, str]]:
     return [
         (
             f"upload one {mib} MiB file, best of 2: pyarrow copy_files / `pfs sync` command / "
-            "pfs.sync in process",
+            "pfs.datasets.sync in process",
             f"{mib / arrow:.0f} / {mib / command:.0f} / {mib / library:.0f} MiB/s = "
             f"{arrow / command:.2f}x / {arrow / library:.2f}x (target >= 0.8x)",
         )
@@ -362,7 +362,7 @@ def main() -> None:
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
     os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")
-    from pfs.testserver import start_s3_server
+    from testservers.s3 import start_s3_server
 
     parts = set(args.only.split(","))
     rows: list[tuple[str, str]] = []

@@ -28,8 +28,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pfs import control
-from pfs import mounter as mount_table
+from pfs.mount import control
+from pfs.mount import kernel as mount_table
 
 RECENT_FAILURES_S = 60.0  # backend failures this recent make a volume abnormal
 

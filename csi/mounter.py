@@ -16,7 +16,7 @@ import threading
 import time
 
 from csi.health import Health, Prober, State
-from pfs import mounter as mount_table
+from pfs.mount import kernel as mount_table
 
 PFS_TIMEOUT = 120.0  # `pfs mount` waits up to a minute for its daemon; `pfs umount` may upload data first
 PROBE_TIMEOUT = 5.0  # a mount that does not answer a statvfs within this is reported hung

@@ -12,7 +12,7 @@ import os
 
 import grpc
 
-from csi import csi_pb2, csi_pb2_grpc, mounts, volume
+from csi import bringup, csi_pb2, csi_pb2_grpc, volume
 from csi.health import State
 from csi.locks import OperationLocks
 from csi.mounter import Mounter, MountError
@@ -65,7 +65,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             self.store.save_secrets(request.volume_id, env)
             self.store.save(record)
             try:
-                mounts.start_staging(self.mounter, self.store, record, env)
+                bringup.start_staging(self.mounter, self.store, record, env)
             except (MountError, OSError) as exc:
                 if existing is None:
                     self.store.remove(request.volume_id)
@@ -124,7 +124,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     )
             else:
                 try:
-                    mounts.bind_target(self.mounter, record.staging_path, target, read_only)
+                    bringup.bind_target(self.mounter, record.staging_path, target, read_only)
                 except (MountError, OSError) as exc:
                     context.abort(grpc.StatusCode.INTERNAL, f"cannot publish at {target}: {exc}")
             self.store.set_target(request.volume_id, target, read_only)

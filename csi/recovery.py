@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 
-from csi import mounts
+from csi import bringup
 from csi.health import State
 from csi.locks import OperationLocks
 from csi.mounter import Mounter, MountError
@@ -71,7 +71,7 @@ class Recovery:
             log.warning(
                 "volume %s: staging mount at %s is gone; remounting", volume.volume_id, volume.staging_path
             )
-            mounts.start_staging(self.mounter, self.store, volume, self.store.secrets(volume.volume_id))
+            bringup.start_staging(self.mounter, self.store, volume, self.store.secrets(volume.volume_id))
             log.info("volume %s: remounted at %s", volume.volume_id, volume.staging_path)
         for target, read_only in volume.targets.items():
             if not self.locks.try_acquire(target):
@@ -84,7 +84,7 @@ class Recovery:
                         volume.volume_id, target, None
                     )  # the pod and its directory are gone
                     continue
-                mounts.bind_target(self.mounter, volume.staging_path, target, read_only)
+                bringup.bind_target(self.mounter, volume.staging_path, target, read_only)
                 log.info("volume %s: re-bound %s", volume.volume_id, target)
             finally:
                 self.locks.release(target)

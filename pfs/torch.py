@@ -6,8 +6,8 @@
     loader = DataLoader(dataset, sampler=sampler, batch_size=64, num_workers=8)
 
 A sampler draws the whole epoch's order before the first sample is loaded; `HintedSampler` posts the
-paths of that order to the mount (pfs/control.py `post_hints`), a few thousand ahead of the indices it has
-handed out, so the mount fetches the next files in parallel just ahead of the DataLoader's workers
+paths of that order to the mount (pfs/mount/control.py `post_hints`), a few thousand ahead of the indices it
+has handed out, so the mount fetches the next files in parallel just ahead of the DataLoader's workers
 (pfs/fs/hints.py). Wrap a DistributedSampler the same way: each rank posts only its own share, and
 `set_epoch` is passed on. Paths outside a pfs mount are read as usual: the sampler then only yields.
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from torch.utils.data import Sampler
 
-from pfs import control
+from pfs.mount import control
 
 log = logging.getLogger(__name__)
 

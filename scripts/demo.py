@@ -10,8 +10,10 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from pfs.testserver import start_s3_server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testservers/: beside pfs/, not installed
+from testservers.s3 import start_s3_server
 
 MiB = 1 << 20
 STATE = "/var/tmp/pfs/demo"

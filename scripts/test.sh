@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export AWS_EC2_METADATA_DISABLED=true
 
-ruff check pfs csi tests scripts benchmarks
-ruff format --check pfs csi tests scripts benchmarks
+ruff check pfs csi tests scripts benchmarks testservers
+ruff format --check pfs csi tests scripts benchmarks testservers
 python3 -m mypy  # the files and settings are in pyproject.toml
 
 # Installation: the package alone (no test extras) in a clean venv, every command run once.

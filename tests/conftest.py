@@ -20,10 +20,10 @@ import pytest
 
 from pfs.backends import BackendOptions
 from pfs.backends.arrow.connect import JVM_OPTS
-from pfs.testserver import S3Server, start_s3_server
+from testservers.s3 import S3Server, start_s3_server
 
 # Nothing in a test may wait for a cloud metadata service; the loopback servers want plain request bodies
-# (see pfs.backends.arrow.connect). Servers get AWS_CA_BUNDLE removed by pfs.testserver itself.
+# (see pfs.backends.arrow.connect). Servers get AWS_CA_BUNDLE removed by testservers.s3 itself.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
 os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from csi import csi_pb2, csi_pb2_grpc
-from pfs import control, mounter
+from pfs.mount import control, kernel
 
 Mode = csi_pb2.VolumeCapability.AccessMode.Mode
 # The plugin must get credentials from CSI requests only, never from its own environment.
@@ -146,16 +146,16 @@ def cleanup_mounts(root: str) -> None:
     """After a test: detach every mount under `root` and end the pfs daemons behind them."""
     root = os.path.abspath(root)
     pids = set()
-    for entry in reversed(mounter.mounts()):
+    for entry in reversed(kernel.mounts()):
         if entry.mountpoint.startswith(root + "/"):
-            if entry.fstype == "fuse.pfs" and not mounter.is_stale(entry.mountpoint):
+            if entry.fstype == "fuse.pfs" and not kernel.is_stale(entry.mountpoint):
                 with contextlib.suppress(OSError):
                     pids.add(control.daemon_pid(entry.mountpoint))
             subprocess.run(["umount", "-l", entry.mountpoint], capture_output=True)
     for pid in pids:
-        if not mounter.wait_for_exit(pid, 10):
+        if not kernel.wait_for_exit(pid, 10):
             os.kill(pid, signal.SIGKILL)
-            mounter.wait_for_exit(pid, 10)
+            kernel.wait_for_exit(pid, 10)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from pfs import control, mounter
+from pfs.mount import control, kernel
 
 
 def run_pfs(
@@ -54,15 +54,15 @@ class Mount:
 
     def cleanup(self) -> None:
         """Best effort after a failed test: unmount lazily, then end our daemon by its pid."""
-        if mounter.mount_at(self.path) is not None:
+        if kernel.mount_at(self.path) is not None:
             subprocess.run(["fusermount3", "-u", "-z", self.path], capture_output=True)
-        if self.pid and not mounter.wait_for_exit(self.pid, 10):
+        if self.pid and not kernel.wait_for_exit(self.pid, 10):
             os.kill(self.pid, signal.SIGKILL)
-            mounter.wait_for_exit(self.pid, 10)
+            kernel.wait_for_exit(self.pid, 10)
 
     def finish(self) -> None:
         """After a test that may have killed or wedged the daemon: unmount if it still answers; clean up."""
-        if mounter.mount_at(self.path) is not None and not mounter.is_stale(self.path):
+        if kernel.mount_at(self.path) is not None and not kernel.is_stale(self.path):
             self.stop()
         self.cleanup()
 
@@ -75,7 +75,7 @@ class Mount:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            if mounter.mount_at(self.path) is not None:
+            if kernel.mount_at(self.path) is not None:
                 self.stop()
         finally:
             self.cleanup()

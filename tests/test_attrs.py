@@ -16,9 +16,9 @@ import pytest
 
 from pfs.backends import BackendOptions, Meta, MetaChange, open_backend
 from pfs.backends.arrow.attrs import AHEAD_ROOM, INDEX, Index, ReadAhead, compile_records
-from pfs.testserver import start_s3_server
 from tests.conftest import s3_case, unique
 from tests.mounting import Mount
+from testservers.s3 import start_s3_server
 
 TTL = "0.2"  # seconds: a second mount sees changes after this long
 DAY = 86_400

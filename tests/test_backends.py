@@ -27,8 +27,8 @@ from pfs.errors import (
     Transient,
     UsageError,
 )
-from pfs.testserver import free_port, start_s3_server
 from tests.conftest import BACKENDS, HDFS_SKIP_REASON, HDFS_URI_ENV, BackendCase, unique
+from testservers.s3 import free_port, start_s3_server
 
 MiB = 1 << 20
 

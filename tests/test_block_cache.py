@@ -19,7 +19,7 @@ import trio
 from pfs.backends import Backend, BackendOptions, Reader, open_backend
 from pfs.cache import BlockCache, CacheConfig, DiskTier
 from pfs.cache.blocks import PIECE, CachedObject, Stream
-from pfs.stats import Stats
+from pfs.mount.counters import Stats
 
 KiB = 1 << 10
 

@@ -22,7 +22,7 @@ from pfs.cache.blocks import (
     SWEEP_DISK_SHARE,
     SWEEP_SPREAD,
 )
-from pfs.stats import Stats
+from pfs.mount.counters import Stats
 
 MiB = 1 << 20
 

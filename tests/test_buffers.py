@@ -17,10 +17,10 @@ from pfs.cache.blocks import Stream
 from pfs.cache.buffers import BufferPool, pooled
 from pfs.cache.disk import DiskTier
 from pfs.cache.memory import MemoryTier
-from pfs.stats import Stats
-from pfs.testserver import start_s3_server
+from pfs.mount.counters import Stats
 from tests.conftest import s3_case
 from tests.pagecache import drop_pages, resident_bytes
+from testservers.s3 import start_s3_server
 
 MiB = 1 << 20
 

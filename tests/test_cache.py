@@ -14,13 +14,13 @@ import urllib.request
 
 import pytest
 
-from pfs import control
 from pfs.cache import DiskTier
 from pfs.fs.ahead import FOLLOW_AFTER
 from pfs.fs.versions import TRUST_MARGIN_S
-from pfs.testserver import free_port
+from pfs.mount import control
 from tests.conftest import s3_case, unique
 from tests.mounting import Mount, run_pfs, wait_until
+from testservers.s3 import free_port
 
 MiB = 1 << 20
 SMALL_BLOCKS = ("-o", "block_size=1M,metadata_ttl=1")

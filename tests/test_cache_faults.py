@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from pfs import control
+from pfs.mount import control
 from tests.conftest import s3_case
 from tests.mounting import Mount, run_pfs
 

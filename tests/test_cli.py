@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from pfs import control, mounter
+from pfs.mount import control, kernel
 from tests.mounting import Mount, run_pfs, wait_until
 
 
@@ -30,7 +30,7 @@ def mountpoint(tmp_path):
     path = tmp_path / "m"
     path.mkdir()
     yield str(path)
-    assert mounter.mount_at(str(path)) is None, "a failed mount must leave nothing mounted"
+    assert kernel.mount_at(str(path)) is None, "a failed mount must leave nothing mounted"
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_mount_and_umount_load_neither_the_backend_nor_the_fuse_stack():
     """The daemon checks the backend; the command that starts it loads only what it needs (every mount, a
     CSI volume's too, waited 0.45 s for pyarrow in the caller and 0.2 s for the other commands' modules)."""
     script = (
-        "import sys, click; from pfs.cli import cli; import pfs.lifecycle\n"
+        "import sys, click; from pfs.cli import cli; import pfs.mount.lifecycle\n"
         "ctx = click.Context(cli)\n"
         "assert cli.get_command(ctx, 'mount') and cli.get_command(ctx, 'umount')\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyarrow', 'rich', 'pyfuse3', 'trio'}))"
@@ -181,7 +181,7 @@ def test_umount_uploads_pending_writes_and_waits_for_the_daemon(local_mount, tmp
         f.write(b"written")
     pid = mount.pid
     mount.stop()
-    assert mounter.wait_for_exit(pid, 0)
+    assert kernel.wait_for_exit(pid, 0)
     assert (tmp_path / "data" / "f").read_bytes() == b"written"
 
 
@@ -191,27 +191,27 @@ def test_sigterm_uploads_open_files_and_unmounts(local_mount, tmp_path):
     f.write(b"still open")
     f.flush()
     os.kill(mount.pid, 15)
-    assert mounter.wait_for_exit(mount.pid, 30)
+    assert kernel.wait_for_exit(mount.pid, 30)
     assert (tmp_path / "data" / "open-at-exit").read_bytes() == b"still open"
-    assert mounter.mount_at(mount.path) is None
+    assert kernel.mount_at(mount.path) is None
 
 
 def test_dead_daemon_leaves_a_mount_that_umount_clears(local_mount, tmp_path):
     mount = local_mount
     os.kill(mount.pid, 9)
-    assert mounter.wait_for_exit(mount.pid, 10)
-    assert mounter.is_stale(mount.path)
+    assert kernel.wait_for_exit(mount.pid, 10)
+    assert kernel.is_stale(mount.path)
     result = run_pfs("mount", f"file://{tmp_path}/data", mount.path)
     assert_one_line_error(result, "pfs umount")
     assert run_pfs("umount", mount.path).returncode == 0
-    assert mounter.mount_at(mount.path) is None
+    assert kernel.mount_at(mount.path) is None
 
 
 def test_control_surface(tmp_path):
     (tmp_path / "data").mkdir()
     with Mount(f"file://{tmp_path}/data", str(tmp_path / "m")) as mount:
         assert control.daemon_pid(mount.path) == mount.pid
-        entry = mounter.mount_at(mount.path)
+        entry = kernel.mount_at(mount.path)
         assert entry is not None
         with open(f"/sys/class/bdi/{entry.device}/read_ahead_kb") as f:
             assert f.read().strip() == "1024"  # the kernel sends 1 MiB reads, not 128 KiB
@@ -249,7 +249,7 @@ def test_mount_t_fuse_pfs(tmp_path):
     assert result.returncode == 0, result.stderr
     try:
         assert (target / "f").read_bytes() == b"via mount(8)"
-        entry = mounter.mount_at(str(target))
+        entry = kernel.mount_at(str(target))
         assert entry is not None and entry.fstype == "fuse.pfs"
     finally:
         assert run_pfs("umount", str(target)).returncode == 0
@@ -278,9 +278,9 @@ def test_umount_with_open_files_is_refused_unless_lazy(local_mount, tmp_path):
     assert_one_line_error(run_pfs("umount", mount.path), "busy")
     assert run_pfs("umount", "--lazy", mount.path).returncode == 0
     assert (tmp_path / "data" / "held").read_bytes() == b"held open"  # flushed before detaching
-    assert mounter.mount_at(mount.path) is None
+    assert kernel.mount_at(mount.path) is None
     f.close()
-    assert mounter.wait_for_exit(mount.pid, 10)
+    assert kernel.wait_for_exit(mount.pid, 10)
 
 
 def test_foreground_mount_serves_until_unmounted(tmp_path):
@@ -293,7 +293,7 @@ def test_foreground_mount_serves_until_unmounted(tmp_path):
         text=True,
     )
     try:
-        assert wait_until(lambda: mounter.mount_at(str(target)) is not None, timeout=30)
+        assert wait_until(lambda: kernel.mount_at(str(target)) is not None, timeout=30)
         (target / "f").write_bytes(b"foreground")
         assert run_pfs("umount", str(target)).returncode == 0
         assert daemon.wait(timeout=30) == 0

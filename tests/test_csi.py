@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from csi import DRIVER_NAME, csi_pb2
-from pfs import control, mounter
+from pfs.mount import control, kernel
 from tests.conftest import S3Raw, unique
 from tests.csi_plugin import (
     Mode,
@@ -141,7 +141,7 @@ def test_lifecycle_two_targets(plugin, paths, base):
         plugin.node.NodeUnstageVolume,
         csi_pb2.NodeUnstageVolumeRequest(volume_id=created.volume_id, staging_target_path=staging),
     )
-    assert mounter.mount_at(staging) is None and mounter.wait_for_exit(daemon, 10)
+    assert kernel.mount_at(staging) is None and kernel.wait_for_exit(daemon, 10)
     assert raw.get(f"{name}/hello.txt") == b"written through pod a"
     twice(
         plugin.controller.DeleteVolume,
@@ -152,7 +152,7 @@ def test_lifecycle_two_targets(plugin, paths, base):
 
 def _assert_secret_not_on_command_lines(secret: str) -> None:
     """No pfs or plugin process shows the secret in its arguments (test servers are not ours to judge)."""
-    ours = (b"-m\0pfs", b"-m\0csi", b"pfs.daemon")
+    ours = (b"-m\0pfs", b"-m\0csi", b"pfs.mount.daemon")
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -267,7 +267,7 @@ def test_recovery_after_daemon_is_killed(plugin, paths):
     )
     daemon = control.daemon_pid(staging)
     os.kill(daemon, signal.SIGKILL)
-    mounter.wait_for_exit(daemon, 10)
+    kernel.wait_for_exit(daemon, 10)
     for target in targets:
         data, waited = _read_eventually(f"{target}/shard-0", timeout=10)
         assert data == b"x" * 100_000 and waited < 10
@@ -289,7 +289,7 @@ def test_recovery_when_the_staging_mount_is_missing(plugin, paths):
     second = control.daemon_pid(staging)
     assert second != first and open(f"{target}/a").read() == "still here"
     unpublish_and_unstage(plugin, volume_id, staging, [target])
-    assert mounter.wait_for_exit(first, 10) and mounter.wait_for_exit(second, 10)
+    assert kernel.wait_for_exit(first, 10) and kernel.wait_for_exit(second, 10)
 
 
 def test_plugin_restart_keeps_and_repairs_mounts(plugin, paths):
@@ -299,7 +299,7 @@ def test_plugin_restart_keeps_and_repairs_mounts(plugin, paths):
     assert open(f"{target}/a").read() == "kept" and control.daemon_pid(staging) == daemon
     plugin.stop(signal.SIGKILL)  # the daemon dies while no plugin runs: the next one repairs it on start
     os.kill(daemon, signal.SIGKILL)
-    mounter.wait_for_exit(daemon, 10)
+    kernel.wait_for_exit(daemon, 10)
     plugin.start()
     data, _ = _read_eventually(f"{target}/a", timeout=10)
     assert data == b"kept"
@@ -422,7 +422,7 @@ def test_bad_requests_get_the_right_codes(plugin, paths):
     ]
     for call, request, expected in cases:
         assert code_of(call, request) == expected, (call, request)
-    assert not os.path.exists(s) or mounter.mount_at(s) is None
+    assert not os.path.exists(s) or kernel.mount_at(s) is None
 
 
 def test_concurrent_calls_on_one_volume_are_aborted(plugin, paths):

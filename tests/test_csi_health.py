@@ -16,8 +16,7 @@ import grpc
 import pytest
 
 from csi import csi_pb2
-from pfs import control, mounter
-from pfs.testserver import start_s3_server
+from pfs.mount import control, kernel
 from tests.conftest import unique
 from tests.csi_plugin import (
     Mode,
@@ -28,6 +27,7 @@ from tests.csi_plugin import (
     unpublish_and_unstage,
 )
 from tests.mounting import wait_until
+from testservers.s3 import start_s3_server
 
 PROBE_TIMEOUT = 2.0
 
@@ -112,7 +112,7 @@ def test_stopped_and_killed_daemons_are_abnormal_until_recovered(plugin, paths):
         # Recovery is not held up by the hung daemon: another volume whose daemon dies comes back.
         other_daemon = control.daemon_pid(other_staging)
         os.kill(other_daemon, signal.SIGKILL)
-        mounter.wait_for_exit(other_daemon, 10)
+        kernel.wait_for_exit(other_daemon, 10)
         assert wait_until(lambda: readable(f"{other_target}/a"), timeout=15)
         assert wait_until(lambda: "leaving it alone" in plugin.log(), timeout=5)
     finally:
@@ -122,7 +122,7 @@ def test_stopped_and_killed_daemons_are_abnormal_until_recovered(plugin, paths):
     )
 
     os.kill(daemon, signal.SIGKILL)
-    mounter.wait_for_exit(daemon, 10)
+    kernel.wait_for_exit(daemon, 10)
     dead, _ = condition(plugin, volume_id, target)
     assert dead.volume_condition.abnormal
     assert any(reason in dead.volume_condition.message for reason in ("is gone", "nothing is mounted"))

@@ -11,7 +11,7 @@ import trio
 from pfs.backends import BackendOptions, open_backend
 from pfs.cache import BlockCache, CacheConfig, DiskTier
 from pfs.errors import NotFound, Transient, errno_of, ungrouped
-from pfs.stats import Stats
+from pfs.mount.counters import Stats
 
 
 async def _fail(exc: Exception) -> None:

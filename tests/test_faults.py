@@ -16,9 +16,9 @@ from subprocess import PIPE
 import pyarrow.fs as pafs
 import pytest
 
-from pfs import control, mounter
-from pfs.testserver import start_s3_server
+from pfs.mount import control, kernel
 from tests.mounting import Mount, run_pfs, timed, wait_until
+from testservers.s3 import start_s3_server
 
 TIMEOUT = 3.0
 # A failed readahead is retried once by the kernel as a plain read, and each try may use the whole deadline.
@@ -107,7 +107,7 @@ def test_killed_daemon_never_publishes_a_partial_object(server, raw, mount):
     time.sleep(0.3)
     os.kill(mount.pid, signal.SIGKILL)
     closing.join(30)
-    assert mounter.wait_for_exit(mount.pid, 10)
+    assert kernel.wait_for_exit(mount.pid, 10)
     info = raw.get_file_info("faults/crash")
     assert info.type == pafs.FileType.NotFound or info.size == len(data)
     assert run_pfs("umount", mount.path).returncode == 0  # clears the dead mount
@@ -167,7 +167,7 @@ def test_umount_keeps_the_mount_while_pending_writes_cannot_be_uploaded(server, 
         result = run_pfs("umount", mount.path)
         assert result.returncode != 0
         assert "not unmounting" in result.stderr
-        assert mounter.mount_at(mount.path) is not None
+        assert kernel.mount_at(mount.path) is not None
     finally:
         server.resume()
     f.close()
@@ -236,7 +236,7 @@ def test_umount_names_what_cannot_be_uploaded_and_discard_drops_it(server, raw, 
         discarded = run_pfs("umount", "--discard", mount.path)
         assert discarded.returncode == 0, discarded.stderr
         assert "doomed" in discarded.stderr
-        assert mounter.mount_at(mount.path) is None
+        assert kernel.mount_at(mount.path) is None
     assert raw.get_file_info("faults/doomed").type == pafs.FileType.NotFound
     assert "doomed: pending upload discarded" in mount.log()
 

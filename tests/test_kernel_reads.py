@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from pfs import control
+from pfs.mount import control
 from tests.mounting import Mount, wait_until
 
 

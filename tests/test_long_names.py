@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from pfs.testserver import start_s3_server
 from tests.mounting import Mount
+from testservers.s3 import start_s3_server
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pfs import control
+from pfs.mount import control
 from tests.conftest import unique
 from tests.mounting import Mount, wait_until
 

@@ -10,16 +10,16 @@ import time
 
 import pytest
 
-from pfs import control
 from pfs.backends import open_backend
 from pfs.errors import BackendError, ReadOnly, Stale
 from pfs.fs.ahead import FOLLOW_AFTER
+from pfs.mount import control
 from pfs.snapshots.backend import SnapshotBackend
 from pfs.snapshots.manifest import Manifest, Row, SnapshotInfo, encode, mtime_token
-from pfs.testserver import start_s3_server
 from tests.conftest import BackendCase, unique
 from tests.mounting import Mount, run_pfs
 from tests.test_cli import assert_one_line_error
+from testservers.s3 import start_s3_server
 
 OLD_TREE = {
     "keep.txt": b"kept as it was",

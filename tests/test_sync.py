@@ -13,8 +13,8 @@ import time
 import pytest
 
 from pfs.backends import BackendOptions, open_backend
+from pfs.datasets.sync import SyncOptions, execute, plan
 from pfs.errors import NotFound
-from pfs.sync import SyncOptions, execute, plan
 from tests.conftest import BackendCase, unique
 from tests.mounting import run_pfs, wait_until
 from tests.test_cli import assert_one_line_error

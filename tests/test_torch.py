@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
 
-from pfs import control  # noqa: E402
+from pfs.mount import control  # noqa: E402
 from pfs.torch import HintedSampler  # noqa: E402
 from tests.conftest import s3_case  # noqa: E402
 from tests.mounting import Mount  # noqa: E402

@@ -7,7 +7,7 @@ import trio
 from pfs.backends import BackendOptions, open_backend
 from pfs.cache.memory import MemoryTier
 from pfs.fs.writeback import UPLOAD_SHARE, WriteBack
-from pfs.stats import Stats
+from pfs.mount.counters import Stats
 
 MiB = 1 << 20
 

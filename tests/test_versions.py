@@ -20,7 +20,7 @@ from pfs.errors import Stale
 from pfs.fs import versions as versions_module
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.versions import TRUST_MARGIN_S, Versions, Want
-from pfs.stats import Stats
+from pfs.mount.counters import Stats
 from tests.conftest import s3_case
 
 

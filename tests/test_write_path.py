@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from pfs import control, mounter
+from pfs.mount import control, kernel
 from tests.conftest import unique
 from tests.mounting import Mount
 
@@ -92,7 +92,7 @@ def test_a_daemon_killed_while_a_file_is_streamed_publishes_nothing(case, tmp_pa
         f.write(os.urandom(30 * MiB))
         f.flush()
         os.kill(m.pid, signal.SIGKILL)
-        assert mounter.wait_for_exit(m.pid, 10)
+        assert kernel.wait_for_exit(m.pid, 10)
     finally:
         m.cleanup()
     assert case.raw.get("old") == b"the good version"

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from pfs import control, mounter
 from pfs.backends import UploadGuard
 from pfs.errors import BackendError
+from pfs.mount import control, kernel
 from tests.conftest import s3_case, unique
 from tests.mounting import Mount, wait_until
 
@@ -135,7 +135,7 @@ def test_leftovers_of_dead_mounts_are_cleared_and_those_of_live_ones_kept(tmp_pa
         os.unlink(f"{killed.path}/held")
         assert len(os.listdir(detached)) == 2
         os.kill(killed.pid, signal.SIGKILL)
-        assert mounter.wait_for_exit(killed.pid, 10)
+        assert kernel.wait_for_exit(killed.pid, 10)
         with contextlib.suppress(OSError):
             held.close()
     finally:

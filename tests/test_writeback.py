@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pfs import control, mounter
+from pfs.mount import control, kernel
 from tests.conftest import LocalRaw, unique
 from tests.mounting import Mount, wait_until
 
@@ -157,7 +157,7 @@ def test_a_killed_daemon_loses_no_acknowledged_file(small_root, tmp_path):
         pending = control.stats(m.path)["pending_uploads"]  # queued, or failed and kept
         assert pending > 0
         os.kill(m.pid, signal.SIGKILL)
-        assert mounter.wait_for_exit(m.pid, 10)
+        assert kernel.wait_for_exit(m.pid, 10)
     assert os.listdir(staging / "journal")
     assert_replayed(case, tmp_path, staging, files)
 
@@ -172,7 +172,7 @@ def test_a_killed_daemon_never_replays_what_was_deleted_or_never_closed(case, tm
         with open(f"{m.path}/open", "wb") as f:
             f.write(b"never closed")
             os.kill(m.pid, signal.SIGKILL)
-            assert mounter.wait_for_exit(m.pid, 10)
+            assert kernel.wait_for_exit(m.pid, 10)
             with contextlib.suppress(OSError):
                 f.close()
     finally:
@@ -193,7 +193,7 @@ def test_a_signal_with_files_pending_on_a_dead_store_ends_within_one_timeout(cas
     with written_while_held(case, tmp_path, staging, files, timeout=2) as m:
         started = time.monotonic()
         os.kill(m.pid, signal.SIGTERM)
-        assert mounter.wait_for_exit(m.pid, 120)
+        assert kernel.wait_for_exit(m.pid, 120)
         waited = time.monotonic() - started
     assert waited < 15, f"{waited:.1f} s: one timeout per pending file"  # 16 files x 2 s before
     assert_replayed(case, tmp_path, staging, files)

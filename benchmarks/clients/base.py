@@ -19,8 +19,8 @@ from pathlib import Path
 
 from benchmarks.io import IO, FileIO
 from benchmarks.servers import Store
-from pfs import mounter
-from pfs.testserver import S3Server
+from pfs.mount import kernel
+from testservers.s3 import S3Server
 
 MOUNT_TIMEOUT = 60.0
 EXIT_TIMEOUT = 60.0
@@ -115,7 +115,7 @@ def fresh_dir(path: Path) -> Path:
 
 def wait_mounted(mountpoint: Path, process: subprocess.Popen | None, log: Path) -> None:
     deadline = time.monotonic() + MOUNT_TIMEOUT
-    while mounter.mount_at(str(mountpoint)) is None:
+    while kernel.mount_at(str(mountpoint)) is None:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"mount of {mountpoint} failed (exit {process.returncode}):\n{tail(log)}")
         if time.monotonic() > deadline:
@@ -132,12 +132,12 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def force_unmount(mountpoint: Path, pid: int | None) -> None:
     """The last resort: a lazy unmount, then our daemon killed by its pid."""
-    if mounter.mount_at(str(mountpoint)) is not None:
+    if kernel.mount_at(str(mountpoint)) is not None:
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
-    if pid and not mounter.wait_for_exit(pid, 10):
+    if pid and not kernel.wait_for_exit(pid, 10):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        mounter.wait_for_exit(pid, 10)
+        kernel.wait_for_exit(pid, 10)
 
 
 class MountedClient(Client):

@@ -25,7 +25,7 @@ import os
 import sys
 
 from benchmarks.clients.base import ChildMountClient, fresh_dir
-from pfs import mounter
+from pfs.mount import kernel
 
 READAHEAD_KB = 1024  # what pfs sets on its mounts (MountOptions.readahead_kb)
 
@@ -50,7 +50,7 @@ class FloorClient(ChildMountClient):
     def mount(self) -> None:
         super().mount()
         os.stat(self.mountpoint)  # answered once the kernel's INIT is done, which would reset readahead
-        mounter.set_readahead(str(self.mountpoint), READAHEAD_KB)
+        kernel.set_readahead(str(self.mountpoint), READAHEAD_KB)
 
 
 class FloorS3Client(FloorClient):

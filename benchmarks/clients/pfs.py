@@ -18,7 +18,7 @@ import uuid
 from importlib import metadata
 
 from benchmarks.clients.base import EXIT_TIMEOUT, Env, MountedClient, force_unmount, unmount_retrying
-from pfs import control, mounter
+from pfs.mount import control, kernel
 
 SNAPSHOT = "bench"
 
@@ -61,7 +61,7 @@ class PfsClient(MountedClient):
             # Still busy after retries (something else on the machine looked inside): detach it, and
             # wait for the daemon to finish, which it does once the last file there is closed.
             result = subprocess.run([*command, "--lazy"], capture_output=True, text=True)
-            if result.returncode == 0 and self.pid and not mounter.wait_for_exit(self.pid, EXIT_TIMEOUT):
+            if result.returncode == 0 and self.pid and not kernel.wait_for_exit(self.pid, EXIT_TIMEOUT):
                 raise RuntimeError(f"pfs daemon {self.pid} still running after a lazy unmount")
         if result.returncode != 0:
             raise RuntimeError(f"pfs umount failed: {result.stderr.strip()}")
@@ -71,7 +71,7 @@ class PfsClient(MountedClient):
         return self.pid
 
     def close(self) -> None:
-        if mounter.mount_at(str(self.mountpoint)) is not None:
+        if kernel.mount_at(str(self.mountpoint)) is not None:
             with contextlib.suppress(RuntimeError):
                 self.unmount()
         force_unmount(self.mountpoint, self.pid)

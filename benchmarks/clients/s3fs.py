@@ -15,7 +15,7 @@ from __future__ import annotations
 import subprocess
 
 from benchmarks.clients.base import ChildMountClient, Env, executable, write_secret
-from pfs.testserver import REGION
+from testservers.s3 import REGION
 
 
 class S3fsClient(ChildMountClient):

@@ -30,7 +30,7 @@ from pfs.cache.buffers import BufferPool
 from pfs.cache.disk import READERS, Block, DiskTier
 from pfs.cache.memory import MemoryTier
 from pfs.errors import ungrouped
-from pfs.stats import Stats
+from pfs.mount.counters import Stats
 
 log = logging.getLogger(__name__)
 

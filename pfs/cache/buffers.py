@@ -3,7 +3,7 @@ from an object store whose reader reads a GET's body into them (`Reader.fills_bu
 
 A fresh multi-MiB buffer costs a page fault for each of its 4 KiB pages when it is first written, and an
 munmap when it is freed (the daemon's malloc gives every buffer above about 1 MiB a mapping of its own, so
-that freed blocks go back to the system: see pfs/lifecycle.py). On the benchmark machine a fault costs
+that freed blocks go back to the system: see pfs/mount/lifecycle.py). On the benchmark machine a fault costs
 about 4 us: a warm read of a 1 GiB file took 263,000 faults and about a second of system time for them,
 where the buffer a block was read into before is already mapped; a cold one as many (41,600 and 43,000
 now, the first budget's worth of buffers).

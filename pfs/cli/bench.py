@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pfs.benchtool import Bench, BenchOptions, KiB, MiB, Step
+from pfs.datasets.bench import Bench, BenchOptions, KiB, MiB, Step
 from pfs.errors import UsageError
 
 

@@ -99,7 +99,7 @@ def mount(
     ]:
         if value is not None:  # parsed and checked like the -o form
             set_option(name, str(value), mount_options, backend_options)
-    from pfs import lifecycle  # pyfuse3 and trio: loaded only by the commands that mount
+    from pfs.mount import lifecycle  # pyfuse3 and trio: loaded only by the commands that mount
 
     pid = lifecycle.start(uri, mountpoint, mount_options, backend_options, foreground)
     if pid:
@@ -118,7 +118,7 @@ def umount(mountpoint: str, lazy: bool, discard: bool) -> None:
     """Upload pending writes, unmount MOUNTPOINT and wait for its daemon to exit.
 
     Refuses (exit 2, naming the files) while pending writes cannot be uploaded, unless --discard."""
-    from pfs import lifecycle
+    from pfs.mount import lifecycle
 
     dropped = lifecycle.stop(mountpoint, lazy=lazy, discard=discard)
     if dropped:

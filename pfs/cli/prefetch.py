@@ -14,9 +14,9 @@ from collections.abc import Iterable
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-from pfs import control
 from pfs.cli.progress import progress_bar
 from pfs.errors import UsageError
+from pfs.mount import control
 
 WAIT_S = 0.5  # between posts while the mount holds enough ahead of the reads
 

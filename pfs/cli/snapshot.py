@@ -66,7 +66,7 @@ def create(
     as_json: bool,
 ) -> None:
     """List URI and store its manifest as snapshot NAME (never replaces one)."""
-    from pfs.listing import Excludes
+    from pfs.datasets.listing import Excludes
     from pfs.snapshots.store import check_name
 
     check_name(name)

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from pfs import control
 from pfs.cli.common import human
 from pfs.errors import UsageError
+from pfs.mount import control
 
 
 def _read(mountpoint: str) -> dict:

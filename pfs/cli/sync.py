@@ -20,11 +20,11 @@ from pfs.backends import Backend, BackendOptions, finish, open_backend, redact_u
 from pfs.backends.location import parse_location
 from pfs.cli.common import as_uri, connection_options, human, one_line_errors
 from pfs.cli.progress import progress_bar
+from pfs.datasets.listing import Excludes
+from pfs.datasets.sync import DEFAULT_THREADS, Outcome, Plan, SyncOptions, execute, plan
+from pfs.datasets.sync import Progress as SyncProgress
 from pfs.errors import UsageError
-from pfs.listing import Excludes
 from pfs.options import MountOptions
-from pfs.sync import DEFAULT_THREADS, Outcome, Plan, SyncOptions, execute, plan
-from pfs.sync import Progress as SyncProgress
 
 
 class _Bar(SyncProgress):

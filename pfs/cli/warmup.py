@@ -1,8 +1,8 @@
 """`pfs warmup`: fill (or check, or empty) the cache for files and directories of a running mount, or for
 a snapshot without mounting it.
 
-On a mount the work happens in its daemon, one file command per file (see pfs/control.py), from a pool of
-threads here. With `--snapshot` this process fetches the snapshot's files into the cache directory itself,
+On a mount the work happens in its daemon, one file command per file (see pfs/mount/control.py), from a pool
+of threads here. With `--snapshot` this process fetches the snapshot's files into the cache directory itself,
 under the keys a mount of that snapshot reads. `--partition I/N` lets N training workers each take a share.
 """
 
@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from pfs import control
 from pfs.backends import BackendOptions
 from pfs.cli.common import connection_options, human, one_line_errors
 from pfs.cli.progress import progress_bar
+from pfs.datasets.partition import Share
 from pfs.errors import UsageError
+from pfs.mount import control
 from pfs.options import MountOptions
-from pfs.partition import Share
 
 WARMUP_O_HELP = (
     "With --snapshot: backend options as for 'pfs mount' (endpoint=..., credentials=...) and the cache of "
@@ -128,7 +128,7 @@ def _warm_snapshot(
 ) -> None:
     from pfs.backends import open_backend  # pyarrow, trio: only for this form
     from pfs.snapshots import warm
-    from pfs.snapshots.mount import snapshot_view
+    from pfs.snapshots.view import snapshot_view
 
     with one_line_errors():
         live = open_backend(uri, backend, verify=True)

@@ -2,7 +2,7 @@
 
 A training job knows its epoch's order before the first sample (a sampler draws the whole permutation), so it
 can say which files come next (`pfs.torch.HintedSampler`, `pfs prefetch`, or a getxattr by hand: see
-pfs/control.py). On a cold cache that turns an epoch of round trips, one after another per reader, into
+pfs/mount/control.py). On a cold cache that turns an epoch of round trips, one after another per reader, into
 fetches in parallel ahead of the readers.
 
 Each poster (one process: a rank) has its own stream; a post that starts over (a new epoch) replaces it.
@@ -40,7 +40,7 @@ import trio
 
 from pfs.backends import Entry
 from pfs.errors import PfsError
-from pfs.stats import Stats
+from pfs.mount.counters import Stats
 
 log = logging.getLogger(__name__)
 

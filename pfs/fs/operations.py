@@ -26,7 +26,6 @@ from typing import Any
 import pyfuse3
 import trio
 
-from pfs import control
 from pfs.backends import Backend, Entry, Kind, Meta, MetaChange, Reader, first_given
 from pfs.backends.leftovers import owner_tag
 from pfs.cache import BlockCache, CacheConfig, CachedObject, CacheUnavailable, DiskTier, Stream
@@ -57,8 +56,9 @@ from pfs.fs.names import MAX_LISTING_ENTRIES, NameCache
 from pfs.fs.versions import Versions, Want
 from pfs.fs.workers import Workers
 from pfs.fs.writeback import WriteBack
+from pfs.mount import control
+from pfs.mount.counters import Stats, rss_bytes
 from pfs.options import MountOptions
-from pfs.stats import Stats, rss_bytes
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from pfs.cache import BlockCache, CachedObject
 from pfs.cache.disk import Block, Seen
 from pfs.errors import NotFound, Stale
 from pfs.fs.inodes import Inode
-from pfs.stats import Stats
+from pfs.mount.counters import Stats
 
 log = logging.getLogger(__name__)
 

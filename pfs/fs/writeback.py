@@ -53,7 +53,7 @@ from pfs.errors import (
 from pfs.fs.inodes import Inode
 from pfs.fs.journal import Journal
 from pfs.fs.staging import StagedFile
-from pfs.stats import Stats
+from pfs.mount.counters import Stats
 
 log = logging.getLogger(__name__)
 

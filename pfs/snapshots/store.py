@@ -2,7 +2,7 @@
 
 A snapshot NAME of the tree at URI is the manifest `.pfs/snapshots/NAME.parquet` in URI's reserved area
 (hidden from mounts and listings), so every node that can reach URI can mount it by name. Creation lists
-the tree with several listings in flight (pfs/listing.py), records ETags where needed (see
+the tree with several listings in flight (pfs/datasets/listing.py), records ETags where needed (see
 pfs/snapshots/backend.py) and refuses to replace an existing snapshot. Two `create`s racing for one name
 are not serialised: the later write wins.
 
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from pfs.backends import Backend, Entry, Kind
+from pfs.datasets.listing import NO_EXCLUDES, Excludes, list_tree
 from pfs.errors import AlreadyExists, NotFound, Stale, UsageError
-from pfs.listing import NO_EXCLUDES, Excludes, list_tree
 from pfs.snapshots.backend import RECENT_S
 from pfs.snapshots.manifest import Manifest, Row, SnapshotInfo, encode, mtime_token, read_info
 

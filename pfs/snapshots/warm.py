@@ -16,11 +16,11 @@ import trio
 
 from pfs.backends import Backend, Kind, Reader
 from pfs.cache import BlockCache, CacheConfig, DiskTier
+from pfs.datasets.partition import Share
 from pfs.errors import PfsError, ungrouped
+from pfs.mount.counters import Stats
 from pfs.options import MountOptions
-from pfs.partition import Share
 from pfs.snapshots.backend import SnapshotBackend
-from pfs.stats import Stats
 
 
 def files_of(view: SnapshotBackend, share: Share) -> list[tuple[str, int]]:

@@ -1,7 +1,6 @@
 """The backends built on pyarrow.fs: local directories, S3 and S3-compatible stores (BOS), HDFS.
 
-This package is the only code of the filesystem that imports pyarrow.fs (pfs.testserver also hands the demo,
-tests and benchmarks a raw client of the server they start). Nothing outside it may see a pyarrow
+This package is the only code of pfs that imports pyarrow.fs. Nothing outside it may see a pyarrow
 object or exception: it hands out `Backend`s and raises `pfs.errors` only.
 """
 

@@ -17,10 +17,11 @@ import subprocess
 import sys
 import tempfile
 
-from pfs import control, mounter, options
+from pfs import options
 from pfs.backends import BackendOptions
 from pfs.backends.location import parse_location
 from pfs.errors import UsageError
+from pfs.mount import control, kernel
 from pfs.options import DEFAULT_STATE_DIR, MountOptions
 
 START_TIMEOUT = 60.0
@@ -49,7 +50,7 @@ def default_log_file(mountpoint: str) -> str:
 def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOptions, foreground: bool) -> int:
     """Mount and return the daemon's pid (in the foreground: serve, and return 0 once unmounted)."""
     options.check(mount)
-    mountpoint = mounter.check_mountpoint(mountpoint)
+    mountpoint = kernel.check_mountpoint(mountpoint)
     if not mount.read_only and not mount.snapshot:
         _check_staging_dir(mount.staging_dir)
     parse_location(uri)  # a malformed URI is said before any process starts
@@ -57,7 +58,7 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
     # serves, before it mounts anything: checking it here too cost every mount 0.45 s (pyarrow's import and
     # a round trip) for an answer the daemon reports as one line anyway.
     if foreground:
-        from pfs import daemon  # the FUSE stack: loaded only by the process that serves (0.4 s here)
+        from pfs.mount import daemon  # the FUSE stack: loaded only by the process that serves (0.4 s here)
 
         daemon.setup_logging(mount.log_file, mount.debug)
         daemon.serve(uri, mountpoint, mount, backend)
@@ -72,7 +73,7 @@ def start(uri: str, mountpoint: str, mount: MountOptions, backend: BackendOption
         raise UsageError(f"bad value for option 'log_file': {reason}") from None
     with log:  # anything the daemon prints (a crash dump too) lands there
         process = subprocess.Popen(
-            [sys.executable, "-m", "pfs.daemon", "--mountpoint", mountpoint],
+            [sys.executable, "-m", "pfs.mount.daemon", "--mountpoint", mountpoint],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -112,16 +113,16 @@ def stop(mountpoint: str, lazy: bool = False, timeout: float = 300.0, discard: b
     """Upload pending writes, unmount and wait for the daemon. Returns the files whose pending writes were
     dropped because they could not be uploaded (only with `discard`; otherwise that refuses to unmount)."""
     path = os.path.abspath(mountpoint)
-    if mounter.is_stale(path):
-        mounter.unmount(path, lazy=True)  # the daemon is gone; only the kernel's entry is left
+    if kernel.is_stale(path):
+        kernel.unmount(path, lazy=True)  # the daemon is gone; only the kernel's entry is left
         return []
-    entry = mounter.mount_at(path)
+    entry = kernel.mount_at(path)
     if entry is None or entry.fstype != "fuse.pfs":
         raise UsageError(f"{mountpoint} is not a pfs mount")
     pid = control.daemon_pid(path)
     dropped = _upload_pending(path, mountpoint, discard)
-    mounter.unmount(path, lazy=lazy)
-    if not lazy and not mounter.wait_for_exit(pid, timeout):
+    kernel.unmount(path, lazy=lazy)
+    if not lazy and not kernel.wait_for_exit(pid, timeout):
         raise UsageError(f"unmounted {mountpoint}, but its daemon (pid {pid}) is still running")
     return dropped
 

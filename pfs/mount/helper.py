@@ -9,9 +9,9 @@ from __future__ import annotations
 import getopt
 import sys
 
-from pfs import lifecycle
 from pfs.backends import BackendOptions
 from pfs.errors import UsageError
+from pfs.mount import lifecycle
 from pfs.options import MountOptions, apply_o
 
 USAGE = "usage: mount.pfs URI MOUNTPOINT [-o OPTIONS]"

@@ -1,7 +1,7 @@
 """What a snapshot mount changes in a mount: a read-only SnapshotBackend in place of the live one, and a
 long metadata TTL so the kernel keeps every entry and attribute (the namespace never changes).
 
-Used by pfs/daemon.py: load the manifest and serve from it, before mounting (a missing snapshot is the
+Used by pfs/mount/daemon.py: load the manifest and serve from it, before mounting (a missing snapshot is the
 one-line error `pfs mount` prints).
 """
 

@@ -2,8 +2,8 @@
 
 Like `juicefs bench`: each thread writes and reads one big file and a set of small files, then stats them;
 each step is reported as throughput and mean latency per operation (a block for big files, a whole file for
-small ones). On a pfs mount, the mount's counters (`pfs.control.stats`) are read before and after each step,
-so the report also shows what the daemon did for it. Works on any directory; it only ever touches the
+small ones). On a pfs mount, the mount's counters (`pfs.mount.control.stats`) are read before and after each
+step, so the report also shows what the daemon did for it. Works on any directory; it only ever touches the
 `pfs-bench-*` directory it creates, and removes it at the end.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from pfs import control, mounter
+from pfs.mount import control, kernel
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -57,7 +57,7 @@ def pfs_mount_root(path: str) -> str | None:
     """The root of the pfs mount `path` lies in, or None when it is not on a pfs mount."""
     current = os.path.realpath(path)
     while True:
-        entry = mounter.mount_at(current)
+        entry = kernel.mount_at(current)
         if entry is not None:
             return current if entry.fstype == "fuse.pfs" else None
         if current == "/":

@@ -3,8 +3,8 @@
 Works between any two backends (upload, download, bucket to bucket, local to local) because it uses only
 list_dir/walk, open_reader and the atomic write_file/write_symlink of pfs/backends/base.py:
 
-- plan: both trees are listed at once (pfs/listing.py). A source file is *unchanged*, and skipped, when
-  the destination has a file of the same size that is not older than the source (at the coarser of the
+- plan: both trees are listed at once (pfs/datasets/listing.py). A source file is *unchanged*, and skipped,
+  when the destination has a file of the same size that is not older than the source (at the coarser of the
   two mtime resolutions) or, with `checksum`, whose bytes hash the same. Copies to a store always get a
   newer mtime than their source, so a second run skips everything it copied.
 - execute: files and symlinks are copied by `threads` workers (pyarrow releases the GIL during I/O, so
@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pfs.backends import Backend, Entry, Kind, Reader
+from pfs.datasets.listing import NO_EXCLUDES, Excludes, list_tree
 from pfs.errors import AlreadyExists, NotFound, PfsError
-from pfs.listing import NO_EXCLUDES, Excludes, list_tree
 
 CHUNK = 8 << 20  # bytes hashed per read with `checksum`
 # Small files cost client CPU per request (signing, HTTP): more threads than about 8 per core only add

@@ -1,6 +1,6 @@
 """The mount daemon: serves one FUSE mount until it is unmounted or told to stop.
 
-Run in the foreground (`pfs mount -f`) or as a detached background process started by `pfs.lifecycle`,
+Run in the foreground (`pfs mount -f`) or as a detached background process started by `pfs.mount.lifecycle`,
 which hands it its configuration, credentials included, on stdin: never on the command line or in a log.
 SIGTERM and SIGINT upload pending writes, then unmount.
 """
@@ -18,14 +18,15 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from pfs import metrics, mounter, options
+from pfs import options
 from pfs.backends import Backend, BackendOptions, leftovers, open_backend
 from pfs.errors import PfsError, ungrouped
 from pfs.fs import fuse_loop, fuse_table, journal
 from pfs.fs.operations import Operations
+from pfs.mount import kernel, metrics
 from pfs.options import MountOptions
 
-log = logging.getLogger("pfs.daemon")
+log = logging.getLogger("pfs.mount.daemon")
 
 
 def serve(
@@ -38,7 +39,7 @@ def serve(
     """Mount `uri` at `mountpoint` and serve requests until unmounted (blocks)."""
     store = open_backend(uri, backend, verify=True)
     if mount.snapshot:
-        from pfs.snapshots.mount import pin_options, snapshot_view  # pyarrow: not for every CLI start
+        from pfs.snapshots.view import pin_options, snapshot_view  # pyarrow: not for every CLI start
 
         pin_options(mount)
         store = snapshot_view(store, mount.snapshot, uri)
@@ -57,7 +58,7 @@ def serve(
     unmounted = False
     try:
         trio.run(_run, operations, mountpoint, on_ready)
-        unmounted = mounter.mount_at(mountpoint) is None
+        unmounted = kernel.mount_at(mountpoint) is None
     finally:
         pyfuse3.close(unmount=not unmounted)
         operations.close()
@@ -113,7 +114,7 @@ async def _when_answering(operations: Operations, mountpoint: str, on_ready: Cal
     if inode != pyfuse3.ROOT_INODE:
         raise RuntimeError(f"{mountpoint} answers with inode {inode}, not the root of this mount")
     try:
-        await trio.to_thread.run_sync(mounter.set_readahead, mountpoint, operations.options.readahead_kb)
+        await trio.to_thread.run_sync(kernel.set_readahead, mountpoint, operations.options.readahead_kb)
     except OSError as exc:
         log.warning("could not raise the readahead of %s: %s", mountpoint, exc)
     log.info("mounted %s at %s", operations.backend.id, mountpoint)
