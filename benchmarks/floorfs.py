@@ -20,6 +20,10 @@ server at ENDPOINT exactly as the `raw` client does (one pyarrow output stream p
 the environment), so a write scenario's floor is the raw client plus the least pyfuse3 adds: appends only,
 no cache, no staging, no read-back of what is being written. With --stage it writes each new file to an
 unnamed file in DIR instead and fsyncs it at close: the floor of a write-back mount's close.
+
+It borrows one piece of pfs, pfs/fs/fuse_table.py: the shims in libfuse's operation table that give a
+no-open read its inode, so the floor and pfs speak the same kernel protocol and their difference stays pfs's
+own work.
 """
 
 from __future__ import annotations
