@@ -1,4 +1,4 @@
-"""Command-line pieces shared by several commands: how to reach a backend (`-o` and the connection flags,
+"""Command-line pieces shared by several commands: `-o` and the option flags (made from `pfs.options.OPTIONS`,
 accepted the same way by `pfs mount`, `pfs snapshot` and `pfs sync`), one-line errors and sizes for people.
 Progress bars are in `pfs.cli.progress`: rich is loaded only by the commands that draw them."""
 
@@ -14,66 +14,62 @@ import click
 
 from pfs.backends import BackendOptions
 from pfs.errors import PfsError, UsageError
-from pfs.options import MountOptions, apply_o, set_option
+from pfs.options import OPTIONS, MountOptions, Option, apply_o, set_option
 
 BACKEND_O_HELP = (
-    "Backend options, as for 'pfs mount': endpoint=HOST:PORT, region=R, credentials=FILE, profile=P, "
-    "anonymous, timeout=S."
+    "Backend options, as for 'pfs mount': " + ", ".join(o.form for o in OPTIONS if o.backend) + "."
 )
 
 
-def connection_options(o_help: str = BACKEND_O_HELP) -> Callable:
-    """Add `-o`, `--timeout`, `--endpoint`, `--region` and `--credentials` to a command, which then
-    receives `mount_options` and `backend_options` built from them instead."""
+def forms(*keys: str) -> str:
+    """The `-o` forms of the options named, for a command's help: 'cache_dir=DIR, cache_size=SIZE'."""
+    by_key = {option.key: option for option in OPTIONS}
+    return ", ".join(by_key[key].form for key in keys)
+
+
+def connection_options(o_help: str = BACKEND_O_HELP, mount_flags: bool = False) -> Callable:
+    """Add `-o` and the flags of the backend options (with `mount_flags`, of every option that has one) to
+    a command, which then receives `mount_options` and `backend_options` built from them instead. A flag's
+    value is read and checked as its `-o` form is, and wins over it."""
+    flagged = [option for option in OPTIONS if option.flag and (option.backend or mount_flags)]
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
-        def wrapper(
-            *args: Any,
-            options: tuple[str, ...],
-            timeout: float | None,
-            endpoint: str | None,
-            region: str | None,
-            credentials: str | None,
-            **kwargs: Any,
-        ) -> Any:
+        def wrapper(*args: Any, options: tuple[str, ...], **kwargs: Any) -> Any:
             mount, backend = MountOptions(), BackendOptions()
             for text in options:
                 apply_o(text, mount, backend)
-            for name, value in [
-                ("timeout", timeout),
-                ("endpoint", endpoint),
-                ("region", region),
-                ("credentials", credentials),
-            ]:
-                if value is not None:  # parsed and checked like the -o form
-                    set_option(name, str(value), mount, backend)
+            for option in flagged:
+                value = kwargs.pop(_param(option))
+                if option.value is None and value:
+                    set_option(option.key, None, mount, backend)
+                elif option.value is not None and value is not None:
+                    set_option(option.key, value, mount, backend)
             return fn(*args, mount_options=mount, backend_options=backend, **kwargs)
 
         decorators = [
             click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]", help=o_help),
-            click.option(
-                "--timeout",
-                type=float,
-                metavar="S",
-                help="Give up on an unanswered backend request after S seconds (EIO) [30].",
-            ),
-            click.option(
-                "--endpoint", metavar="HOST:PORT", help="S3-compatible endpoint (http://... for plain HTTP)."
-            ),
-            click.option("--region", help="Object-store region."),
-            click.option(
-                "--credentials",
-                type=click.Path(dir_okay=False),
-                metavar="FILE",
-                help="AWS-style credentials file (default: the usual AWS_* environment variables).",
-            ),
+            *(_flag(option) for option in flagged),
         ]
         for decorator in reversed(decorators):
             wrapper = decorator(wrapper)
         return wrapper
 
     return decorate
+
+
+def _param(option: Option) -> str:
+    return f"option_{option.key}"  # never the name of a command's own parameter
+
+
+def _flag(option: Option) -> Callable:
+    assert option.flag is not None
+    meaning = option.meaning.replace("`", "")
+    text = meaning[0].upper() + meaning[1:]
+    if option.value is None:
+        return click.option(option.flag, _param(option), is_flag=True, help=f"{text}.")
+    default = f" [{option.default_text}]" if option.default_text else ""
+    return click.option(option.flag, _param(option), metavar=option.metavar, help=f"{text}{default}.")
 
 
 @contextmanager

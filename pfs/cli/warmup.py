@@ -17,7 +17,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from pfs.backends import BackendOptions
-from pfs.cli.common import connection_options, human, one_line_errors
+from pfs.cli.common import connection_options, forms, human, one_line_errors
 from pfs.cli.progress import progress_bar
 from pfs.datasets.partition import Share
 from pfs.errors import UsageError
@@ -25,8 +25,8 @@ from pfs.mount import control
 from pfs.options import MountOptions
 
 WARMUP_O_HELP = (
-    "With --snapshot: backend options as for 'pfs mount' (endpoint=..., credentials=...) and the cache of "
-    "the mounts that will read it: cache_dir=DIR, cache_size=SIZE, block_size=SIZE."
+    f"With --snapshot: backend options as for 'pfs mount' ({forms('endpoint', 'credentials')}, ...) and the "
+    f"cache of the mounts that will read it: {forms('cache_dir', 'cache_size', 'block_size')}."
 )
 
 

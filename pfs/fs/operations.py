@@ -28,7 +28,8 @@ import trio
 
 from pfs.backends import Backend, Entry, Kind, Meta, MetaChange, Reader, first_given
 from pfs.backends.leftovers import owner_tag
-from pfs.cache import BlockCache, CacheConfig, CachedObject, CacheUnavailable, DiskTier, Stream
+from pfs.cache import CachedObject, CacheUnavailable, Stream
+from pfs.cache.build import block_cache, disk_tier
 from pfs.errors import (
     AlreadyExists,
     InvalidName,
@@ -156,19 +157,11 @@ class Operations(pyfuse3.Operations):
         self._backend_threads = Workers(options.threads, "pfs-backend")
         self._disk_threads = Workers(DISK_THREADS, "pfs-disk")
         disk = None
-        if options.cache_size > 0:
-            try:
-                disk = DiskTier(
-                    options.cache_dir, options.cache_size, options.free_space_ratio, options.block_size
-                )
-            except CacheUnavailable as exc:  # the cache is an optimisation: serve without it
-                log.warning("%s; mounted without a disk cache", exc)
-        config = CacheConfig(
-            block_size=options.block_size,
-            prefetch_blocks=max(1, options.prefetch // options.block_size),
-            memory_limit=options.memory_limit,
-        )
-        self.cache = BlockCache(config, disk, self.stats, self._run, self._run_disk)
+        try:
+            disk = disk_tier(options)
+        except CacheUnavailable as exc:  # the cache is an optimisation: serve without it
+            log.warning("%s; mounted without a disk cache", exc)
+        self.cache = block_cache(options, disk, self.stats, self._run, self._run_disk)
         replaced = lambda inode: self._forget_in_kernel(inode.ino)  # noqa: E731
         self.versions = Versions(
             backend, self.cache, self.stats, self._run, self._run_disk, replaced, options.metadata_ttl

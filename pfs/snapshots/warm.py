@@ -15,9 +15,10 @@ from typing import Any
 import trio
 
 from pfs.backends import Backend, Kind, Reader
-from pfs.cache import BlockCache, CacheConfig, DiskTier
+from pfs.cache import DiskTier
+from pfs.cache.build import block_cache, disk_tier
 from pfs.datasets.partition import Share
-from pfs.errors import PfsError, ungrouped
+from pfs.errors import PfsError, UsageError, ungrouped
 from pfs.mount.counters import Stats
 from pfs.options import MountOptions
 from pfs.snapshots.backend import SnapshotBackend
@@ -36,7 +37,11 @@ def warm(
     done: Callable[[str, int, int, str | None], None],
 ) -> None:
     """Warm (or with `check`, only measure) `files`; `done(path, size, cached, error)` after each."""
-    disk = DiskTier(options.cache_dir, options.cache_size, options.free_space_ratio, options.block_size)
+    # Unlike a mount, which serves without a disk tier it cannot use, warming has nothing else to do: a
+    # cache directory that cannot be used (CacheUnavailable) or is turned off is the command's error.
+    disk = disk_tier(options)
+    if disk is None:
+        raise UsageError("cache_size=0 leaves no disk cache to warm")
     try:
         trio.run(_warm_all, view, files, options, disk, threads, check, done)
     finally:
@@ -57,8 +62,7 @@ async def _warm_all(
     async def run(fn: Callable, *args: object) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
-    config = CacheConfig(block_size=options.block_size, memory_limit=options.memory_limit)
-    cache = BlockCache(config, disk, Stats(), run, run)
+    cache = block_cache(options, disk, Stats(), run, run)
     files_at_once = trio.CapacityLimiter(threads)
 
     async def one(path: str, size: int) -> None:
