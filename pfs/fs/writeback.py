@@ -339,6 +339,8 @@ class WriteBack:
         inode.opened_version = inode.version
         self._stored(inode, entry.meta, meta)
         self._stats.add("bytes_uploaded", entry.size)
+        # Uploaded with no handle left (a kept failure retried by flush_all or a rename): nothing to keep.
+        await self.unstage_if_idle(inode)
 
     async def settled(self, inode: Inode | None) -> None:
         """Wait for an upload of `inode` in flight (a write-back one runs behind the writer's close): a
