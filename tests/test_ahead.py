@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pfs.backends import Entry, Kind
 from pfs.fs.ahead import PROVEN, RAMP, ReadAhead
 from pfs.fs.names import Listing
+
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 
 BLOCK = 1 << 20
 

@@ -21,6 +21,8 @@ from pfs.cache import BlockCache, CacheConfig, DiskTier
 from pfs.cache.blocks import PIECE, CachedObject, Stream
 from pfs.mount.counters import Stats
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 KiB = 1 << 10
 
 

@@ -24,6 +24,8 @@ from pfs.cache.blocks import (
 )
 from pfs.mount.counters import Stats
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 MiB = 1 << 20
 
 

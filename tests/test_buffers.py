@@ -22,6 +22,8 @@ from tests.conftest import s3_case
 from tests.pagecache import drop_pages, resident_bytes
 from testservers.s3 import start_s3_server
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 MiB = 1 << 20
 
 

@@ -31,6 +31,8 @@ from pfs.cache.disk import (
 from tests.pagecache import drop_pages, resident_bytes
 from tests.test_cache_faults import fill
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 MiB = 1 << 20
 BLOCK = os.urandom(MiB)
 

@@ -13,6 +13,8 @@ from pfs.cache import BlockCache, CacheConfig, DiskTier
 from pfs.errors import NotFound, Transient, errno_of, ungrouped
 from pfs.mount.counters import Stats
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 
 async def _fail(exc: Exception) -> None:
     await trio.lowlevel.checkpoint()

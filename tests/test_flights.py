@@ -10,6 +10,8 @@ import trio.testing
 from pfs.errors import NotFound, Transient
 from pfs.fs.flights import FAILURE_KEPT_S, Flights
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 
 def test_concurrent_askers_share_one_call_and_its_failure():
     calls = []

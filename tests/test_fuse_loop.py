@@ -12,6 +12,8 @@ import trio.testing
 
 from pfs.fs import fuse_loop
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 
 @pytest.fixture
 def adapted():

@@ -3,9 +3,13 @@ listed again when, and which names the kernel must drop after a listing."""
 
 from __future__ import annotations
 
+import pytest
+
 from pfs.backends import Entry, Kind
 from pfs.fs.held import HOLD_S, HeldNames
 from pfs.fs.inodes import Inode, InodeTable
+
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 
 S = 10**9
 TTL = 10.0

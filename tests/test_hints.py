@@ -70,6 +70,7 @@ def _run(test) -> None:
     trio.run(main)
 
 
+@pytest.mark.unit
 def test_a_posted_list_is_fetched_one_window_ahead_and_follows_the_reader():
     fetcher = Fetcher()
     hints, stats = _hints(fetcher, window_files=64)
@@ -94,6 +95,7 @@ def test_a_posted_list_is_fetched_one_window_ahead_and_follows_the_reader():
     _run(test)
 
 
+@pytest.mark.unit
 def test_a_list_never_read_costs_one_window():
     fetcher = Fetcher()
     hints, _ = _hints(fetcher, window_files=64)
@@ -108,6 +110,7 @@ def test_a_list_never_read_costs_one_window():
     _run(test)
 
 
+@pytest.mark.unit
 def test_readers_of_batches_are_each_followed():
     """Eight DataLoader workers, each reading its own batch of 64 in order: each gets files ahead."""
     fetcher = Fetcher()
@@ -131,6 +134,7 @@ def test_readers_of_batches_are_each_followed():
     _run(test)
 
 
+@pytest.mark.unit
 def test_interleaved_out_of_step_readers_keep_one_window():
     fetcher = Fetcher()
     hints, stats = _hints(fetcher, window_files=32)
@@ -153,6 +157,7 @@ def test_interleaved_out_of_step_readers_keep_one_window():
     _run(test)
 
 
+@pytest.mark.unit
 def test_files_a_reader_skips_leave_the_window_and_are_dropped_with_the_list():
     fetcher = Fetcher()
     hints, stats = _hints(fetcher, window_files=16)
@@ -174,6 +179,7 @@ def test_files_a_reader_skips_leave_the_window_and_are_dropped_with_the_list():
     _run(test)
 
 
+@pytest.mark.unit
 def test_posts_restart_bound_and_skip_what_is_missing():
     fetcher = Fetcher(missing=("d/f00001",))
     hints, stats = _hints(fetcher, window_files=4)
@@ -197,6 +203,7 @@ def test_posts_restart_bound_and_skip_what_is_missing():
     _run(test)
 
 
+@pytest.mark.unit
 def test_a_long_list_read_to_its_end_holds_a_bounded_part_of_it():
     fetcher = Fetcher()
     hints, stats = _hints(fetcher, window_files=8)
@@ -217,6 +224,7 @@ def test_a_long_list_read_to_its_end_holds_a_bounded_part_of_it():
     _run(test)
 
 
+@pytest.mark.unit
 def test_no_room_in_the_memory_budget_is_tried_again():
     fetcher = Fetcher(room=2)
     hints, _ = _hints(fetcher, window_files=8)

@@ -17,6 +17,8 @@ import pytest
 from pfs.backends.arrow.http1 import Connection, Disconnected, ProtocolError
 from pfs.backends.arrow.s3get import ObjectGetter
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 
 class _Server:
     """Accepts one connection; answers each request (read up to its blank line, and `body_of` bytes more)

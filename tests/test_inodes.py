@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pfs.backends import Entry, Kind
 from pfs.fs.inodes import InodeTable
+
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 
 S = 10**9
 

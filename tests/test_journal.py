@@ -15,6 +15,8 @@ from pfs.errors import BackendError
 from pfs.fs.journal import LABEL, Journal, replay
 from pfs.fs.staging import StagedFile
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 MiB = 1 << 20
 
 

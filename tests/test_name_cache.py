@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pfs.backends import Entry, Kind
 from pfs.fs.names import (
     MAX_LISTING_ENTRIES,
@@ -11,6 +13,8 @@ from pfs.fs.names import (
     STATS_BEFORE_LISTING,
     NameCache,
 )
+
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 
 TTL = 10.0
 

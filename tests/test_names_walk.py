@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pyfuse3
+import pytest
 import trio
 
 from pfs.backends import BackendOptions, Entry, Kind, open_backend
@@ -13,6 +14,8 @@ from pfs.fs.inodes import Inode
 from pfs.fs.names import STATS_BEFORE_LISTING, NameCache
 from pfs.fs.operations import Operations
 from pfs.options import MountOptions
+
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 
 
 def test_a_directory_walked_by_path_is_listed_once_its_names_keep_coming():

@@ -15,6 +15,8 @@ from pfs.cli.mount import mount
 from pfs.errors import UsageError
 from pfs.options import OPTIONS, MountOptions, Option, apply_o, set_option
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 README = pathlib.Path(__file__).parent.parent / "README.md"
 # A value each option accepts, and what it becomes.
 SAMPLES = {

@@ -13,6 +13,8 @@ from pfs.fs import staging
 from pfs.fs.staging import StagedFile
 from tests.pagecache import resident_bytes
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 MiB = 1 << 20
 
 

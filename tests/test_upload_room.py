@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from pfs.backends import BackendOptions, open_backend
 from pfs.cache.memory import MemoryTier
 from pfs.fs.writeback import UPLOAD_SHARE, WriteBack
 from pfs.mount.counters import Stats
+
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 
 MiB = 1 << 20
 

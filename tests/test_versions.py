@@ -23,6 +23,8 @@ from pfs.fs.versions import TRUST_MARGIN_S, Versions, Want
 from pfs.mount.counters import Stats
 from tests.conftest import s3_case
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 
 async def _inline(fn: Callable, *args: Any) -> Any:
     return await trio.to_thread.run_sync(fn, *args)

@@ -10,6 +10,8 @@ import pytest
 from pfs.backends.watchdog import abandoned, run_bounded
 from pfs.errors import NotFound, Transient
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 
 def test_a_call_that_never_returns_is_abandoned_at_the_bound():
     release = threading.Event()

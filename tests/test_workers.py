@@ -12,6 +12,8 @@ import trio
 from pfs.fs import workers
 from pfs.fs.workers import Workers
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 
 def test_results_and_errors_come_back_to_the_caller() -> None:
     pool = Workers(2, "test")

@@ -37,6 +37,8 @@ from pfs.mount.counters import Stats
 from tests.conftest import LocalRaw, S3Raw, s3_case, unique
 from testservers.s3 import S3Server, start_s3_server
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 KiB, MiB = 1 << 10, 1 << 20
 REPO = Path(__file__).resolve().parent.parent
 
