@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pfs.cache import DiskTier
 from pfs.fs.ahead import FOLLOW_AFTER
@@ -289,6 +290,18 @@ def test_stats_metrics_and_cache_commands(case, tmp_path):
         read(f"{m.path}/f.bin")
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert "pfs_cache_misses_total 2" in metrics and 'pfs_ops_total{op="read"}' in metrics
+        samples = {
+            (sample.name, sample.labels.get("op"), sample.labels.get("le")): sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+        }
+        reads = samples[("pfs_ops_total", "read", None)]
+        assert samples[("pfs_fuse_op_seconds_count", "read", None)] == reads > 0
+        assert samples[("pfs_fuse_op_seconds_bucket", "read", "+Inf")] == reads
+        assert samples[("pfs_fuse_op_seconds_count", "open", None)] >= 1
+        # Two blocks missed the cache: at least two requests for bytes went to the backend.
+        assert samples[("pfs_backend_request_seconds_count", "read", None)] >= 2
+        assert samples[("pfs_backend_request_seconds_sum", "read", None)] > 0
         shown = run_pfs("stats", "--once", m.path)
         assert shown.returncode == 0 and "cache hits" in shown.stdout and "backend" in shown.stdout
         counters = json.loads(run_pfs("stats", "--json", m.path).stdout)

@@ -147,8 +147,11 @@ def test_without_etags_size_and_mtime_are_verified(case):
         ]
         manifest = Manifest.decode(encode(rows, SnapshotInfo("old", "", live.id)))
         view = SnapshotBackend(manifest, live)
+        timed: list[str] = []
+        view.on_request = lambda op, seconds: timed.append(op)  # a mount's latency histogram
         reader = view.open_reader("keep.txt", len(OLD_TREE["keep.txt"]))
         assert reader.read(0, 100) == OLD_TREE["keep.txt"]
+        assert "read" in timed and live.on_request is view.on_request  # the live backend's requests
         assert reader.version == mtime_token(
             len(OLD_TREE["keep.txt"]), manifest.entry(manifest.row("keep.txt")).mtime_ns
         )

@@ -12,7 +12,7 @@ import enum
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -195,6 +195,9 @@ class Backend(ABC):
     posix: bool = False
     #: Names the store keeps for itself in every directory (hidden from listings, refused for new entries).
     reserved_names: frozenset[str] = frozenset()
+    #: Told `(op, seconds)` after every request to the store (retries included), in the thread that made it:
+    #: the mount's latency histogram. `op` is one of a few fixed names (stat, list, read, write, ...).
+    on_request: Callable[[str, float], None] | None = None
 
     @abstractmethod
     def stat(self, path: str) -> Entry:

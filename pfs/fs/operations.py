@@ -88,17 +88,20 @@ def _fuse_error(op: str, stats: Stats, exc: Exception) -> pyfuse3.FUSEError:
 def handler(fn: Callable) -> Callable:
     op = fn.__name__.lstrip("_")  # `_getxattr` serves getxattr requests
 
-    # Every request goes through here: a plain try (no context manager object per request) and the
-    # counter bumped in place.
+    # Every request goes through here: a plain try (no context manager object per request), the counter
+    # bumped in place and the latency added to plain lists (~0.2 us a request, perf_counter included).
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
         self.stats.ops[op] += 1
+        start = time.perf_counter()
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:
             raise _fuse_error(op, self.stats, exc) from None
+        finally:
+            self.stats.fuse_op(op, time.perf_counter() - start)
 
     return wrapper
 
@@ -152,6 +155,8 @@ class Operations(pyfuse3.Operations):
         self.reserved = backend.reserved_area()  # holds files unlinked while open, as detached/<id>
         self.options = options
         self.stats = Stats()
+        # The reserved area is a backend of its own: its requests are timed in the same histogram.
+        backend.on_request = self.reserved.on_request = self.stats.backend_request
         self._mounted_at_ns = time.time_ns()
         self.inodes = InodeTable(root_mtime_ns=self._mounted_at_ns)
         self._backend_threads = Workers(options.threads, "pfs-backend")
@@ -1034,6 +1039,7 @@ class Operations(pyfuse3.Operations):
         # it, and answering ENOSYS would end the control names too): refused at once, no handler around.
         if not name.startswith(control.PREFIX):
             self.stats.count("getxattr")
+            self.stats.fuse_op("getxattr", 0.0)  # answered without work: the fastest bucket, no clock read
             raise pyfuse3.FUSEError(_NO_XATTRS)
         return await self._getxattr(inode, name, ctx)
 

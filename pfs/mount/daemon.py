@@ -99,7 +99,8 @@ async def _run(operations: Operations, mountpoint: str, on_ready: Callable[[], N
         async with trio.open_nursery() as nursery:
             operations.attach(nursery)
             if operations.options.metrics_port:
-                nursery.start_soon(metrics.serve, operations.options.metrics_port, operations.counters)
+                served = metrics.registry(operations.stats, operations.counters)
+                nursery.start_soon(metrics.serve, operations.options.metrics_port, served)
             nursery.start_soon(_stop_on_signal, operations)
             nursery.start_soon(_when_answering, operations, mountpoint, on_ready)
             await pyfuse3.main(min_tasks=4, max_tasks=max(8, operations.options.threads * 2))

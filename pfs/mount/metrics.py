@@ -1,42 +1,87 @@
 """Prometheus metrics of a running mount, served on 127.0.0.1:PORT when `metrics_port` is set.
 
-A deliberately small HTTP responder on the mount's trio loop: every GET answers the text exposition format
-built from the same counters `pfs stats` shows, so the two never disagree.
+The metrics come from prometheus_client, through a private registry per mount whose one collector reads the
+mount's `Stats` (pfs/mount/counters.py) at each scrape: the counters `pfs stats` shows, so the two never
+disagree, and the latency histograms of FUSE requests and backend requests.
+
+The HTTP side is a small responder on the mount's trio loop, not prometheus_client's threaded server: a
+scrape then reads the counters on the loop that updates them (no dict changes size under a reading thread)
+and no extra thread runs in the daemon. Rendering costs about 2 ms of the loop once per scrape (measured:
+1.7 ms for 20 histograms); a thread would not spare the loop that time, as it would hold the GIL for it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from pfs.mount.counters import BOUNDS, Latency, Stats
 
 log = logging.getLogger(__name__)
 
-_HELP = {
-    "ops": ("pfs_ops_total", "counter", "FUSE requests served, by operation"),
-}
+_HELP = {"ops": "FUSE requests served, by operation"}
+_LE = [floatToGoString(bound) for bound in BOUNDS] + ["+Inf"]
 
 
-def render(counters: dict) -> str:
-    lines = []
+class StatsCollector(Collector):
+    """The mount's counters (`counters()`: what `pfs stats` shows) and the latencies in `stats`."""
+
+    def __init__(self, stats: Stats, counters: Callable[[], dict]) -> None:
+        self._stats = stats
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _counters(self._counters())
+        fuse, backend = self._stats.latencies()
+        yield _histogram("pfs_fuse_op_seconds", "Time to answer a FUSE request, by operation", fuse)
+        text = "Time of a request to the backend (retries included), by kind"
+        yield _histogram("pfs_backend_request_seconds", text, backend)
+
+
+def registry(stats: Stats, counters: Callable[[], dict]) -> CollectorRegistry:
+    """A registry of its own for one mount: the process-wide default one holds nothing pfs serves."""
+    own = CollectorRegistry(auto_describe=False)
+    own.register(StatsCollector(stats, counters))
+    return own
+
+
+def _counters(counters: dict) -> Iterator[Metric]:
     for key, value in sorted(counters.items()):
         if isinstance(value, dict):
-            name, kind, text = _HELP.get(key, (f"pfs_{key}_total", "counter", key))
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            lines += [f'{name}{{op="{op}"}} {count}' for op, count in sorted(value.items())]
-        elif isinstance(value, int | float):
-            kind = "counter" if _is_counter(key) else "gauge"
-            name = f"pfs_{key}" + ("_total" if kind == "counter" else "")
-            lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
-    return "\n".join(lines) + "\n"
+            family = CounterMetricFamily(f"pfs_{key}", _HELP.get(key, key), labels=["op"])
+            for item, count in sorted(value.items()):
+                family.add_metric([item], count)
+            yield family
+        elif isinstance(value, int | float):  # not the text of the last backend error
+            if _is_counter(key):
+                yield CounterMetricFamily(f"pfs_{key}", key, value=value)
+            else:
+                yield GaugeMetricFamily(f"pfs_{key}", key, value=value)
 
 
 def _is_counter(key: str) -> bool:
-    return not key.startswith(("memory_", "rss", "uptime", "pending"))
+    # last_backend_error_at is a time: a gauge (it was served as a counter, pfs_last_backend_error_at_total)
+    return not key.startswith(("memory_", "rss", "uptime", "pending", "last_"))
 
 
-async def serve(port: int, counters: Callable[[], dict]) -> None:
+def _histogram(name: str, text: str, latencies: dict[str, Latency]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, text, labels=["op"])
+    for op, latency in sorted(latencies.items()):
+        cumulative, buckets = 0, []
+        for le, count in zip(_LE, latency.counts, strict=True):
+            cumulative += count
+            buckets.append((le, cumulative))
+        family.add_metric([op], buckets, latency.total)
+    return family
+
+
+async def serve(port: int, metrics: CollectorRegistry) -> None:
     async def answer(stream: trio.SocketStream) -> None:
         try:
             with trio.move_on_after(5):
@@ -46,9 +91,9 @@ async def serve(port: int, counters: Callable[[], dict]) -> None:
                     if not chunk:
                         return
                     request += chunk
-                body = render(counters()).encode()
+                body = generate_latest(metrics)
                 head = (
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
                 )
                 await stream.send_all(head.encode() + body)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from pfs.backends import Backend, Entry, Kind, Meta, Reader, SpaceInfo, Upload, UploadGuard
@@ -77,6 +77,15 @@ class SnapshotBackend(Backend):
         self.reads_first = live.reads_first
         self._reported: set[str] = set()
         self._reported_lock = threading.Lock()
+
+    # The requests are the live backend's: it times them.
+    @property
+    def on_request(self) -> Callable[[str, float], None] | None:
+        return self._live.on_request
+
+    @on_request.setter
+    def on_request(self, observe: Callable[[str, float], None] | None) -> None:
+        self._live.on_request = observe
 
     def _row(self, path: str) -> int:
         row = self.manifest.row(path)

@@ -156,10 +156,14 @@ class ArrowBackend(Backend):
         fn: Callable[[], T],
         give_up: Callable[[Transient], bool] | None = None,
         progress: Callable[[], int] | None = None,
+        op: str | None = None,
     ) -> T:
         """Run one pyarrow call: errors translated, Transient ones retried until the deadline. Where calls
         may hang in the client library, each attempt is bounded by what is left of the deadline (or, for a
-        transfer that reports `progress`, by the deadline since the last progress)."""
+        transfer that reports `progress`, by the deadline since the last progress).
+
+        Every request to the store through pyarrow passes here, so this is where they are timed: as `op`, or
+        else the first word of `what` (each `what` starts with a fixed word: stat, list, read, write, ...)."""
         deadline = time.monotonic() + self._store.timeout
 
         def bounded() -> T:
@@ -177,9 +181,20 @@ class ArrowBackend(Backend):
             except Exception as exc:
                 raise translate(exc, what) from exc
 
-        return retry_call(
-            attempt, timeout=self._store.timeout, attempt_budget=self._store.attempt_budget, give_up=give_up
+        budget = self._store.attempt_budget
+        return self._timed(
+            op or what.partition(" ")[0],
+            lambda: retry_call(attempt, timeout=self._store.timeout, attempt_budget=budget, give_up=give_up),
         )
+
+    def _timed(self, op: str, request: Callable[[], T]) -> T:
+        """`request()`, one request to the store, its duration told to `on_request`."""
+        start = time.perf_counter()
+        try:
+            return request()
+        finally:
+            if self.on_request is not None:
+                self.on_request(op, time.perf_counter() - start)
 
     def _full(self, path: str) -> str:
         return self._prefix + path if path else self._root
@@ -527,7 +542,9 @@ class ArrowBackend(Backend):
         getter = self._store.getter
         if getter is None:
             return None
-        return lambda source, guard: transfer.stream_parts(getter, self._call, key, source, guard)
+        # Its requests are timed as "multipart": the whole upload is already timed as the "write" it runs in.
+        call = functools.partial(self._call, op="multipart")
+        return lambda source, guard: transfer.stream_parts(getter, call, key, source, guard)
 
     def _object_info(self, path: str, key: str) -> pafs.FileInfo:
         info = self._call(f"stat {path}", lambda: self._fs.get_file_info(key))

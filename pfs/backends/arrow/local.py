@@ -116,6 +116,11 @@ class LocalBackend(ArrowBackend):
     stored_meta = frozenset({"mode", "uid", "gid", "atime_ns", "mtime_ns"})
     posix = True
 
+    def _request(self, what: str, fn: Callable[[], T]) -> T:
+        """`_os(what, fn)` as one timed request to the store, as `_call` times pyarrow's (a file's bytes are
+        written within the `_call` of its publishing, which times them)."""
+        return self._timed(what.partition(" ")[0], lambda: _os(what, fn))
+
     def reserved_area(self) -> LocalBackend:
         return LocalBackend(self._store, subdir=RESERVED, hide_reserved=False)
 
@@ -140,15 +145,15 @@ class LocalBackend(ArrowBackend):
             return self._root_entry()
         full = self._full(path)
         name = _name(path)
-        st = _os(f"stat {path}", lambda: _lstat(full))
+        st = self._request(f"stat {path}", lambda: _lstat(full))
         if st is not None and stat.S_ISLNK(st.st_mode):  # a symlink made by another program: followed
-            st = _os(f"stat {path}", lambda: _stat(full))
+            st = self._request(f"stat {path}", lambda: _stat(full))
         kind = _KINDS.get(stat.S_IFMT(st.st_mode)) if st is not None else None
         if st is not None and kind is not None and not (kind is Kind.FILE and name.endswith(LINK_SUFFIX)):
             return _entry_of(name, st, kind)
         if len(name.encode()) + len(LINK_SUFFIX) > 255:
             return None
-        st = _os(f"stat {path}", lambda: _lstat(full + LINK_SUFFIX))
+        st = self._request(f"stat {path}", lambda: _lstat(full + LINK_SUFFIX))
         return _entry_of(name, st, Kind.SYMLINK) if st is not None and stat.S_ISREG(st.st_mode) else None
 
     def list_dir(self, path: str) -> list[Entry]:
@@ -166,7 +171,7 @@ class LocalBackend(ArrowBackend):
 
         entries: dict[str, Entry] = {}
         links: dict[str, Entry] = {}
-        for name, st in _os(f"list {path or '/'}", scan):
+        for name, st in self._request(f"list {path or '/'}", scan):
             kind = _KINDS.get(stat.S_IFMT(st.st_mode))
             if kind is None or (not path and self._hide_reserved and name == RESERVED):
                 continue
@@ -214,7 +219,7 @@ class LocalBackend(ArrowBackend):
                 )
                 os.utime(key, ns=times, follow_symlinks=False)
 
-        _os(f"setattr {path}", apply)
+        self._request(f"setattr {path}", apply)
         return self.stat(path)
 
     def make_node(self, path: str, kind: Kind, rdev: int = 0) -> Entry:
@@ -223,7 +228,7 @@ class LocalBackend(ArrowBackend):
         if self._lookup(path) is not None:
             raise AlreadyExists(f"{path}: already exists")
         full = self._full(path)
-        _os(f"mknod {path}", lambda: os.mknod(full, 0o600 | _FORMATS[kind], rdev))
+        self._request(f"mknod {path}", lambda: os.mknod(full, 0o600 | _FORMATS[kind], rdev))
         return self.stat(path)
 
     def link(self, src: str, dst: str) -> Entry:
@@ -236,7 +241,7 @@ class LocalBackend(ArrowBackend):
         if self._lookup(dst) is not None:
             raise AlreadyExists(f"{dst}: already exists")
         suffix = LINK_SUFFIX if source.kind is Kind.SYMLINK else ""
-        _os(f"link {src}", lambda: os.link(self._full(src) + suffix, self._full(dst) + suffix))
+        self._request(f"link {src}", lambda: os.link(self._full(src) + suffix, self._full(dst) + suffix))
         return self.stat(dst)
 
     def exchange(self, src: str, dst: str) -> None:
@@ -253,7 +258,7 @@ class LocalBackend(ArrowBackend):
                 code = ctypes.get_errno()
                 raise OSError(code, os.strerror(code))
 
-        _os(f"rename {src}", swap)
+        self._request(f"rename {src}", swap)
 
     def remove_file(self, path: str) -> None:
         self._check(path)
@@ -261,7 +266,7 @@ class LocalBackend(ArrowBackend):
         if entry.kind is Kind.DIR:
             raise IsADirectory(f"{path}: is a directory")
         key = self._key(path, entry)
-        _os(f"unlink {path}", lambda: os.unlink(key))
+        self._request(f"unlink {path}", lambda: os.unlink(key))
 
     # ---- publishing ---------------------------------------------------------------------------------
 
