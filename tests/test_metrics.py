@@ -15,6 +15,8 @@ from pfs.backends import BackendOptions, open_backend
 from pfs.mount import metrics
 from pfs.mount.counters import BOUNDS, Stats
 
+pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
+
 # One observation per kind of duration: below the first bound, on a bound (which its bucket holds), between
 # two, above the last.
 DURATIONS = [10e-6, BOUNDS[0], 0.003, 0.003, BOUNDS[-1], 120.0]
