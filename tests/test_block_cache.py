@@ -19,7 +19,7 @@ import trio
 from pfs.backends import Backend, BackendOptions, Reader, open_backend
 from pfs.cache import BlockCache, CacheConfig, DiskTier
 from pfs.cache.blocks import PIECE, CachedObject, Stream
-from pfs.mount.counters import Stats
+from pfs.counters import Stats
 
 pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 

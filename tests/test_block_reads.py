@@ -22,7 +22,7 @@ from pfs.cache.blocks import (
     SWEEP_DISK_SHARE,
     SWEEP_SPREAD,
 )
-from pfs.mount.counters import Stats
+from pfs.counters import Stats
 
 pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 

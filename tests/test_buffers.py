@@ -17,7 +17,7 @@ from pfs.cache.blocks import Stream
 from pfs.cache.buffers import BufferPool, pooled
 from pfs.cache.disk import DiskTier
 from pfs.cache.memory import MemoryTier
-from pfs.mount.counters import Stats
+from pfs.counters import Stats
 from tests.conftest import s3_case
 from tests.pagecache import drop_pages, resident_bytes
 from testservers.s3 import start_s3_server

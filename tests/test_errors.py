@@ -10,8 +10,8 @@ import trio
 
 from pfs.backends import BackendOptions, open_backend
 from pfs.cache import BlockCache, CacheConfig, DiskTier
+from pfs.counters import Stats
 from pfs.errors import NotFound, Transient, errno_of, ungrouped
-from pfs.mount.counters import Stats
 
 pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 

@@ -15,10 +15,10 @@ import trio
 import trio.testing
 
 from pfs.backends import Entry, Kind
+from pfs.counters import Stats
 from pfs.fs import hints as hints_module
 from pfs.fs.hints import QUEUED, TRAIL, TRIM_BATCH, Hints
 from pfs.mount import control
-from pfs.mount.counters import Stats
 from tests.conftest import s3_case, unique
 from tests.mounting import Mount, run_pfs
 

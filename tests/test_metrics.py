@@ -12,8 +12,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pfs.backends import BackendOptions, open_backend
+from pfs.counters import BOUNDS, Stats
 from pfs.mount import metrics
-from pfs.mount.counters import BOUNDS, Stats
 
 pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 

@@ -7,8 +7,8 @@ import trio
 
 from pfs.backends import BackendOptions, open_backend
 from pfs.cache.memory import MemoryTier
+from pfs.counters import Stats
 from pfs.fs.writeback import UPLOAD_SHARE, WriteBack
-from pfs.mount.counters import Stats
 
 pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
 

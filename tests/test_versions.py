@@ -16,11 +16,11 @@ import trio
 
 from pfs.backends import Backend, BackendOptions, open_backend
 from pfs.cache import BlockCache, CacheConfig, DiskTier
+from pfs.counters import Stats
 from pfs.errors import Stale
 from pfs.fs import versions as versions_module
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.versions import TRUST_MARGIN_S, Versions, Want
-from pfs.mount.counters import Stats
 from tests.conftest import s3_case
 
 pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`

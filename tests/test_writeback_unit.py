@@ -27,13 +27,13 @@ import trio
 
 from pfs.backends import Backend, BackendOptions, Entry, Kind, open_backend
 from pfs.cache.memory import MemoryTier
+from pfs.counters import Stats
 from pfs.errors import NoSpace, Transient, errno_of
 from pfs.fs import writeback
 from pfs.fs.inodes import Inode, InodeTable
 from pfs.fs.journal import Journal, replay
 from pfs.fs.workers import Workers
 from pfs.fs.writeback import WriteBack
-from pfs.mount.counters import Stats
 from tests.conftest import LocalRaw, S3Raw, s3_case, unique
 from testservers.s3 import S3Server, start_s3_server
 

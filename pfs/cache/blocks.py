@@ -29,8 +29,8 @@ from pfs.backends import Reader
 from pfs.cache.buffers import BufferPool
 from pfs.cache.disk import READERS, Block, DiskTier
 from pfs.cache.memory import MemoryTier
+from pfs.counters import Stats
 from pfs.errors import ungrouped
-from pfs.mount.counters import Stats
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pfs.cache.blocks import BlockCache, CacheConfig, Run
 from pfs.cache.disk import DiskTier
-from pfs.mount.counters import Stats
+from pfs.counters import Stats
 from pfs.options import MountOptions
 
 

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 import trio
 
 from pfs.backends import Entry
+from pfs.counters import Stats
 from pfs.errors import PfsError
-from pfs.mount.counters import Stats
 
 log = logging.getLogger(__name__)
 

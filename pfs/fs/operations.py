@@ -30,6 +30,7 @@ from pfs.backends import Backend, Entry, Kind, Meta, MetaChange, Reader, first_g
 from pfs.backends.leftovers import owner_tag
 from pfs.cache import CachedObject, CacheUnavailable, Stream
 from pfs.cache.build import block_cache, disk_tier
+from pfs.counters import Stats, rss_bytes
 from pfs.errors import (
     AlreadyExists,
     InvalidName,
@@ -58,7 +59,6 @@ from pfs.fs.versions import Versions, Want
 from pfs.fs.workers import Workers
 from pfs.fs.writeback import WriteBack
 from pfs.mount import control
-from pfs.mount.counters import Stats, rss_bytes
 from pfs.options import MountOptions
 
 log = logging.getLogger(__name__)

@@ -47,9 +47,9 @@ import trio
 from pfs.backends import Backend, Reader
 from pfs.cache import BlockCache, CachedObject
 from pfs.cache.disk import Block, Seen
+from pfs.counters import Stats
 from pfs.errors import NotFound, Stale
 from pfs.fs.inodes import Inode
-from pfs.mount.counters import Stats
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ import trio
 
 from pfs.backends import Backend, Entry, Meta, MetaChange, Reader, Upload, UploadGuard, first_given
 from pfs.cache.memory import MemoryTier
+from pfs.counters import Stats
 from pfs.errors import (
     AlreadyExists,
     BackendError,
@@ -53,7 +54,6 @@ from pfs.errors import (
 from pfs.fs.inodes import Inode
 from pfs.fs.journal import Journal
 from pfs.fs.staging import StagedFile
-from pfs.mount.counters import Stats
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of a running mount, served on 127.0.0.1:PORT when `metrics_port` is set.
 
 The metrics come from prometheus_client, through a private registry per mount whose one collector reads the
-mount's `Stats` (pfs/mount/counters.py) at each scrape: the counters `pfs stats` shows, so the two never
+mount's `Stats` (pfs/counters.py) at each scrape: the counters `pfs stats` shows, so the two never
 disagree, and the latency histograms of FUSE requests and backend requests.
 
 The HTTP side is a small responder on the mount's trio loop, not prometheus_client's threaded server: a
@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from pfs.mount.counters import BOUNDS, Latency, Stats
+from pfs.counters import BOUNDS, Latency, Stats
 
 log = logging.getLogger(__name__)
 

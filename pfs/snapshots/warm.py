@@ -17,9 +17,9 @@ import trio
 from pfs.backends import Backend, Kind, Reader
 from pfs.cache import DiskTier
 from pfs.cache.build import block_cache, disk_tier
+from pfs.counters import Stats
 from pfs.datasets.partition import Share
 from pfs.errors import PfsError, UsageError, ungrouped
-from pfs.mount.counters import Stats
 from pfs.options import MountOptions
 from pfs.snapshots.backend import SnapshotBackend
 
