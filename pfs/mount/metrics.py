@@ -66,7 +66,7 @@ def _counters(counters: dict) -> Iterator[Metric]:
 
 
 def _is_counter(key: str) -> bool:
-    # last_backend_error_at is a time: a gauge (it was served as a counter, pfs_last_backend_error_at_total)
+    # last_backend_error_at is a point in time, not an amount: a gauge
     return not key.startswith(("memory_", "rss", "uptime", "pending", "last_"))
 
 
