@@ -14,6 +14,7 @@ What a probe says (`Health.state`):
 - HUNG: no answer within the bound;
 - FAILING: the daemon answers but its backend failed requests recently (the mount's own counters);
 - BROKEN: any other error;
+- UNMOUNTING: this plugin is taking it down right now (`Prober.quiet`: no probe may hold it busy then);
 - OK.
 
 Never makes a request to a mount in the calling thread.
@@ -26,6 +27,9 @@ import errno
 import os
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pfs.mount import control
@@ -41,6 +45,7 @@ class State(enum.Enum):
     HUNG = "hung"
     FAILING = "failing"
     BROKEN = "broken"
+    UNMOUNTING = "unmounting"
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,27 @@ class Prober:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._probes: dict[str, _Probe] = {}  # the latest probe of each path, finished or not
+        self._quiet: Counter[str] = Counter()  # paths being unmounted, by how many callers
         self._lock = threading.Lock()
+
+    @contextmanager
+    def quiet(self, path: str) -> Iterator[None]:
+        """Hold probes off `path` while the caller unmounts it: a statvfs or getxattr in flight there makes
+        umount(2) fail with EBUSY, and kubelet's NodeGetVolumeStats and the recovery loop probe without the
+        volume's lock. A probe already running is waited for, within the timeout (a hung one is left to
+        the unmount, which fails or detaches as it would anyway); none starts until the block ends."""
+        with self._lock:
+            self._quiet[path] += 1
+            probe = self._probes.get(path)
+        try:
+            if probe is not None:
+                probe.done.wait(max(0.0, probe.started + self.timeout - time.monotonic()))
+            yield
+        finally:
+            with self._lock:
+                self._quiet[path] -= 1
+                if not self._quiet[path]:
+                    del self._quiet[path]
 
     def check(self, path: str) -> Health:
         """The health of the mount at `path`, within `timeout` seconds. A probe of `path` still running
@@ -108,6 +133,8 @@ class Prober:
                     del self._probes[path]
             return Health(State.MISSING, f"nothing is mounted at {path}")
         with self._lock:
+            if path in self._quiet:
+                return Health(State.UNMOUNTING, f"{path} is being unmounted")
             probe = self._probes.get(path)
             if probe is None or probe.done.is_set():
                 probe = self._probes[path] = _Probe(path)

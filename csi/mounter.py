@@ -50,7 +50,8 @@ class Mounter:
         _run(command, env={**os.environ, **env}, timeout=PFS_TIMEOUT)
 
     def pfs_umount(self, path: str) -> None:
-        _run([self.python, "-m", "pfs", "umount", path], timeout=PFS_TIMEOUT)
+        with self.prober.quiet(path):
+            _run([self.python, "-m", "pfs", "umount", path], timeout=PFS_TIMEOUT)
 
     def bind(self, source: str, target: str, read_only: bool) -> None:
         _run(["mount", "--bind", source, target])
@@ -62,7 +63,8 @@ class Mounter:
                 raise
 
     def unmount(self, path: str, lazy: bool = False) -> None:
-        _run(["umount", *(["-l"] if lazy else []), path])
+        with self.prober.quiet(path):
+            _run(["umount", *(["-l"] if lazy else []), path])
 
     @staticmethod
     def is_mounted(path: str) -> bool:

@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from csi import DRIVER_NAME, csi_pb2
+from csi.mounter import Mounter
 from pfs.mount import control, kernel
 from tests.conftest import S3Raw, unique
 from tests.csi_plugin import (
@@ -259,6 +260,36 @@ def _read_eventually(path: str, timeout: float) -> tuple[bytes, float]:
             return result[0], time.monotonic() - started
         time.sleep(0.1)
     raise AssertionError(f"{path} was not readable within {timeout}s")
+
+
+def test_an_unmount_holds_the_probes_off_its_path(paths):
+    """A probe in flight (a statvfs, a getxattr) makes umount(2) fail with EBUSY, and kubelet's
+    NodeGetVolumeStats and the recovery loop probe a mount without the volume's lock. The plugin's
+    unmounts hold its probes off their path, so they succeed however often the mount is asked about.
+    The plugin's Mounter in process, on real mounts."""
+    data, mnt = paths / "data", str(paths / "mnt")
+    data.mkdir()
+    os.mkdir(mnt)
+    mounter = Mounter()
+
+    def ask(stop: threading.Event) -> None:
+        while not stop.is_set():
+            mounter.health(mnt)
+
+    for _ in range(3):
+        mounter.pfs_mount(f"file://{data}", mnt, [], str(paths / "pfs.log"), {})
+        stop = threading.Event()
+        askers = [threading.Thread(target=ask, args=(stop,), daemon=True) for _ in range(2)]
+        for asker in askers:
+            asker.start()
+        try:
+            time.sleep(0.2)
+            mounter.pfs_umount(mnt)
+        finally:
+            stop.set()
+            for asker in askers:
+                asker.join(timeout=10)
+        assert kernel.mount_at(mnt) is None
 
 
 def test_recovery_after_daemon_is_killed(plugin, paths):
