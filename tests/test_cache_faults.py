@@ -6,13 +6,12 @@ from __future__ import annotations
 import glob
 import os
 import subprocess
-from contextlib import contextmanager
 
 import pytest
 
 from pfs.mount import control
 from tests.conftest import s3_case
-from tests.mounting import Mount, run_pfs
+from tests.mounting import Mount, run_pfs, tmpfs
 
 MiB = 1 << 20
 ARGS = ("-o", "block_size=1M,metadata_ttl=1")
@@ -21,16 +20,6 @@ ARGS = ("-o", "block_size=1M,metadata_ttl=1")
 def read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-@contextmanager
-def tmpfs(path, size: str):
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 def fill(directory) -> None:

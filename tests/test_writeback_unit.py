@@ -8,7 +8,6 @@ calling `WriteBack` as its create, open, write, flush, fsync and release handler
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import io
@@ -35,6 +34,7 @@ from pfs.fs.journal import Journal, replay
 from pfs.fs.workers import Workers
 from pfs.fs.writeback import WriteBack
 from tests.conftest import LocalRaw, S3Raw, s3_case, unique
+from tests.mounting import tmpfs
 from testservers.s3 import S3Server, start_s3_server
 
 pytestmark = pytest.mark.unit  # in process, no kernel: `pytest -m unit`
@@ -202,17 +202,6 @@ def staging(tmp_path) -> str:
     path = tmp_path / "staging"
     path.mkdir()
     return str(path)
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A file system of `size` at `path` (a staging directory or a backend root that can fill up)."""
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 @pytest.fixture
@@ -425,12 +414,17 @@ def test_a_failed_upload_is_dropped_when_not_kept(small_root, staging, caplog):
     assert owner.wb.counters()["pending_uploads"] == 0
 
 
-def test_an_upload_to_a_stopped_store_is_kept_and_flush_all_publishes_it_once_it_is_back(rclone, staging):
-    prefix = unique("o")
+def outage_backend(rclone: S3Server, prefix: str) -> tuple[Backend, S3Raw]:
+    """A backend on this module's rclone server that gives up after OUTAGE_TIMEOUT, and a raw view of it."""
     options = BackendOptions(
         access_key=rclone.access_key, secret_key=rclone.secret_key, timeout=OUTAGE_TIMEOUT
     )
-    backend, raw = open_backend(rclone.uri("wbunit", prefix), options), S3Raw(rclone, "wbunit", prefix)
+    return open_backend(rclone.uri("wbunit", prefix), options), S3Raw(rclone, "wbunit", prefix)
+
+
+def test_an_upload_to_a_stopped_store_is_kept_and_flush_all_publishes_it_once_it_is_back(rclone, staging):
+    prefix = unique("o")
+    backend, raw = outage_backend(rclone, prefix)
     raw.put("f", b"old")
     owner = Owner(backend, staging, memory=memory())
 
@@ -466,10 +460,7 @@ def test_an_upload_to_a_store_that_stopped_answering_is_abandoned_and_kept(rclon
     flush fails with EIO once no data moved for the backend's timeout (the transport's own timeouts are
     longer: the watch abandons it, `uploads_stalled`), and the bytes stay staged for the next flush."""
     prefix = unique("p")
-    options = BackendOptions(
-        access_key=rclone.access_key, secret_key=rclone.secret_key, timeout=OUTAGE_TIMEOUT
-    )
-    backend, raw = open_backend(rclone.uri("wbunit", prefix), options), S3Raw(rclone, "wbunit", prefix)
+    backend, raw = outage_backend(rclone, prefix)
     raw.put("f", b"old")
     owner = Owner(backend, staging, memory=memory())
     new = os.urandom(300 * KiB)
